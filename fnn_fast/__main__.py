@@ -1,0 +1,3 @@
+from fnn_fast.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,291 @@
+"""The ``fnn-fast`` command: train | evaluate | score | demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fnn_fast.data import DataError, FeatureEncoder, ParsedRows, Schema, load_rows
+from fnn_fast.train import Split, TrainConfig, train_two_stage
+
+FORMATS = ("libfm", "criteo", "csv", "parquet")
+
+
+def _columns(text: str | None) -> list[str]:
+    return [c for c in (text or "").split(",") if c]
+
+
+def _schema_from_args(args) -> Schema:
+    if args.format == "criteo":
+        return Schema.criteo()
+    return Schema(
+        format=args.format,
+        label=args.label,
+        categorical=_columns(args.categorical),
+        numeric=_columns(args.numeric),
+        numeric_mode=args.numeric_mode,
+        id_column=args.id_column,
+        delimiter=args.delimiter,
+        featindex=str(Path(args.featindex).resolve()) if args.featindex else None,
+    )
+
+
+def _read(path, schema: Schema, args) -> ParsedRows:
+    rows = load_rows(
+        path,
+        schema,
+        cache_dir=getattr(args, "cache_dir", None),
+        skip_bad_lines=args.skip_bad_lines,
+        progress=not args.no_progress,
+    )
+    if rows.bad_lines:
+        print(f"{path}: skipped {rows.bad_lines} bad line(s)", file=sys.stderr)
+        for example in getattr(rows, "bad_examples", [])[:5]:
+            print(f"  {example}", file=sys.stderr)
+    return rows
+
+
+def _encode(rows: ParsedRows, encoder: FeatureEncoder, index=None) -> Split:
+    if index is None:
+        return Split.encode(rows, encoder)
+    sub = ParsedRows(
+        labels=rows.labels[index],
+        keys=rows.keys[index],
+        values=rows.values[index],
+        slot_fields=rows.slot_fields,
+        field_names=rows.field_names,
+        row_ids=None,
+        lines=rows.lines[index],
+        bad_lines=0,
+        source=rows.source,
+    )
+    return Split.encode(sub, encoder)
+
+
+def _config_from_args(args) -> TrainConfig:
+    return TrainConfig(
+        factors=args.factors,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        patience=args.patience,
+        fm_epochs=args.fm_epochs,
+        fm_optimizer=args.fm_optimizer,
+        fm_lr=args.fm_lr,
+        fm_weight_decay=args.fm_weight_decay,
+        fnn_epochs=args.fnn_epochs,
+        fnn_init=args.fnn_init,
+        hidden=[int(h) for h in args.hidden.split(",") if h],
+        activation=args.activation,
+        dropout=args.dropout,
+        fnn_optimizer=args.fnn_optimizer,
+        fnn_lr=args.fnn_lr,
+        fnn_embedding_lr=args.fnn_embedding_lr,
+        fnn_weight_decay=args.fnn_weight_decay,
+    )
+
+
+def _print_metrics(metrics: dict) -> None:
+    print(f"{'model':<12} {'valid AUC':>10} {'valid logloss':>14} {'test AUC':>10} {'test logloss':>13}")
+    for name, m in metrics.items():
+        cells = [m.get(k) for k in ("valid_auc", "valid_logloss", "test_auc", "test_logloss")]
+        text = [f"{c:.4f}" if c is not None else "-" for c in cells]
+        print(f"{name:<12} {text[0]:>10} {text[1]:>14} {text[2]:>10} {text[3]:>13}")
+
+
+def _write_run(out: Path, result, encoder, schema, config: TrainConfig, extra: dict | None = None):
+    from fnn_fast.saved import save_model
+
+    if schema is not None and schema.featindex:
+        # The feature dictionary travels with the model, so scoring parses as training did.
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(schema.featindex, out / "featindex.txt")
+        schema = Schema.from_dict({**schema.to_dict(), "featindex": "featindex.txt"})
+    save_model(out, result.fm, result.fnn, encoder, schema, config.to_dict())
+    metrics = {**result.metrics, **(extra or {})}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / "history.json").write_text(json.dumps(result.history, indent=2) + "\n")
+
+
+def cmd_train(args) -> int:
+    config = _config_from_args(args)
+    schema = _schema_from_args(args)
+    train_rows = _read(args.train, schema, args)
+    train_index, valid_index = np.arange(len(train_rows.labels)), None
+    if args.valid:
+        valid_rows = _read(args.valid, schema, args)
+    else:
+        valid_rows = train_rows
+        order = np.random.default_rng(args.seed).permutation(len(train_rows.labels))
+        cut = int(round(len(order) * (1 - args.valid_fraction)))
+        train_index, valid_index = np.sort(order[:cut]), np.sort(order[cut:])
+    encoder = FeatureEncoder.fit(
+        train_rows.keys[train_index],
+        train_rows.slot_fields,
+        train_rows.field_names,
+        min_count=args.min_count,
+    )
+    print(
+        f"{len(train_index):,} training rows, {encoder.num_features:,} features in "
+        f"{len(train_rows.field_names)} fields",
+        file=sys.stderr,
+    )
+    train = _encode(train_rows, encoder, train_index if valid_index is not None else None)
+    valid = _encode(valid_rows, encoder, valid_index)
+    test = _encode(_read(args.test, schema, args), encoder) if args.test else None
+    result = train_two_stage(train, valid, test, encoder, config, progress=not args.no_progress)
+    _write_run(Path(args.out), result, encoder, schema, config)
+    _print_metrics(result.metrics)
+    print(f"model written to {args.out}")
+    return 0
+
+
+def _load(args):
+    from fnn_fast.saved import load_model
+
+    saved = load_model(args.model)
+    schema = saved.schema
+    if schema is None:
+        raise SystemExit(f"{args.model}: the model has no input schema; it cannot read files")
+    if schema.featindex and not Path(schema.featindex).is_absolute():
+        schema = Schema.from_dict(
+            {**schema.to_dict(), "featindex": str(Path(args.model) / schema.featindex)}
+        )
+    return saved, schema
+
+
+def cmd_evaluate(args) -> int:
+    from fnn_fast.train import evaluate
+
+    saved, schema = _load(args)
+    rows = _read(args.data, schema, args)
+    split = Split.encode(rows, saved.encoder)
+    result = {which: evaluate(saved.model(which), split) for which in ("fm", "fnn")
+              if which == "fm" or saved.fnn is not None}
+    result["rows"] = len(split)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_score(args) -> int:
+    from fnn_fast.score import predict, write_predictions
+
+    saved, schema = _load(args)
+    started = time.perf_counter()
+    rows = _read(args.input, schema, args)
+    probabilities = predict(saved, rows, args.which, args.batch_size)
+    write_predictions(args.output, probabilities, rows.row_ids)
+    seconds = time.perf_counter() - started
+    print(
+        f"scored {len(probabilities):,} rows ({rows.bad_lines} bad lines skipped) in "
+        f"{seconds:.1f} s -> {args.output}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from fnn_fast.demo import run_demo
+
+    run_demo(Path(args.out), rows=args.rows, seed=args.seed, progress=not args.no_progress)
+    return 0
+
+
+def _add_input_options(p: argparse.ArgumentParser, with_schema: bool = True) -> None:
+    if with_schema:
+        p.add_argument("--format", choices=FORMATS, required=True, help="input file format")
+        p.add_argument("--featindex", help="libfm: feature dictionary 'field:value<TAB>idx'")
+        p.add_argument("--label", help="csv/parquet: label column (default 'label')")
+        p.add_argument("--categorical", help="csv/parquet: comma-separated categorical columns")
+        p.add_argument("--numeric", help="csv/parquet: comma-separated numeric columns")
+        p.add_argument("--numeric-mode", choices=("bucketize", "value"), default="bucketize",
+                       help="numeric columns: floor(log(x)^2) buckets, or one value-weighted feature")
+        p.add_argument("--id-column", help="csv/parquet: pass-through id column for scores")
+        p.add_argument("--delimiter", help="csv: column delimiter (default ',')")
+        p.add_argument("--cache-dir", help="keep parsed rows here (memory-mapped) for later runs")
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="skip malformed lines (and report how many) instead of stopping")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fnn-fast", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    defaults = TrainConfig()
+
+    p = sub.add_parser("train", help="train FM then FNN on a file and save the model")
+    p.add_argument("--train", required=True, help="training file")
+    p.add_argument("--valid", help="validation file (default: a random part of --train)")
+    p.add_argument("--valid-fraction", type=float, default=0.2,
+                   help="share of --train held out for early stopping when --valid is absent")
+    p.add_argument("--test", help="test file: evaluated at the end, never used for choices")
+    p.add_argument("--out", required=True, help="output directory for the model and metrics")
+    _add_input_options(p)
+    p.add_argument("--min-count", type=int, default=1,
+                   help="features seen fewer times in training share their field's OOV row")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--factors", type=int, default=defaults.factors, help="K")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--patience", type=int, default=defaults.patience)
+    p.add_argument("--fm-epochs", type=int, default=defaults.fm_epochs)
+    p.add_argument("--fm-optimizer", default=defaults.fm_optimizer,
+                   choices=("sgd", "adagrad", "rowwise_adagrad", "adam"))
+    p.add_argument("--fm-lr", type=float, default=defaults.fm_lr)
+    p.add_argument("--fm-weight-decay", type=float, default=defaults.fm_weight_decay)
+    p.add_argument("--fnn-epochs", type=int, default=defaults.fnn_epochs)
+    p.add_argument("--fnn-init", choices=("fm", "random"), default=defaults.fnn_init)
+    p.add_argument("--hidden", default=",".join(map(str, defaults.hidden)),
+                   help="hidden layer sizes, comma-separated")
+    p.add_argument("--activation", default=defaults.activation,
+                   choices=("tanh", "relu", "sigmoid", "gelu"))
+    p.add_argument("--dropout", type=float, default=defaults.dropout)
+    p.add_argument("--fnn-optimizer", default=defaults.fnn_optimizer,
+                   choices=("sgd", "adagrad", "rowwise_adagrad", "adam"),
+                   help="sparse update rule of the FNN's embedding")
+    p.add_argument("--fnn-lr", type=float, default=defaults.fnn_lr, help="hidden/output layers")
+    p.add_argument("--fnn-embedding-lr", type=float, default=defaults.fnn_embedding_lr,
+                   help="the FM-initialized embedding (smaller than --fnn-lr by default)")
+    p.add_argument("--fnn-weight-decay", type=float, default=defaults.fnn_weight_decay)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="AUC and logloss of a saved model on a labelled file")
+    p.add_argument("--model", required=True, help="model directory written by train")
+    p.add_argument("--data", required=True, help="labelled file, in the model's input format")
+    _add_input_options(p, with_schema=False)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("score", help="write click probabilities for every row of a file")
+    p.add_argument("--model", required=True, help="model directory written by train")
+    p.add_argument("--input", required=True, help="file to score, in the model's input format")
+    p.add_argument("--output", required=True, help="output file: .csv, .parquet or .npy")
+    p.add_argument("--which", choices=("fnn", "fm"), default="fnn")
+    p.add_argument("--batch-size", type=int, default=8192)
+    _add_input_options(p, with_schema=False)
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("demo", help="synthetic Criteo-shaped data: FM vs FNN vs Bayes-optimal")
+    p.add_argument("--out", default="fnn-fast-demo", help="output directory")
+    p.add_argument("--rows", type=int, default=200_000, help="rows to generate (train+valid+test)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DataError as error:
+        print(f"fnn-fast: error: {error}", file=sys.stderr)
+        if not getattr(args, "skip_bad_lines", True):
+            print("  (use --skip-bad-lines to skip malformed lines and go on)", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, IndexError) as error:
+        print(f"fnn-fast: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,161 @@
+"""Drop-in nn.Modules for the two FNN stages.
+
+Both keep one packed table [num_features, 1 + K] (w_i in column 0, v_i after it) so a lookup
+reads one row, and produce sparse gradients for it by default: only the rows of features present
+in a batch get a gradient, and :class:`fnn_fast.optim.SparseRowOptimizer` updates only those.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from fnn_fast import ops
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
+
+
+def _as_slot_fields(slot_fields, num_fields: int | None):
+    """Slots map to fields one to one unless a multi-valued field has several slots."""
+    if slot_fields is None:
+        return None, num_fields
+    slot_fields = torch.as_tensor(slot_fields, dtype=torch.int64)
+    if num_fields is None:
+        num_fields = int(slot_fields.max()) + 1 if slot_fields.numel() else 0
+    if torch.equal(slot_fields, torch.arange(num_fields)):
+        return None, num_fields
+    return slot_fields, num_fields
+
+
+class FM(nn.Module):
+    """Factorization machine: ``w0 + sum_i w_i x_i + sum_{i<j} <v_i, v_j> x_i x_j``.
+
+    ``forward(ids, values=None)``: ids int [B, S] (one feature per slot), values float [B, S]
+    (None means all ones); returns logits [B].
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        num_factors: int = 10,
+        *,
+        init_std: float = 0.01,
+        sparse: bool = True,
+        slot_names: Sequence[str] | None = None,
+    ):
+        super().__init__()
+        self.num_features = num_features
+        self.num_factors = num_factors
+        self.sparse = sparse
+        self.slot_names = list(slot_names) if slot_names is not None else None
+        self.w0 = nn.Parameter(torch.zeros(()))
+        table = torch.zeros(num_features, 1 + num_factors)
+        table[:, 1:].normal_(0.0, init_std)
+        self.table = nn.Parameter(table)
+
+    def config(self) -> dict:
+        return {"num_features": self.num_features, "num_factors": self.num_factors}
+
+    def forward(self, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
+        ops.check_ids(ids, self.num_features, self.slot_names)
+        return ops.fm_forward(self.table, self.w0, ids, values, self.sparse)
+
+
+class FNN(nn.Module):
+    """Factorization-machine supported neural network (Zhang, Du, Wang, ECIR 2016).
+
+    Input ``z = [w0, z_1, ..., z_F]`` with ``z_f = x_f [w_f, v_f]`` from the packed table,
+    hidden layers (tanh by default) with dropout, and one output logit. Build it from a trained
+    FM with :meth:`from_fm` so the embedding starts from the FM's parameters.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        num_fields: int,
+        num_factors: int = 10,
+        hidden: Sequence[int] = (200, 300, 100),
+        *,
+        activation: str = "tanh",
+        dropout: float = 0.0,
+        slot_fields: Sequence[int] | torch.Tensor | None = None,
+        init_std: float = 0.01,
+        sparse: bool = True,
+        slot_names: Sequence[str] | None = None,
+    ):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose from {list(ACTIVATIONS)}")
+        self.num_features = num_features
+        self.num_factors = num_factors
+        self.hidden = [int(h) for h in hidden]
+        self.activation = activation
+        self.dropout = dropout
+        self.sparse = sparse
+        self.slot_names = list(slot_names) if slot_names is not None else None
+        slot_fields, self.num_fields = _as_slot_fields(slot_fields, num_fields)
+        self.register_buffer("slot_fields", slot_fields, persistent=False)
+        self.w0 = nn.Parameter(torch.zeros(()))
+        self.table = nn.Parameter(torch.randn(num_features, 1 + num_factors) * init_std)
+        layers: list[nn.Module] = []
+        width = 1 + self.num_fields * (1 + num_factors)
+        for size in self.hidden:
+            linear = nn.Linear(width, size)
+            # Glorot suits tanh; it also keeps the FM-initialized input in the active range.
+            nn.init.xavier_uniform_(linear.weight, gain=nn.init.calculate_gain(
+                "tanh" if activation == "tanh" else "relu" if activation == "relu" else "linear"
+            ))
+            nn.init.zeros_(linear.bias)
+            layers += [linear, ACTIVATIONS[activation]()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        self.hidden_layers = nn.Sequential(*layers)
+        self.output = nn.Linear(width, 1)
+        bound = 1.0 / math.sqrt(width)
+        nn.init.uniform_(self.output.weight, -bound, bound)
+        nn.init.zeros_(self.output.bias)
+
+    @classmethod
+    def from_fm(cls, fm: FM, num_fields: int | None = None, **kwargs) -> FNN:
+        """An FNN whose embedding (table and w0) starts as a copy of a trained FM's."""
+        slot_fields = kwargs.get("slot_fields")
+        if num_fields is None and slot_fields is None:
+            raise ValueError("from_fm needs num_fields (or slot_fields)")
+        kwargs.setdefault("slot_names", fm.slot_names)
+        model = cls(fm.num_features, num_fields, fm.num_factors, **kwargs)
+        with torch.no_grad():
+            model.table.copy_(fm.table)
+            model.w0.copy_(fm.w0)
+        return model
+
+    def config(self) -> dict:
+        return {
+            "num_features": self.num_features,
+            "num_fields": self.num_fields,
+            "num_factors": self.num_factors,
+            "hidden": self.hidden,
+            "activation": self.activation,
+            "dropout": self.dropout,
+            "slot_fields": None if self.slot_fields is None else self.slot_fields.tolist(),
+        }
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        return [self.table, self.w0]
+
+    def layer_parameters(self) -> list[list[nn.Parameter]]:
+        """Parameters of each hidden layer then of the output layer, for layer-wise rates."""
+        groups = [list(m.parameters()) for m in self.hidden_layers if isinstance(m, nn.Linear)]
+        return groups + [list(self.output.parameters())]
+
+    def input(self, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
+        ops.check_ids(ids, self.num_features, self.slot_names)
+        return ops.fnn_input(
+            self.table, self.w0, ids, values, self.slot_fields, self.num_fields, self.sparse
+        )
+
+    def forward(self, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
+        return self.output(self.hidden_layers(self.input(ids, values))).squeeze(-1)

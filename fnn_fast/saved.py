@@ -1,0 +1,87 @@
+"""A trained model on disk: a directory holding
+
+- ``model.safetensors``: the FM's and the FNN's tensors (prefixes ``fm.`` and ``fnn.``),
+- ``config.json``: module configs, the input schema and the training config,
+- ``encoder/``: the fitted feature encoder, so scoring encodes exactly as training did,
+- ``metrics.json``: written by the trainer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from fnn_fast.data import FeatureEncoder, Schema
+from fnn_fast.modules import FM, FNN
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class SavedModel:
+    fm: FM
+    fnn: FNN | None
+    encoder: FeatureEncoder
+    schema: Schema | None
+    config: dict
+
+    def model(self, which: str = "fnn") -> torch.nn.Module:
+        if which == "fnn" and self.fnn is not None:
+            return self.fnn
+        if which == "fm":
+            return self.fm
+        raise ValueError(f"this model directory holds no {which!r} model")
+
+
+def save_model(
+    directory, fm: FM, fnn: FNN | None, encoder: FeatureEncoder, schema: Schema | None,
+    train_config: dict | None = None,
+) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {f"fm.{k}": v.detach().contiguous() for k, v in fm.state_dict().items()}
+    if fnn is not None:
+        tensors.update({f"fnn.{k}": v.detach().contiguous() for k, v in fnn.state_dict().items()})
+    save_file(tensors, directory / "model.safetensors")
+    config = {
+        "format_version": FORMAT_VERSION,
+        "fm": fm.config(),
+        "fnn": None if fnn is None else fnn.config(),
+        "schema": None if schema is None else schema.to_dict(),
+        "train": train_config,
+    }
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    encoder.save(directory / "encoder")
+    return directory
+
+
+def load_model(directory) -> SavedModel:
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{directory} is not an fnn_fast model directory (no config.json)")
+    config = json.loads(config_path.read_text())
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{config_path}: unsupported format_version {config.get('format_version')}")
+    tensors = load_file(directory / "model.safetensors")
+    encoder = FeatureEncoder.load(directory / "encoder")
+    slot_names = [encoder.field_names[int(f)] for f in encoder.slot_fields]
+
+    def state(prefix: str) -> dict:
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    fm = FM(**config["fm"], slot_names=slot_names)
+    fm.load_state_dict(state("fm."))
+    fnn = None
+    if config.get("fnn") is not None:
+        fnn = FNN(**config["fnn"], slot_names=slot_names)
+        fnn.load_state_dict(state("fnn."))
+    fm.eval()
+    if fnn is not None:
+        fnn.eval()
+    schema = Schema.from_dict(config["schema"]) if config.get("schema") else None
+    return SavedModel(fm, fnn, encoder, schema, config)

@@ -1,0 +1,320 @@
+"""The two-stage trainer: stage 1 fits an FM, stage 2 an FNN initialized from the best FM.
+
+Both stages use mini-batch training with sparse row updates for the embedding table
+(:class:`fnn_fast.optim.SparseRowOptimizer`) and early stopping on validation AUC: the weights of
+the best epoch are kept. The test split is only ever evaluated, never used to choose anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from fnn_fast.data import FeatureEncoder, ParsedRows
+from fnn_fast.metrics import log_loss, roc_auc
+from fnn_fast.modules import FM, FNN
+from fnn_fast.optim import SparseRowOptimizer
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of both stages. Defaults suit sparse click logs such as iPinYou."""
+
+    factors: int = 10
+    batch_size: int = 256
+    seed: int = 0
+    patience: int = 2  # epochs without a better validation AUC before stopping
+    # Stage 1: FM.
+    fm_epochs: int = 20
+    fm_optimizer: str = "adagrad"
+    fm_lr: float = 0.05
+    fm_weight_decay: float = 1e-4
+    fm_init_std: float = 0.01
+    # Stage 2: FNN.
+    fnn_epochs: int = 20
+    fnn_init: str = "fm"  # "fm": embedding from the trained FM; "random": the baseline
+    hidden: list[int] = field(default_factory=lambda: [200, 300, 100])
+    activation: str = "tanh"
+    dropout: float = 0.2
+    fnn_optimizer: str = "adagrad"  # rule for the sparse embedding update
+    fnn_lr: float = 0.01  # hidden and output layers (Adam)
+    fnn_embedding_lr: float = 0.005  # the FM-initialized embedding: smaller, to keep what FM learned
+    fnn_weight_decay: float = 1e-5  # L2 on embedding rows present in a batch
+    fnn_init_std: float = 0.01  # embedding std when fnn_init == "random"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Split:
+    """Encoded rows as tensors, ready for batching."""
+
+    ids: torch.Tensor  # int64 [N, S]
+    values: torch.Tensor | None  # float32 [N, S]; None when every value is 1
+    labels: torch.Tensor  # float32 [N]
+
+    @classmethod
+    def encode(cls, rows: ParsedRows, encoder: FeatureEncoder) -> Split:
+        ids, values = encoder.transform(rows.keys, rows.values)
+        values = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+        return cls(
+            ids=torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)),
+            values=None if bool((values == 1).all()) else values,
+            labels=torch.from_numpy(np.ascontiguousarray(rows.labels, dtype=np.float32)),
+        )
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None):
+        """(ids, values, labels) mini-batches, shuffled when a generator is given."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if generator is not None else None
+        for start in range(0, n, batch_size):
+            index = (
+                order[start : start + batch_size]
+                if order is not None
+                else slice(start, start + batch_size)
+            )
+            values = None if self.values is None else self.values[index]
+            yield self.ids[index], values, self.labels[index]
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, split: Split, batch_size: int = 8192) -> np.ndarray:
+    was_training = model.training
+    model.eval()
+    out = [model(ids, values) for ids, values, _ in split.batches(batch_size)]
+    model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def evaluate(model: torch.nn.Module, split: Split) -> dict:
+    probabilities = 1.0 / (1.0 + np.exp(-predict_logits(model, split).astype(np.float64)))
+    labels = split.labels.numpy()
+    return {"auc": roc_auc(labels, probabilities), "logloss": log_loss(labels, probabilities)}
+
+
+def _log(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
+
+
+def fit(
+    model: torch.nn.Module,
+    optimizers: list[torch.optim.Optimizer],
+    train: Split,
+    valid: Split | None,
+    *,
+    epochs: int,
+    batch_size: int,
+    patience: int,
+    seed: int,
+    name: str,
+    progress: bool = True,
+) -> list[dict]:
+    """Mini-batch training with early stopping on validation AUC. The model ends holding the
+    weights of its best epoch; returns one record per epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    history: list[dict] = []
+    best_auc, best_state, best_epoch = -math.inf, None, 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        started = time.perf_counter()
+        total_loss, seen = 0.0, 0
+        bar = tqdm(
+            total=len(train),
+            desc=f"{name} epoch {epoch}/{epochs}",
+            unit="rows",
+            unit_scale=True,
+            leave=False,
+            disable=None if progress else True,
+        )
+        for ids, values, labels in train.batches(batch_size, generator):
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
+            loss = F.binary_cross_entropy_with_logits(model(ids, values), labels)
+            loss.backward()
+            for optimizer in optimizers:
+                optimizer.step()
+            total_loss += float(loss) * labels.shape[0]
+            seen += labels.shape[0]
+            bar.update(labels.shape[0])
+        bar.close()
+        record = {
+            "epoch": epoch,
+            "train_loss": total_loss / max(seen, 1),
+            "seconds": time.perf_counter() - started,
+            "samples_per_s": seen / max(time.perf_counter() - started, 1e-9),
+        }
+        train_metrics = evaluate(model, train)
+        record.update(train_auc=train_metrics["auc"], train_logloss=train_metrics["logloss"])
+        if valid is not None:
+            valid_metrics = evaluate(model, valid)
+            record.update(valid_auc=valid_metrics["auc"], valid_logloss=valid_metrics["logloss"])
+        history.append(record)
+        _log(
+            f"{name} epoch {epoch}: train auc {record['train_auc']:.4f} "
+            f"logloss {record['train_logloss']:.4f}"
+            + (
+                f" | valid auc {record['valid_auc']:.4f} logloss {record['valid_logloss']:.4f}"
+                if valid is not None
+                else ""
+            )
+            + f" | {record['samples_per_s']:,.0f} rows/s"
+        )
+        score = record.get("valid_auc", -record["train_loss"])
+        if math.isnan(score):  # a validation split with one class: fall back to its logloss
+            score = -record["valid_logloss"]
+        if score > best_auc:
+            best_auc, best_state, best_epoch = score, copy.deepcopy(model.state_dict()), epoch
+        elif epoch - best_epoch >= patience:
+            _log(f"{name}: stopping early, best epoch {best_epoch}")
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    for record in history:
+        record["best"] = record["epoch"] == best_epoch
+    return history
+
+
+def train_fm(
+    train: Split,
+    valid: Split | None,
+    num_features: int,
+    config: TrainConfig,
+    slot_names=None,
+    progress: bool = True,
+) -> tuple[FM, list[dict]]:
+    """Stage 1: an FM trained with sparse row updates."""
+    torch.manual_seed(config.seed)
+    fm = FM(num_features, config.factors, init_std=config.fm_init_std, slot_names=slot_names)
+    optimizer = SparseRowOptimizer(
+        fm.parameters(),
+        config.fm_optimizer,
+        lr=config.fm_lr,
+        weight_decay=config.fm_weight_decay,
+    )
+    history = fit(
+        fm,
+        [optimizer],
+        train,
+        valid,
+        epochs=config.fm_epochs,
+        batch_size=config.batch_size,
+        patience=config.patience,
+        seed=config.seed,
+        name="FM",
+        progress=progress,
+    )
+    return fm, history
+
+
+def build_fnn(fm: FM | None, num_features: int, slot_fields, config: TrainConfig, slot_names=None):
+    kwargs = dict(
+        hidden=config.hidden,
+        activation=config.activation,
+        dropout=config.dropout,
+        slot_fields=slot_fields,
+        slot_names=slot_names,
+    )
+    num_fields = int(max(slot_fields)) + 1
+    if config.fnn_init == "fm":
+        if fm is None:
+            raise ValueError("fnn_init='fm' needs a trained FM")
+        return FNN.from_fm(fm, num_fields, **kwargs)
+    if config.fnn_init != "random":
+        raise ValueError(f"fnn_init must be 'fm' or 'random', got {config.fnn_init!r}")
+    return FNN(num_features, num_fields, config.factors, init_std=config.fnn_init_std, **kwargs)
+
+
+def fnn_optimizers(fnn: FNN, config: TrainConfig) -> list[torch.optim.Optimizer]:
+    """Layer-wise learning rates: the embedding (sparse rows) gets its own, smaller rate."""
+    embedding = SparseRowOptimizer(
+        fnn.embedding_parameters(),
+        config.fnn_optimizer,
+        lr=config.fnn_embedding_lr,
+        weight_decay=config.fnn_weight_decay,
+    )
+    layers = torch.optim.Adam(
+        [{"params": group} for group in fnn.layer_parameters()], lr=config.fnn_lr
+    )
+    return [embedding, layers]
+
+
+def train_fnn(
+    train: Split,
+    valid: Split | None,
+    fm: FM | None,
+    num_features: int,
+    slot_fields,
+    config: TrainConfig,
+    slot_names=None,
+    progress: bool = True,
+) -> tuple[FNN, list[dict]]:
+    """Stage 2: an FNN, from the FM's embedding (or a random one), fine-tuned end to end."""
+    torch.manual_seed(config.seed + 1)
+    fnn = build_fnn(fm, num_features, slot_fields, config, slot_names)
+    history = fit(
+        fnn,
+        fnn_optimizers(fnn, config),
+        train,
+        valid,
+        epochs=config.fnn_epochs,
+        batch_size=config.batch_size,
+        patience=config.patience,
+        seed=config.seed + 1,
+        name="FNN" if config.fnn_init == "fm" else "FNN(random)",
+        progress=progress,
+    )
+    return fnn, history
+
+
+@dataclass
+class TwoStageResult:
+    fm: FM
+    fnn: FNN
+    metrics: dict  # {"fm": {...}, "fnn": {...}}: valid/test AUC and logloss
+    history: dict  # {"fm": [...], "fnn": [...]}: one record per epoch
+
+
+def _split_metrics(model, valid: Split | None, test: Split | None) -> dict:
+    metrics = {}
+    for name, split in (("valid", valid), ("test", test)):
+        if split is not None:
+            result = evaluate(model, split)
+            metrics[f"{name}_auc"], metrics[f"{name}_logloss"] = result["auc"], result["logloss"]
+    return metrics
+
+
+def train_two_stage(
+    train: Split,
+    valid: Split | None,
+    test: Split | None,
+    encoder: FeatureEncoder,
+    config: TrainConfig,
+    progress: bool = True,
+) -> TwoStageResult:
+    """Stage 1 (FM) then stage 2 (FNN from the best FM, or from a random embedding)."""
+    slot_fields = [int(f) for f in encoder.slot_fields]
+    slot_names = [encoder.field_names[f] for f in slot_fields]
+    fm, fm_history = train_fm(train, valid, encoder.num_features, config, slot_names, progress)
+    fnn, fnn_history = train_fnn(
+        train, valid, fm, encoder.num_features, slot_fields, config, slot_names, progress
+    )
+    metrics = {
+        "fm": {**_split_metrics(fm, valid, test), "epochs": len(fm_history)},
+        "fnn": {
+            **_split_metrics(fnn, valid, test),
+            "epochs": len(fnn_history),
+            "init": config.fnn_init,
+        },
+    }
+    return TwoStageResult(fm, fnn, metrics, {"fm": fm_history, "fnn": fnn_history})

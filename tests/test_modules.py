@@ -1,0 +1,200 @@
+"""FM and FNN modules against direct computations, and their gradients."""
+
+import itertools
+
+import pytest
+import torch
+
+import fnn_fast
+from fnn_fast import FM, FNN
+from fnn_fast.ops import reference
+
+
+def fm_direct(table, w0, ids, values):
+    """The FM by its definition: O(S^2 K) pairwise sum, one sample at a time."""
+    out = []
+    for b in range(ids.shape[0]):
+        x, rows = values[b], table[ids[b]]
+        total = w0 + (x * rows[:, 0]).sum()
+        for i, j in itertools.combinations(range(ids.shape[1]), 2):
+            total = total + (rows[i, 1:] * rows[j, 1:]).sum() * x[i] * x[j]
+        out.append(total)
+    return torch.stack(out)
+
+
+def random_batch(batch, slots, num_features, generator, hot=None):
+    ids = torch.randint(0, num_features, (batch, slots), generator=generator)
+    if hot is not None:
+        ids[:, 0] = hot  # one row hit by every sample
+        ids[::2, -1] = hot  # and twice in some samples
+    values = torch.rand(batch, slots, generator=generator, dtype=torch.float64) * 2 - 0.5
+    return ids, values
+
+
+@pytest.mark.parametrize("slots,factors", [(1, 1), (3, 5), (7, 10), (16, 3)])
+def test_fm_forward_matches_direct(slots, factors):
+    g = torch.Generator().manual_seed(slots * 100 + factors)
+    table = torch.randn(40, 1 + factors, generator=g, dtype=torch.float64)
+    w0 = torch.tensor(0.3, dtype=torch.float64)
+    ids, values = random_batch(9, slots, 40, g, hot=5)
+    got = reference.fm_forward(table, w0, ids, values)
+    torch.testing.assert_close(got, fm_direct(table, w0, ids, values))
+    ones = torch.ones_like(values)
+    torch.testing.assert_close(reference.fm_forward(table, w0, ids), fm_direct(table, w0, ids, ones))
+
+
+def test_fm_gradients_match_direct():
+    g = torch.Generator().manual_seed(1)
+    table = torch.randn(30, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    w0 = torch.tensor(-0.2, dtype=torch.float64, requires_grad=True)
+    ids, values = random_batch(8, 5, 30, g, hot=3)
+    values.requires_grad_(True)
+    weights = torch.randn(8, generator=g, dtype=torch.float64)
+    (reference.fm_forward(table, w0, ids, values) * weights).sum().backward()
+    got = (table.grad.to_dense(), w0.grad.clone(), values.grad.clone())
+    for t in (table, w0, values):
+        t.grad = None
+    (fm_direct(table, w0, ids, values) * weights).sum().backward()
+    torch.testing.assert_close(got[0], table.grad)
+    torch.testing.assert_close(got[1], w0.grad)
+    torch.testing.assert_close(got[2], values.grad)
+
+
+def test_fm_module_gradient_is_sparse_and_only_present_rows():
+    fm = FM(100, 4)
+    ids = torch.tensor([[1, 5, 9], [1, 7, 9]])
+    fm(ids).sum().backward()
+    assert fm.table.grad.is_sparse
+    rows = set(fm.table.grad.coalesce().indices()[0].tolist())
+    assert rows == {1, 5, 7, 9}
+
+
+def test_fnn_input_is_w0_then_value_weighted_rows():
+    g = torch.Generator().manual_seed(2)
+    table = torch.randn(20, 4, generator=g)
+    w0 = torch.tensor(0.7)
+    ids = torch.tensor([[0, 3, 3], [19, 2, 4]])
+    values = torch.rand(2, 3, generator=g)
+    z = reference.fnn_input(table, w0, ids, values)
+    expected = torch.stack(
+        [torch.cat([w0.reshape(1)] + [values[b, s] * table[ids[b, s]] for s in range(3)])
+         for b in range(2)]
+    )
+    torch.testing.assert_close(z, expected)
+
+
+def test_fnn_multi_valued_field_sums_its_slots():
+    g = torch.Generator().manual_seed(3)
+    table = torch.randn(20, 3, generator=g)
+    w0 = torch.tensor(0.0)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    values = torch.rand(1, 4, generator=g)
+    slot_fields = torch.tensor([0, 1, 1, 2])  # field 1 has two slots
+    z = reference.fnn_input(table, w0, ids, values, slot_fields, 3)
+    field1 = values[0, 1] * table[2] + values[0, 2] * table[3]
+    torch.testing.assert_close(z[0, 1 + 3 : 1 + 6], field1)
+    assert z.shape == (1, 1 + 3 * 3)
+
+
+def test_fnn_from_fm_starts_from_fm_embedding():
+    fm = FM(50, 6)
+    with torch.no_grad():
+        fm.table.normal_()
+        fm.w0.fill_(0.4)
+    fnn = FNN.from_fm(fm, num_fields=4, hidden=(7, 5), dropout=0.1)
+    torch.testing.assert_close(fnn.table, fm.table)
+    assert fnn.w0.item() == pytest.approx(0.4)
+    ids = torch.randint(0, 50, (3, 4))
+    z = fnn.input(ids)
+    torch.testing.assert_close(z[:, 1 : 1 + 7], fm.table[ids[:, 0]])
+    assert fnn(ids).shape == (3,)
+    assert isinstance(fnn.hidden_layers[1], torch.nn.Tanh)
+
+
+def test_fnn_sparse_and_dense_gradients_agree():
+    torch.manual_seed(4)
+    sparse = FNN(30, 5, 3, hidden=(8, 6), dropout=0.0)
+    dense = FNN(30, 5, 3, hidden=(8, 6), dropout=0.0, sparse=False)
+    dense.load_state_dict(sparse.state_dict())
+    ids = torch.randint(0, 30, (11, 5))
+    ids[:, 2] = 17
+    values = torch.rand(11, 5)
+    labels = torch.randint(0, 2, (11,)).float()
+    for model in (sparse, dense):
+        torch.nn.functional.binary_cross_entropy_with_logits(model(ids, values), labels).backward()
+    torch.testing.assert_close(sparse.table.grad.to_dense(), dense.table.grad)
+    for a, b in zip(sparse.hidden_layers.parameters(), dense.hidden_layers.parameters()):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_out_of_range_id_names_the_field():
+    fm = FM(10, 2, slot_names=["weekday", "hour", "city"])
+    with pytest.raises(IndexError, match="field city"):
+        fm(torch.tensor([[1, 2, 10]]))
+    with pytest.raises(IndexError, match="field weekday"):
+        fm(torch.tensor([[-1, 2, 3]]))
+    with pytest.raises(TypeError):
+        fm(torch.tensor([[1.0, 2.0, 3.0]]))
+
+
+def test_empty_batch():
+    fm = FM(10, 2)
+    fnn = FNN.from_fm(fm, num_fields=3, hidden=(4,))
+    empty = torch.zeros(0, 3, dtype=torch.int64)
+    assert fm(empty).shape == (0,)
+    assert fnn(empty).shape == (0,)
+
+
+needs_native = pytest.mark.skipif(
+    "native" not in fnn_fast.backends()["available"], reason="fnn_fast._C was not built"
+)
+
+
+@needs_native
+@pytest.mark.parametrize("batch,slots,factors", [(1, 1, 1), (0, 4, 3), (33, 7, 5), (64, 39, 10)])
+@pytest.mark.parametrize("with_values", [True, False])
+def test_native_fm_forward_matches_reference(batch, slots, factors, with_values):
+    from fnn_fast.ops import native
+
+    g = torch.Generator().manual_seed(batch + slots + factors)
+    table = torch.randn(500, 1 + factors, generator=g)
+    w0 = torch.tensor(0.25)
+    ids = torch.randint(0, 500, (batch, slots), generator=g)
+    if batch:
+        ids[:, 0] = 42
+    values = torch.rand(batch, slots, generator=g) if with_values else None
+    got = native.fm_forward(table, w0, ids, values)
+    # float32 sums over many slots round differently: allow twice the reference's own error.
+    exact = reference.fm_forward(
+        table.double(), w0.double(), ids, None if values is None else values.double()
+    )
+    reference_error = (reference.fm_forward(table, w0, ids, values) - exact).abs()
+    native_error = (got.double() - exact).abs()
+    assert got.shape == (batch,)
+    if batch:
+        assert native_error.max() <= 2 * reference_error.max() + 1e-5
+
+
+@needs_native
+def test_backend_switch_and_inference_dispatch():
+    fm = FM(100, 4)
+    with torch.no_grad():
+        fm.table.normal_()
+    ids = torch.randint(0, 100, (16, 5))
+    try:
+        fnn_fast.set_backend("reference")
+        assert fnn_fast.backends()["active"] == "reference"
+        with torch.no_grad():
+            expected = fm(ids)
+        fnn_fast.set_backend("auto")
+        assert fnn_fast.backends()["active"] == "native"
+        with torch.no_grad():
+            got = fm(ids)
+    finally:
+        fnn_fast.set_backend("auto")
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_backend_rejected():
+    with pytest.raises(ValueError, match="unknown backend"):
+        fnn_fast.set_backend("cuda-magic")
