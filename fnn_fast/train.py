@@ -12,16 +12,19 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from fnn_fast.data import FeatureEncoder, ParsedRows
 from fnn_fast.metrics import log_loss, roc_auc
 from fnn_fast.modules import FM, FNN
 from fnn_fast.optim import SparseRowOptimizer
+
+if TYPE_CHECKING:
+    from fnn_fast.data import FeatureEncoder, ParsedRows
 
 @dataclass
 class TrainConfig:
@@ -144,7 +147,7 @@ def fit(
             loss.backward()
             for optimizer in optimizers:
                 optimizer.step()
-            total_loss += float(loss) * labels.shape[0]
+            total_loss += loss.item() * labels.shape[0]
             seen += labels.shape[0]
             bar.update(labels.shape[0])
         bar.close()

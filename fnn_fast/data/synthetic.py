@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fnn_fast.data.readers import ParsedRows
+from fnn_fast.data.rows import ParsedRows
 from fnn_fast.metrics import roc_auc
 
 
@@ -33,8 +33,7 @@ class PlantedModel:
     weights: list[np.ndarray]  # per field [c_f]
     factors: list[np.ndarray]  # per field [c_f, K]
     nonlinear: float  # scale of the non-linear term (0: pure FM truth)
-    embeddings: list[np.ndarray]  # per field [c_f, d], inputs of the non-linear term
-    hidden_weight: np.ndarray  # [F d, h]
+    hidden_weight: np.ndarray  # [F K, h]
     output_weight: np.ndarray  # [h]
     nonlinear_mean: float
     nonlinear_std: float
@@ -52,7 +51,10 @@ class PlantedModel:
         return np.stack(columns, axis=1).astype(np.int64)
 
     def _nonlinear_raw(self, ids: np.ndarray) -> np.ndarray:
-        inputs = np.concatenate([e[ids[:, f]] for f, e in enumerate(self.embeddings)], axis=1)
+        # The non-linear term reads the planted factors: what a trained FM recovers is exactly
+        # what a network on top of it needs (the premise of FNN).
+        inputs = np.concatenate([v[ids[:, f]] for f, v in enumerate(self.factors)], axis=1)
+        inputs = inputs / inputs.std()
         return np.tanh(inputs @ self.hidden_weight) @ self.output_weight
 
     def logits(self, ids: np.ndarray) -> np.ndarray:
@@ -101,7 +103,6 @@ def plant_model(
     linear_scale: float = 0.6,
     pairwise_scale: float = 1.0,
     nonlinear: float = 0.0,
-    embedding_dim: int = 4,
     hidden: int = 16,
     seed: int = 0,
 ) -> PlantedModel:
@@ -125,10 +126,10 @@ def plant_model(
         weights=[rng.normal(0, weight_std, c) for c in cards],
         factors=[rng.normal(0, factor_std, (c, num_factors)) for c in cards],
         nonlinear=nonlinear,
-        embeddings=[rng.normal(0, 1, (c, embedding_dim)) for c in cards],
         # Large input weights saturate tanh: an interaction of many fields at once.
-        hidden_weight=rng.normal(0, 2.0 / np.sqrt(num_fields * embedding_dim),
-                                 (num_fields * embedding_dim, hidden)),
+        hidden_weight=rng.normal(
+            0, 2.0 / np.sqrt(num_fields * num_factors), (num_fields * num_factors, hidden)
+        ),
         output_weight=rng.normal(0, 1, hidden),
         nonlinear_mean=0.0,
         nonlinear_std=1.0,

@@ -1,0 +1,118 @@
+"""Delimited text: Criteo's tab-separated files (no header, fixed columns) and CSV with a header.
+
+A row must have exactly as many cells as the header. Empty lines are skipped (not counted as bad);
+an empty cell is a missing value, the token "" of its field.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+
+from fnn_fast.data.errors import BadLines, DataError, MalformedLine
+from fnn_fast.data.rows import ArrayChunks, ParsedRows
+from fnn_fast.data.schema import CRITEO_COLUMNS, Schema
+from fnn_fast.data.textfile import text_lines
+from fnn_fast.data.tokens import NumericKeys, TokenKeys, parse_label
+
+_SEPARATOR_NAMES = {"\t": "tab", ",": "comma", ";": "semicolon", "|": "pipe", " ": "space"}
+
+
+def read_delimited(path, schema: Schema, bad: BadLines, progress: bool) -> ParsedRows:
+    criteo = schema.format == "criteo"
+    separator = "\t" if criteo else schema.delimiter or ","
+    # utf-8-sig drops the byte-order mark that spreadsheet exports put before the header.
+    encoding, newline = ("utf-8", None) if criteo else ("utf-8-sig", "")
+    with text_lines(path, progress=progress, encoding=encoding, newline=newline) as text:
+        if criteo:
+            header, rows = CRITEO_COLUMNS, _split_lines(text, separator)
+        else:
+            header, rows = _csv_rows(path, text, separator, bad)
+        position = _column_positions(path, header, schema)
+        label_col = position[schema.label_column]
+        id_col = None if schema.id_column is None else position[schema.id_column]
+        numeric = [(position[c], NumericKeys(c, schema.numeric_mode)) for c in schema.numeric]
+        categorical = [(position[c], TokenKeys()) for c in schema.categorical]
+        categorical_values = [1.0] * len(categorical)
+        width = f"{len(header)} {_SEPARATOR_NAMES.get(separator, repr(separator))}-separated"
+
+        labels, lines, keys, values, row_ids = [], [], [], [], []
+        columns = ArrayChunks(labels=np.float32, lines=np.int64, keys=np.int64,
+                              values=np.float32, row_ids=str)
+        for line_no, cells in rows:
+            if len(cells) != len(header):
+                bad.report(line_no, f"expected {width} columns, found {len(cells)}")
+                continue
+            try:
+                label = parse_label(cells[label_col])
+                numbers = [column_keys[cells[col]] for col, column_keys in numeric]
+            except MalformedLine as problem:
+                bad.report(line_no, str(problem))
+                continue
+            labels.append(label)
+            lines.append(line_no)
+            keys.extend([key for key, _ in numbers])
+            keys.extend([column_keys[cells[col]] for col, column_keys in categorical])
+            values.extend([value for _, value in numbers])
+            values.extend(categorical_values)
+            if id_col is not None:
+                row_ids.append(cells[id_col])
+            if len(labels) == columns.FLUSH_ROWS:
+                columns.flush(labels=labels, lines=lines, keys=keys, values=values,
+                              row_ids=row_ids)
+        columns.flush(labels=labels, lines=lines, keys=keys, values=values, row_ids=row_ids)
+
+    num_fields = len(schema.field_names)
+    return ParsedRows(
+        labels=columns.array("labels"),
+        keys=columns.array("keys").reshape(-1, num_fields),
+        values=columns.array("values").reshape(-1, num_fields),
+        slot_fields=np.arange(num_fields, dtype=np.int64),
+        field_names=schema.field_names,
+        row_ids=None if id_col is None else columns.array("row_ids"),
+        lines=columns.array("lines"),
+        bad_lines=bad.count,
+        source=str(path),
+        bad_examples=bad.examples,
+    )
+
+
+def _split_lines(text, separator: str):
+    """(line number, cells) of each non-empty line; no quoting, as in Criteo's files."""
+    for line_no, line in enumerate(text, 1):
+        line = line.rstrip("\r\n")
+        if line:
+            yield line_no, line.split(separator)
+
+
+def _csv_rows(path, text, separator: str, bad: BadLines):
+    reader = csv.reader(text, delimiter=separator)
+    header = next(reader, None)
+    if header is None:
+        raise DataError(path, 1, "the file is empty: a header line is expected")
+
+    def rows():
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as error:
+                bad.report(reader.line_num, f"malformed CSV: {error}")
+                continue
+            if cells:
+                yield reader.line_num, cells
+
+    return header, rows()
+
+
+def _column_positions(path, header: list[str], schema: Schema) -> dict[str, int]:
+    position: dict[str, int] = {}
+    for i, name in enumerate(header):
+        position.setdefault(name, i)
+    declared = [schema.label_column, schema.id_column, *schema.numeric, *schema.categorical]
+    missing = [name for name in declared if name is not None and name not in position]
+    if missing:
+        raise DataError(path, 1, f"declared columns not in the header: {', '.join(missing)}")
+    return position

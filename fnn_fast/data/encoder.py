@@ -1,0 +1,142 @@
+"""Per-field vocabularies mapping keys to dense feature ids.
+
+Field f owns the ids ``offsets[f] .. offsets[f] + sizes[f] - 1``: the first is f's
+out-of-vocabulary id (also given to PAD slots, with value 0), then one id per kept key, in key
+order. Arrays are processed in row chunks, so memmapped inputs never have to fit in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from fnn_fast.data.rows import ParsedRows
+from fnn_fast.data.tokens import PAD_KEY
+
+ENCODER_FORMAT_VERSION = 1
+_CHUNK_ROWS = 1 << 18
+
+
+class FeatureEncoder:
+    def __init__(self, field_names, slot_fields, vocabs, min_count: int = 1):
+        """``vocabs[f]``: field f's kept keys, sorted and distinct."""
+        self.field_names = list(field_names)
+        self.slot_fields = np.asarray(slot_fields, dtype=np.int64)
+        self.vocabs = [np.ascontiguousarray(v, dtype=np.int64) for v in vocabs]
+        self.min_count = min_count
+        if len(self.vocabs) != len(self.field_names):
+            raise ValueError(f"{len(self.vocabs)} vocabularies for {len(self.field_names)} fields")
+        if np.any((self.slot_fields < 0) | (self.slot_fields >= len(self.field_names))):
+            raise ValueError("slot_fields must index field_names")
+        for name, vocab in zip(self.field_names, self.vocabs, strict=True):
+            if np.any(vocab[1:] <= vocab[:-1]):
+                raise ValueError(f"vocabulary of field {name!r} is not sorted and distinct")
+        self.sizes = np.array([1 + len(v) for v in self.vocabs], dtype=np.int64)
+        self.offsets = np.cumsum(self.sizes) - self.sizes
+        self.num_features = int(self.sizes.sum())
+
+    @classmethod
+    def fit(cls, rows_or_keys, slot_fields=None, field_names=None, min_count: int = 1, *,
+            chunk_rows: int = _CHUNK_ROWS) -> FeatureEncoder:
+        """Keep, per field, the keys seen at least ``min_count`` times. Accepts ParsedRows, or
+        keys [N, S] with slot_fields [S] and field_names."""
+        keys = rows_or_keys
+        if isinstance(rows_or_keys, ParsedRows):
+            keys = rows_or_keys.keys
+            slot_fields = rows_or_keys.slot_fields if slot_fields is None else slot_fields
+            field_names = rows_or_keys.field_names if field_names is None else field_names
+        if slot_fields is None or field_names is None:
+            raise TypeError("fit(keys, ...) needs slot_fields and field_names")
+        slot_fields = np.asarray(slot_fields, dtype=np.int64)
+        slots_of = [np.flatnonzero(slot_fields == f) for f in range(len(field_names))]
+        counted = [[] for _ in field_names]  # per field: (keys, counts) of each chunk
+        for start in range(0, len(keys), chunk_rows):
+            chunk = np.asarray(keys[start : start + chunk_rows], dtype=np.int64)
+            for f, slots in enumerate(slots_of):
+                seen = chunk[:, slots].ravel()
+                counted[f].append(np.unique(seen[seen != PAD_KEY], return_counts=True))
+        vocabs = [_frequent(parts, min_count) for parts in counted]
+        return cls(field_names, slot_fields, vocabs, min_count)
+
+    @classmethod
+    def fit_rows(cls, rows: ParsedRows, min_count: int = 1) -> FeatureEncoder:
+        return cls.fit(rows.keys, rows.slot_fields, rows.field_names, min_count)
+
+    def transform(self, keys, values, *, chunk_rows: int = _CHUNK_ROWS):
+        """(ids int64 [N, S], values float32 [N, S]). An unseen key gets its field's OOV id and
+        keeps its value; a PAD slot gets the OOV id and value 0."""
+        keys = keys if hasattr(keys, "shape") else np.asarray(keys)
+        values = values if hasattr(values, "shape") else np.asarray(values)
+        if keys.shape != values.shape or keys.ndim != 2 or keys.shape[1] != len(self.slot_fields):
+            raise ValueError(
+                f"keys {keys.shape} and values {values.shape} must both be [N, "
+                f"{len(self.slot_fields)}], the slot layout this encoder was fitted on"
+            )
+        ids = np.empty(keys.shape, dtype=np.int64)
+        out_values = np.empty(keys.shape, dtype=np.float32)
+        for start in range(0, len(keys), chunk_rows):
+            rows = slice(start, start + chunk_rows)
+            chunk = np.asarray(keys[rows], dtype=np.int64)
+            for s, f in enumerate(self.slot_fields):
+                ids[rows, s] = self._ids(f, chunk[:, s])
+            out_values[rows] = np.where(chunk == PAD_KEY, 0.0, np.asarray(values[rows]))
+        return ids, out_values
+
+    def transform_rows(self, rows: ParsedRows):
+        return self.transform(rows.keys, rows.values)
+
+    def _ids(self, field: int, keys: np.ndarray) -> np.ndarray:
+        vocab, oov = self.vocabs[field], self.offsets[field]
+        if not len(vocab):
+            return np.full(len(keys), oov, dtype=np.int64)
+        position = np.minimum(np.searchsorted(vocab, keys), len(vocab) - 1)
+        return np.where(vocab[position] == keys, oov + 1 + position, oov)
+
+    def field_of_id(self, feature_id: int) -> str:
+        if not 0 <= feature_id < self.num_features:
+            raise IndexError(f"feature id {feature_id} not in 0..{self.num_features - 1}")
+        return self.field_names[int(np.searchsorted(self.offsets, feature_id, side="right")) - 1]
+
+    def save(self, directory) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({f"vocab.{f}": v for f, v in enumerate(self.vocabs)},
+                  str(directory / "encoder.safetensors"))
+        config = {
+            "format_version": ENCODER_FORMAT_VERSION,
+            "field_names": self.field_names,
+            "slot_fields": self.slot_fields.tolist(),
+            "min_count": self.min_count,
+            "offsets": self.offsets.tolist(),
+            "sizes": self.sizes.tolist(),
+        }
+        (directory / "encoder.json").write_text(json.dumps(config, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, directory) -> FeatureEncoder:
+        directory = Path(directory)
+        config = json.loads((directory / "encoder.json").read_text())
+        if config.get("format_version") != ENCODER_FORMAT_VERSION:
+            raise ValueError(f"{directory}: encoder format {config.get('format_version')}, "
+                             f"this version reads {ENCODER_FORMAT_VERSION}")
+        tensors = load_file(str(directory / "encoder.safetensors"))
+        vocabs = [tensors[f"vocab.{f}"] for f in range(len(config["field_names"]))]
+        encoder = cls(config["field_names"], config["slot_fields"], vocabs, config["min_count"])
+        if encoder.sizes.tolist() != config["sizes"]:
+            raise ValueError(f"{directory}: vocabulary sizes do not match encoder.json")
+        return encoder
+
+
+def _frequent(parts: list[tuple[np.ndarray, np.ndarray]], min_count: int) -> np.ndarray:
+    """Merge per-chunk (keys, counts) and keep the keys counted at least min_count times."""
+    if not parts:
+        return np.zeros(0, dtype=np.int64)
+    keys = np.concatenate([k for k, _ in parts])
+    counts = np.concatenate([c for _, c in parts])
+    if len(parts) > 1:  # a key seen in several chunks: add its counts up
+        keys, inverse = np.unique(keys, return_inverse=True)
+        counts = np.bincount(inverse, weights=counts, minlength=len(keys))
+    return keys[counts >= min_count]

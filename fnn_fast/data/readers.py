@@ -1,0 +1,32 @@
+"""Reading an input file into :class:`ParsedRows`, whatever its format.
+
+Malformed lines raise :class:`DataError` (file, line, reason), or with ``skip_bad_lines`` are
+skipped and counted in ``bad_lines``, the first few reasons kept in ``bad_examples``. Empty lines
+of text files carry nothing and are skipped without being counted.
+"""
+
+from __future__ import annotations
+
+from fnn_fast.data.delimited import read_delimited
+from fnn_fast.data.errors import BadLines
+from fnn_fast.data.libfm import read_libfm
+from fnn_fast.data.parquet import read_parquet
+from fnn_fast.data.rows import ParsedRows
+from fnn_fast.data.schema import Schema
+from fnn_fast.data.tokens import PAD_KEY
+
+__all__ = ["PAD_KEY", "ParsedRows", "read_rows"]
+
+_READERS = {
+    "libfm": read_libfm,
+    "criteo": read_delimited,
+    "csv": read_delimited,
+    "parquet": read_parquet,
+}
+
+
+def read_rows(path, schema: Schema, *, skip_bad_lines: bool = False,
+              progress: bool = True) -> ParsedRows:
+    """Parse one file. ``progress`` shows a tqdm bar when stderr is a terminal."""
+    reader = _READERS[schema.format]
+    return reader(path, schema, BadLines(path, skip_bad_lines), progress)

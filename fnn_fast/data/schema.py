@@ -1,0 +1,95 @@
+"""What an input file holds and how to turn it into fields."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+
+from fnn_fast.data.featindex import load_featindex
+from fnn_fast.data.tokens import NUMERIC_MODES
+
+FORMATS = ("libfm", "criteo", "csv", "parquet")
+CRITEO_NUMERIC = [f"I{i}" for i in range(1, 14)]
+CRITEO_CATEGORICAL = [f"C{i}" for i in range(1, 27)]
+CRITEO_COLUMNS = ["label", *CRITEO_NUMERIC, *CRITEO_CATEGORICAL]  # the implicit header
+
+
+@dataclass
+class Schema:
+    """The input format and its columns.
+
+    Field order (``field_names``) for column formats: the numeric columns, then the categorical
+    ones, each in declared order. It never depends on a file's column order, so one schema gives
+    one field layout for every file it reads (a test file with reordered columns included).
+    """
+
+    format: str  # 'libfm' | 'criteo' | 'csv' | 'parquet'
+    label: str | None = None  # label column (csv/parquet); None means "label"
+    categorical: list[str] = field(default_factory=list)
+    numeric: list[str] = field(default_factory=list)
+    numeric_mode: str = "bucketize"  # or "value": one feature per numeric field, valued x
+    id_column: str | None = None  # passed through to ParsedRows.row_ids, not a feature
+    delimiter: str | None = None  # csv; None means ","
+    featindex: str | None = None  # libfm: 'field:value<TAB>idx' file; None: field = position
+    num_fields: int | None = None  # libfm positional: features per line; None: from 1st line
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, not {self.format!r}")
+        if self.numeric_mode not in NUMERIC_MODES:
+            raise ValueError(
+                f"numeric_mode must be one of {NUMERIC_MODES}, not {self.numeric_mode!r}"
+            )
+        if self.featindex is not None:
+            self.featindex = os.fspath(self.featindex)
+        self.categorical = list(self.categorical)
+        self.numeric = list(self.numeric)
+        if self.format == "libfm":
+            if self.categorical or self.numeric:
+                raise ValueError("libfm files have no named columns: give no numeric/categorical")
+            return
+        features = self.numeric + self.categorical
+        if not features:
+            raise ValueError(f"a {self.format} schema needs numeric and/or categorical columns")
+        repeated = sorted({c for c in features if features.count(c) > 1})
+        if repeated:
+            raise ValueError(f"columns declared more than once: {repeated}")
+        for special in (self.label_column, self.id_column):
+            if special in features:
+                raise ValueError(f"column {special!r} cannot be both a feature and label/id")
+        if self.format == "criteo":
+            unknown = [c for c in [*features, self.label_column, self.id_column] if c is not None
+                       and c not in CRITEO_COLUMNS]
+            if unknown:
+                raise ValueError(f"not Criteo columns (label, I1..I13, C1..C26): {unknown}")
+
+    @classmethod
+    def criteo(cls, format: str = "criteo") -> Schema:
+        """The Criteo columns; ``format="csv"`` or ``"parquet"`` for the same columns by name."""
+        return cls(format, label="label", numeric=list(CRITEO_NUMERIC),
+                   categorical=list(CRITEO_CATEGORICAL))
+
+    @property
+    def label_column(self) -> str:
+        return self.label or "label"
+
+    @property
+    def field_names(self) -> list[str]:
+        if self.format != "libfm":
+            return self.numeric + self.categorical
+        if self.featindex is not None:
+            return list(load_featindex(self.featindex).field_names)
+        if self.num_fields is None:
+            raise ValueError("positional libfm schema without num_fields: the fields are known "
+                             "only once a file is read (ParsedRows.field_names)")
+        return [f"f{i}" for i in range(self.num_fields)]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Schema:
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown schema keys: {sorted(unknown)}")
+        return cls(**data)
