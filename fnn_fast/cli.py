@@ -91,11 +91,12 @@ def _config_from_args(args) -> TrainConfig:
 
 
 def _print_metrics(metrics: dict) -> None:
-    print(f"{'model':<12} {'valid AUC':>10} {'valid logloss':>14} {'test AUC':>10} {'test logloss':>13}")
+    heads = ("valid AUC", "valid logloss", "test AUC", "test logloss")
+    print(f"{'model':<14}" + "".join(f"{h:>15}" for h in heads))
     for name, m in metrics.items():
         cells = [m.get(k) for k in ("valid_auc", "valid_logloss", "test_auc", "test_logloss")]
         text = [f"{c:.4f}" if c is not None else "-" for c in cells]
-        print(f"{name:<12} {text[0]:>10} {text[1]:>14} {text[2]:>10} {text[3]:>13}")
+        print(f"{name:<14}" + "".join(f"{t:>15}" for t in text))
 
 
 def _write_run(out: Path, result, encoder, schema, config: TrainConfig, extra: dict | None = None):
@@ -165,8 +166,11 @@ def cmd_evaluate(args) -> int:
     saved, schema = _load(args)
     rows = _read(args.data, schema, args)
     split = Split.encode(rows, saved.encoder)
-    result = {which: evaluate(saved.model(which), split) for which in ("fm", "fnn")
-              if which == "fm" or saved.fnn is not None}
+    result = {
+        which: evaluate(saved.model(which), split)
+        for which in ("fm", "fnn")
+        if which == "fm" or saved.fnn is not None
+    }
     result["rows"] = len(split)
     print(json.dumps(result, indent=2))
     return 0
@@ -203,13 +207,20 @@ def _add_input_options(p: argparse.ArgumentParser, with_schema: bool = True) -> 
         p.add_argument("--label", help="csv/parquet: label column (default 'label')")
         p.add_argument("--categorical", help="csv/parquet: comma-separated categorical columns")
         p.add_argument("--numeric", help="csv/parquet: comma-separated numeric columns")
-        p.add_argument("--numeric-mode", choices=("bucketize", "value"), default="bucketize",
-                       help="numeric columns: floor(log(x)^2) buckets, or one value-weighted feature")
+        p.add_argument(
+            "--numeric-mode",
+            choices=("bucketize", "value"),
+            default="bucketize",
+            help="numeric columns: floor(log(x)^2) buckets, or one value-weighted feature",
+        )
         p.add_argument("--id-column", help="csv/parquet: pass-through id column for scores")
         p.add_argument("--delimiter", help="csv: column delimiter (default ',')")
         p.add_argument("--cache-dir", help="keep parsed rows here (memory-mapped) for later runs")
-    p.add_argument("--skip-bad-lines", action="store_true",
-                   help="skip malformed lines (and report how many) instead of stopping")
+    p.add_argument(
+        "--skip-bad-lines",
+        action="store_true",
+        help="skip malformed lines (and report how many) instead of stopping",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -221,35 +232,57 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train FM then FNN on a file and save the model")
     p.add_argument("--train", required=True, help="training file")
     p.add_argument("--valid", help="validation file (default: a random part of --train)")
-    p.add_argument("--valid-fraction", type=float, default=0.2,
-                   help="share of --train held out for early stopping when --valid is absent")
+    p.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=0.2,
+        help="share of --train held out for early stopping when --valid is absent",
+    )
     p.add_argument("--test", help="test file: evaluated at the end, never used for choices")
     p.add_argument("--out", required=True, help="output directory for the model and metrics")
     _add_input_options(p)
-    p.add_argument("--min-count", type=int, default=1,
-                   help="features seen fewer times in training share their field's OOV row")
+    p.add_argument(
+        "--min-count",
+        type=int,
+        default=1,
+        help="features seen fewer times in training share their field's OOV row",
+    )
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--factors", type=int, default=defaults.factors, help="K")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--patience", type=int, default=defaults.patience)
     p.add_argument("--fm-epochs", type=int, default=defaults.fm_epochs)
-    p.add_argument("--fm-optimizer", default=defaults.fm_optimizer,
-                   choices=("sgd", "adagrad", "rowwise_adagrad", "adam"))
+    p.add_argument(
+        "--fm-optimizer",
+        default=defaults.fm_optimizer,
+        choices=("sgd", "adagrad", "rowwise_adagrad", "adam"),
+    )
     p.add_argument("--fm-lr", type=float, default=defaults.fm_lr)
     p.add_argument("--fm-weight-decay", type=float, default=defaults.fm_weight_decay)
     p.add_argument("--fnn-epochs", type=int, default=defaults.fnn_epochs)
     p.add_argument("--fnn-init", choices=("fm", "random"), default=defaults.fnn_init)
-    p.add_argument("--hidden", default=",".join(map(str, defaults.hidden)),
-                   help="hidden layer sizes, comma-separated")
-    p.add_argument("--activation", default=defaults.activation,
-                   choices=("tanh", "relu", "sigmoid", "gelu"))
+    p.add_argument(
+        "--hidden",
+        default=",".join(map(str, defaults.hidden)),
+        help="hidden layer sizes, comma-separated",
+    )
+    p.add_argument(
+        "--activation", default=defaults.activation, choices=("tanh", "relu", "sigmoid", "gelu")
+    )
     p.add_argument("--dropout", type=float, default=defaults.dropout)
-    p.add_argument("--fnn-optimizer", default=defaults.fnn_optimizer,
-                   choices=("sgd", "adagrad", "rowwise_adagrad", "adam"),
-                   help="sparse update rule of the FNN's embedding")
+    p.add_argument(
+        "--fnn-optimizer",
+        default=defaults.fnn_optimizer,
+        choices=("sgd", "adagrad", "rowwise_adagrad", "adam"),
+        help="sparse update rule of the FNN's embedding",
+    )
     p.add_argument("--fnn-lr", type=float, default=defaults.fnn_lr, help="hidden/output layers")
-    p.add_argument("--fnn-embedding-lr", type=float, default=defaults.fnn_embedding_lr,
-                   help="the FM-initialized embedding (smaller than --fnn-lr by default)")
+    p.add_argument(
+        "--fnn-embedding-lr",
+        type=float,
+        default=defaults.fnn_embedding_lr,
+        help="the FM-initialized embedding (smaller than --fnn-lr by default)",
+    )
     p.add_argument("--fnn-weight-decay", type=float, default=defaults.fnn_weight_decay)
     p.set_defaults(func=cmd_train)
 

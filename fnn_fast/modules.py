@@ -105,9 +105,12 @@ class FNN(nn.Module):
         for size in self.hidden:
             linear = nn.Linear(width, size)
             # Glorot suits tanh; it also keeps the FM-initialized input in the active range.
-            nn.init.xavier_uniform_(linear.weight, gain=nn.init.calculate_gain(
-                "tanh" if activation == "tanh" else "relu" if activation == "relu" else "linear"
-            ))
+            nn.init.xavier_uniform_(
+                linear.weight,
+                gain=nn.init.calculate_gain(
+                    "tanh" if activation == "tanh" else "relu" if activation == "relu" else "linear"
+                ),
+            )
             nn.init.zeros_(linear.bias)
             layers += [linear, ACTIVATIONS[activation]()]
             if dropout > 0:

@@ -38,7 +38,11 @@ class SavedModel:
 
 
 def save_model(
-    directory, fm: FM, fnn: FNN | None, encoder: FeatureEncoder, schema: Schema | None,
+    directory,
+    fm: FM,
+    fnn: FNN | None,
+    encoder: FeatureEncoder,
+    schema: Schema | None,
     train_config: dict | None = None,
 ) -> Path:
     directory = Path(directory)
@@ -66,7 +70,9 @@ def load_model(directory) -> SavedModel:
         raise FileNotFoundError(f"{directory} is not an fnn_fast model directory (no config.json)")
     config = json.loads(config_path.read_text())
     if config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{config_path}: unsupported format_version {config.get('format_version')}")
+        raise ValueError(
+            f"{config_path}: unsupported format_version {config.get('format_version')}"
+        )
     tensors = load_file(directory / "model.safetensors")
     encoder = FeatureEncoder.load(directory / "encoder")
     slot_names = [encoder.field_names[int(f)] for f in encoder.slot_fields]

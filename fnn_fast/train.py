@@ -26,6 +26,7 @@ from fnn_fast.optim import SparseRowOptimizer
 if TYPE_CHECKING:
     from fnn_fast.data import FeatureEncoder, ParsedRows
 
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of both stages. Defaults suit sparse click logs such as iPinYou."""
@@ -48,7 +49,9 @@ class TrainConfig:
     dropout: float = 0.2
     fnn_optimizer: str = "adagrad"  # rule for the sparse embedding update
     fnn_lr: float = 0.01  # hidden and output layers (Adam)
-    fnn_embedding_lr: float = 0.005  # the FM-initialized embedding: smaller, to keep what FM learned
+    fnn_embedding_lr: float = (
+        0.005  # the FM-initialized embedding: smaller, to keep what FM learned
+    )
     fnn_weight_decay: float = 1e-5  # L2 on embedding rows present in a batch
     fnn_init_std: float = 0.01  # embedding std when fnn_init == "random"
 
@@ -188,6 +191,14 @@ def fit(
     return history
 
 
+def base_rate_logit(split: Split) -> float:
+    """log(p / (1 - p)) of the training click rate: the bias to start from. Starting at 0 on
+    rare clicks makes every feature weight absorb the missing bias first."""
+    rate = float(split.labels.mean()) if len(split) else 0.5
+    rate = min(max(rate, 1e-6), 1 - 1e-6)
+    return math.log(rate / (1 - rate))
+
+
 def train_fm(
     train: Split,
     valid: Split | None,
@@ -199,6 +210,8 @@ def train_fm(
     """Stage 1: an FM trained with sparse row updates."""
     torch.manual_seed(config.seed)
     fm = FM(num_features, config.factors, init_std=config.fm_init_std, slot_names=slot_names)
+    with torch.no_grad():
+        fm.w0.fill_(base_rate_logit(train))
     optimizer = SparseRowOptimizer(
         fm.parameters(),
         config.fm_optimizer,
@@ -265,6 +278,8 @@ def train_fnn(
     """Stage 2: an FNN, from the FM's embedding (or a random one), fine-tuned end to end."""
     torch.manual_seed(config.seed + 1)
     fnn = build_fnn(fm, num_features, slot_fields, config, slot_names)
+    with torch.no_grad():
+        fnn.output.bias.fill_(base_rate_logit(train))
     history = fit(
         fnn,
         fnn_optimizers(fnn, config),

@@ -21,7 +21,11 @@ def assert_same_rows(a, b):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
         assert getattr(a, name).dtype == getattr(b, name).dtype
     assert (a.field_names, a.bad_lines, a.bad_examples, a.source) == (
-        b.field_names, b.bad_lines, b.bad_examples, b.source)
+        b.field_names,
+        b.bad_lines,
+        b.bad_examples,
+        b.source,
+    )
 
 
 def test_write_and_open_round_trip(tmp_path, csv_file):
@@ -37,7 +41,13 @@ def test_cache_is_written_once_then_reused_without_parsing(tmp_path, csv_file, m
     entries = list(cache_dir.iterdir())
     assert len(entries) == 1 and entries[0].name.startswith("train.csv-")  # no temp dirs left
     assert {p.name for p in entries[0].iterdir()} == {
-        "labels.npy", "keys.npy", "values.npy", "lines.npy", "row_ids.npy", "meta.json"}
+        "labels.npy",
+        "keys.npy",
+        "values.npy",
+        "lines.npy",
+        "row_ids.npy",
+        "meta.json",
+    }
 
     def no_parsing(*args, **kwargs):
         raise AssertionError("the cache should have been used")
@@ -54,8 +64,7 @@ def test_cache_entry_changes_with_the_file_the_schema_and_skip_bad_lines(tmp_pat
     cache_dir = tmp_path / "cache"
 
     def load(schema=SCHEMA, skip=True):
-        return load_rows(csv_file, schema, cache_dir=cache_dir, skip_bad_lines=skip,
-                         progress=False)
+        return load_rows(csv_file, schema, cache_dir=cache_dir, skip_bad_lines=skip, progress=False)
 
     assert len(load()) == 3
     with open(csv_file, "a") as file:

@@ -58,8 +58,11 @@ def test_chunked_fit_and_transform_match_whole_array_on_a_memmap(tmp_path):
 
 def test_fit_rows_and_transform_rows_use_the_rows_layout():
     rows = ParsedRows(
-        labels=np.zeros(2, np.float32), keys=np.array([[3, 4], [3, 5]]),
-        values=np.ones((2, 2), np.float32), slot_fields=np.array([0, 1]), field_names=["u", "v"],
+        labels=np.zeros(2, np.float32),
+        keys=np.array([[3, 4], [3, 5]]),
+        values=np.ones((2, 2), np.float32),
+        slot_fields=np.array([0, 1]),
+        field_names=["u", "v"],
     )
     encoder = FeatureEncoder.fit_rows(rows)
     assert FeatureEncoder.fit(rows).num_features == encoder.num_features == 2 + 3
@@ -80,8 +83,9 @@ def test_save_load_round_trip_is_exact(tmp_path):
         assert v.dtype == np.int64
         np.testing.assert_array_equal(v, w)
     values = np.ones(keys.shape, np.float32)
-    for got, want in zip(loaded.transform(keys, values), encoder.transform(keys, values),
-                         strict=True):
+    for got, want in zip(
+        loaded.transform(keys, values), encoder.transform(keys, values), strict=True
+    ):
         np.testing.assert_array_equal(got, want)
 
 

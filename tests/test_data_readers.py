@@ -107,8 +107,11 @@ def test_csv_selects_columns_by_name_in_declared_field_order(tmp_path):
     np.testing.assert_array_equal(rows.row_ids, ["r1", "r2", "r3"])
     np.testing.assert_array_equal(
         rows.keys,
-        [[hash_token("2"), hash_token("x")], [hash_token(""), hash_token("")],
-         [hash_token("0"), hash_token("y")]],
+        [
+            [hash_token("2"), hash_token("x")],
+            [hash_token(""), hash_token("")],
+            [hash_token("0"), hash_token("y")],
+        ],
     )
     np.testing.assert_array_equal(rows.lines, [2, 3, 4])
 
@@ -137,62 +140,100 @@ MALFORMED = {
     # name: (schema, text whose line `line` is bad and other lines good, line, reason).
     # Schema "featindex": the libFM schema with the FEATINDEX file.
     "criteo column count": (
-        Schema.criteo(), criteo_line() + SHORT_CRITEO + criteo_line(), 2,
+        Schema.criteo(),
+        criteo_line() + SHORT_CRITEO + criteo_line(),
+        2,
         "expected 40 tab-separated columns, found 39",
     ),
     "criteo label": (
-        Schema.criteo(), criteo_line() + BAD_CRITEO_LABEL + criteo_line(), 2,
+        Schema.criteo(),
+        criteo_line() + BAD_CRITEO_LABEL + criteo_line(),
+        2,
         "label 'x' is not 0/1 or -1/+1",
     ),
     "criteo number": (
-        Schema.criteo(), criteo_line() + BAD_CRITEO_NUMBER + criteo_line(), 2,
+        Schema.criteo(),
+        criteo_line() + BAD_CRITEO_NUMBER + criteo_line(),
+        2,
         "numeric column I3: 'abc' is not a number",
     ),
     "csv column count": (
-        Schema("csv", categorical=["A"], numeric=["N"]), "label,A,N\n1,a,1\n0,b\n1,c,2\n", 3,
+        Schema("csv", categorical=["A"], numeric=["N"]),
+        "label,A,N\n1,a,1\n0,b\n1,c,2\n",
+        3,
         "expected 3 comma-separated columns, found 2",
     ),
     "csv label": (
-        Schema("csv", categorical=["A"]), "label,A\n1,a\n2,b\n0,c\n", 3,
+        Schema("csv", categorical=["A"]),
+        "label,A\n1,a\n2,b\n0,c\n",
+        3,
         "label '2' is not 0/1 or -1/+1",
     ),
     "csv number": (
-        Schema("csv", numeric=["N"]), "label,N\n1,4\n0,4x\n0,5\n", 3,
+        Schema("csv", numeric=["N"]),
+        "label,N\n1,4\n0,4x\n0,5\n",
+        3,
         "numeric column N: '4x' is not a number",
     ),
     "csv infinite number": (
-        Schema("csv", numeric=["N"]), "label,N\n1,4\n0,inf\n0,5\n", 3,
+        Schema("csv", numeric=["N"]),
+        "label,N\n1,4\n0,inf\n0,5\n",
+        3,
         "numeric column N: 'inf' is not a number",
     ),
     "libfm label": (
-        Schema("libfm"), "1 1:1\nyes 1:1\n0 2:1\n", 2, "label 'yes' is not 0/1 or -1/+1",
+        Schema("libfm"),
+        "1 1:1\nyes 1:1\n0 2:1\n",
+        2,
+        "label 'yes' is not 0/1 or -1/+1",
     ),
     "libfm label 2": (
-        Schema("libfm"), "1 1:1\n2 1:1\n0 2:1\n", 2, "label '2' is not 0/1 or -1/+1",
+        Schema("libfm"),
+        "1 1:1\n2 1:1\n0 2:1\n",
+        2,
+        "label '2' is not 0/1 or -1/+1",
     ),
     "libfm index": (
-        Schema("libfm"), "1 1:1\n0 abc:1\n0 2:1\n", 2,
+        Schema("libfm"),
+        "1 1:1\n0 abc:1\n0 2:1\n",
+        2,
         "cannot parse feature 'abc:1' (want idx:value)",
     ),
     "libfm no colon": (
-        Schema("libfm"), "1 1:1\n0 12\n0 2:1\n", 2, "cannot parse feature '12' (want idx:value)",
+        Schema("libfm"),
+        "1 1:1\n0 12\n0 2:1\n",
+        2,
+        "cannot parse feature '12' (want idx:value)",
     ),
     "libfm negative index": (
-        Schema("libfm"), "1 1:1\n0 -3:1\n0 2:1\n", 2, "feature index -3 is out of range",
+        Schema("libfm"),
+        "1 1:1\n0 -3:1\n0 2:1\n",
+        2,
+        "feature index -3 is out of range",
     ),
     "libfm value": (
-        Schema("libfm"), "1 1:1\n0 12:zz\n0 2:1\n", 2, "value 'zz' of feature 12 is not a number",
+        Schema("libfm"),
+        "1 1:1\n0 12:zz\n0 2:1\n",
+        2,
+        "value 'zz' of feature 12 is not a number",
     ),
     "libfm feature count": (
-        Schema("libfm"), "1 1:1 2:1\n0 1:1 2:1 3:1\n0 2:1 4:1\n", 2,
+        Schema("libfm"),
+        "1 1:1 2:1\n0 1:1 2:1 3:1\n0 2:1 4:1\n",
+        2,
         "expected 2 features, found 3",
     ),
     "libfm declared feature count": (
-        Schema("libfm", num_fields=2), "1 1:1 2:1\n0 1:1\n0 2:1 4:1\n", 2,
+        Schema("libfm", num_fields=2),
+        "1 1:1 2:1\n0 1:1\n0 2:1 4:1\n",
+        2,
         "expected 2 features, found 1",
     ),
     "libfm unknown index": (
-        "featindex", "1 0:1\n0 0:1 99:1\n0 2:1\n", 2, "feature index 99 is not in",
+        "featindex",
+        "1 0:1\n0 0:1 99:1\n0 2:1\n",
+        2,
+        "feature index 99 is not in",
     ),
 }
 
@@ -226,15 +267,18 @@ def test_skip_bad_lines_counts_every_bad_line_and_keeps_five_examples(tmp_path):
 
 def test_parquet_gives_the_same_keys_as_the_same_csv(tmp_path, monkeypatch):
     monkeypatch.setattr(parquet_reader, "_BATCH_ROWS", 2)  # several batches: row numbers go on
-    table = pa.table({
-        "label": [1, -1, 0, 1, 0],
-        "N": [5.0, None, 1.5, float("nan"), 1000.0],
-        "C": ["a", None, "b", "a", ""],
-        "id": [10, 11, 12, 13, 14],
-    })
+    table = pa.table(
+        {
+            "label": [1, -1, 0, 1, 0],
+            "N": [5.0, None, 1.5, float("nan"), 1000.0],
+            "C": ["a", None, "b", "a", ""],
+            "id": [10, 11, 12, 13, 14],
+        }
+    )
     pq.write_table(table, tmp_path / "t.parquet")
-    csv_path = write(tmp_path, "t.csv", "label,N,C,id\n1,5,a,10\n-1,,,11\n0,1.5,b,12\n1,,a,13\n"
-                     "0,1000,,14\n")
+    csv_path = write(
+        tmp_path, "t.csv", "label,N,C,id\n1,5,a,10\n-1,,,11\n0,1.5,b,12\n1,,a,13\n0,1000,,14\n"
+    )
     schema = dict(categorical=["C"], numeric=["N"], id_column="id")
     from_parquet = read(tmp_path / "t.parquet", Schema("parquet", **schema))
     from_csv = read(csv_path, Schema("csv", **schema))
@@ -248,18 +292,22 @@ def test_parquet_gives_the_same_keys_as_the_same_csv(tmp_path, monkeypatch):
 
 def test_parquet_bool_labels_and_value_mode(tmp_path):
     pq.write_table(pa.table({"y": [True, False], "N": [2.5, None]}), tmp_path / "t.parquet")
-    rows = read(tmp_path / "t.parquet", Schema("parquet", label="y", numeric=["N"],
-                                                numeric_mode="value"))
+    rows = read(
+        tmp_path / "t.parquet", Schema("parquet", label="y", numeric=["N"], numeric_mode="value")
+    )
     np.testing.assert_array_equal(rows.labels, [1, 0])
     np.testing.assert_array_equal(rows.keys[:, 0], [VALUE_KEY, hash_token("")])
     np.testing.assert_array_equal(rows.values[:, 0], [2.5, 1])
 
 
-@pytest.mark.parametrize(("column", "reason"), [
-    ({"label": [1, 2, 0], "N": ["1", "1", "1"]}, "label '2' is not 0/1 or -1/+1"),
-    ({"label": [1, None, 0], "N": ["1", "1", "1"]}, "label is missing"),
-    ({"label": [1, 1, 0], "N": ["1", "abc", "1"]}, "numeric column N: 'abc' is not a number"),
-])
+@pytest.mark.parametrize(
+    ("column", "reason"),
+    [
+        ({"label": [1, 2, 0], "N": ["1", "1", "1"]}, "label '2' is not 0/1 or -1/+1"),
+        ({"label": [1, None, 0], "N": ["1", "1", "1"]}, "label is missing"),
+        ({"label": [1, 1, 0], "N": ["1", "abc", "1"]}, "numeric column N: 'abc' is not a number"),
+    ],
+)
 def test_parquet_bad_row_raises_with_row_number(tmp_path, column, reason):
     path = tmp_path / "t.parquet"
     pq.write_table(pa.table(column), path)
@@ -275,8 +323,9 @@ def test_parquet_bad_row_raises_with_row_number(tmp_path, column, reason):
 
 def test_parquet_missing_column_and_empty_file(tmp_path):
     path = tmp_path / "t.parquet"
-    pq.write_table(pa.table({"label": pa.array([], pa.int64()), "C": pa.array([], pa.string())}),
-                   path)
+    pq.write_table(
+        pa.table({"label": pa.array([], pa.int64()), "C": pa.array([], pa.string())}), path
+    )
     with pytest.raises(DataError, match="declared columns not in the file: D"):
         read(path, Schema("parquet", categorical=["C", "D"]))
     rows = read(path, Schema("parquet", categorical=["C"]))

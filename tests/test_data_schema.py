@@ -6,8 +6,15 @@ from fnn_fast.data import Schema
 
 
 def test_dict_round_trip_through_json(tmp_path):
-    schema = Schema("csv", label="click", categorical=["a", "b"], numeric=["n"],
-                    numeric_mode="value", id_column="id", delimiter=";")
+    schema = Schema(
+        "csv",
+        label="click",
+        categorical=["a", "b"],
+        numeric=["n"],
+        numeric_mode="value",
+        id_column="id",
+        delimiter=";",
+    )
     assert Schema.from_dict(json.loads(json.dumps(schema.to_dict()))) == schema
     with pytest.raises(ValueError, match="unknown schema keys"):
         Schema.from_dict({**schema.to_dict(), "colour": "red"})
@@ -26,15 +33,18 @@ def test_field_names_per_format(tmp_path):
         Schema("libfm").field_names  # noqa: B018
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(format="tsv"), "format must be one of"),
-    (dict(format="csv", categorical=["a"], numeric_mode="log"), "numeric_mode"),
-    (dict(format="csv"), "needs numeric and/or categorical"),
-    (dict(format="csv", categorical=["a", "a"]), "more than once"),
-    (dict(format="csv", categorical=["label"]), "both a feature and label/id"),
-    (dict(format="criteo", categorical=["C27"]), "not Criteo columns"),
-    (dict(format="libfm", categorical=["a"]), "no named columns"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(format="tsv"), "format must be one of"),
+        (dict(format="csv", categorical=["a"], numeric_mode="log"), "numeric_mode"),
+        (dict(format="csv"), "needs numeric and/or categorical"),
+        (dict(format="csv", categorical=["a", "a"]), "more than once"),
+        (dict(format="csv", categorical=["label"]), "both a feature and label/id"),
+        (dict(format="criteo", categorical=["C27"]), "not Criteo columns"),
+        (dict(format="libfm", categorical=["a"]), "no named columns"),
+    ],
+)
 def test_invalid_schemas_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Schema(**kwargs)

@@ -1,6 +1,7 @@
 """FM and FNN modules against direct computations, and their gradients."""
 
 import itertools
+import os
 
 import pytest
 import torch
@@ -40,7 +41,9 @@ def test_fm_forward_matches_direct(slots, factors):
     got = reference.fm_forward(table, w0, ids, values)
     torch.testing.assert_close(got, fm_direct(table, w0, ids, values))
     ones = torch.ones_like(values)
-    torch.testing.assert_close(reference.fm_forward(table, w0, ids), fm_direct(table, w0, ids, ones))
+    torch.testing.assert_close(
+        reference.fm_forward(table, w0, ids), fm_direct(table, w0, ids, ones)
+    )
 
 
 def test_fm_gradients_match_direct():
@@ -77,8 +80,10 @@ def test_fnn_input_is_w0_then_value_weighted_rows():
     values = torch.rand(2, 3, generator=g)
     z = reference.fnn_input(table, w0, ids, values)
     expected = torch.stack(
-        [torch.cat([w0.reshape(1)] + [values[b, s] * table[ids[b, s]] for s in range(3)])
-         for b in range(2)]
+        [
+            torch.cat([w0.reshape(1)] + [values[b, s] * table[ids[b, s]] for s in range(3)])
+            for b in range(2)
+        ]
     )
     torch.testing.assert_close(z, expected)
 
@@ -123,7 +128,9 @@ def test_fnn_sparse_and_dense_gradients_agree():
     for model in (sparse, dense):
         torch.nn.functional.binary_cross_entropy_with_logits(model(ids, values), labels).backward()
     torch.testing.assert_close(sparse.table.grad.to_dense(), dense.table.grad)
-    for a, b in zip(sparse.hidden_layers.parameters(), dense.hidden_layers.parameters()):
+    for a, b in zip(
+        sparse.hidden_layers.parameters(), dense.hidden_layers.parameters(), strict=True
+    ):
         torch.testing.assert_close(a.grad, b.grad)
 
 
@@ -198,3 +205,11 @@ def test_backend_switch_and_inference_dispatch():
 def test_unknown_backend_rejected():
     with pytest.raises(ValueError, match="unknown backend"):
         fnn_fast.set_backend("cuda-magic")
+
+
+@pytest.mark.skipif(
+    not os.environ.get("FNN_FAST_REQUIRE_NATIVE"),
+    reason="set FNN_FAST_REQUIRE_NATIVE=1 where fnn_fast._C must have been built",
+)
+def test_native_extension_was_built():
+    assert "native" in fnn_fast.backends()["available"], fnn_fast.backends()["native_error"]

@@ -25,8 +25,9 @@ CACHE_FORMAT_VERSION = 1
 _ARRAYS = ("labels", "keys", "values", "lines")
 
 
-def load_rows(path, schema: Schema, *, cache_dir=None, skip_bad_lines: bool = False,
-              progress: bool = True) -> ParsedRows:
+def load_rows(
+    path, schema: Schema, *, cache_dir=None, skip_bad_lines: bool = False, progress: bool = True
+) -> ParsedRows:
     """read_rows(), through the cache in ``cache_dir`` when given (arrays come back mmapped)."""
     if cache_dir is None:
         return read_rows(path, schema, skip_bad_lines=skip_bad_lines, progress=progress)
@@ -73,8 +74,10 @@ def open_rows(directory, *, mmap: bool = True) -> ParsedRows:
     directory = Path(directory)
     meta = json.loads((directory / "meta.json").read_text())
     if meta.get("format_version") != CACHE_FORMAT_VERSION:
-        raise ValueError(f"{directory}: cache format {meta.get('format_version')}, "
-                         f"this version reads {CACHE_FORMAT_VERSION}")
+        raise ValueError(
+            f"{directory}: cache format {meta.get('format_version')}, "
+            f"this version reads {CACHE_FORMAT_VERSION}"
+        )
     mode = "r" if mmap else None
     arrays = {name: np.load(directory / f"{name}.npy", mmap_mode=mode) for name in _ARRAYS}
     row_ids_path = directory / "row_ids.npy"

@@ -38,8 +38,9 @@ def read_delimited(path, schema: Schema, bad: BadLines, progress: bool) -> Parse
         width = f"{len(header)} {_SEPARATOR_NAMES.get(separator, repr(separator))}-separated"
 
         labels, lines, keys, values, row_ids = [], [], [], [], []
-        columns = ArrayChunks(labels=np.float32, lines=np.int64, keys=np.int64,
-                              values=np.float32, row_ids=str)
+        columns = ArrayChunks(
+            labels=np.float32, lines=np.int64, keys=np.int64, values=np.float32, row_ids=str
+        )
         for line_no, cells in rows:
             if len(cells) != len(header):
                 bad.report(line_no, f"expected {width} columns, found {len(cells)}")
@@ -59,8 +60,7 @@ def read_delimited(path, schema: Schema, bad: BadLines, progress: bool) -> Parse
             if id_col is not None:
                 row_ids.append(cells[id_col])
             if len(labels) == columns.FLUSH_ROWS:
-                columns.flush(labels=labels, lines=lines, keys=keys, values=values,
-                              row_ids=row_ids)
+                columns.flush(labels=labels, lines=lines, keys=keys, values=values, row_ids=row_ids)
         columns.flush(labels=labels, lines=lines, keys=keys, values=values, row_ids=row_ids)
 
     num_fields = len(schema.field_names)

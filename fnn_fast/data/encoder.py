@@ -39,8 +39,15 @@ class FeatureEncoder:
         self.num_features = int(self.sizes.sum())
 
     @classmethod
-    def fit(cls, rows_or_keys, slot_fields=None, field_names=None, min_count: int = 1, *,
-            chunk_rows: int = _CHUNK_ROWS) -> FeatureEncoder:
+    def fit(
+        cls,
+        rows_or_keys,
+        slot_fields=None,
+        field_names=None,
+        min_count: int = 1,
+        *,
+        chunk_rows: int = _CHUNK_ROWS,
+    ) -> FeatureEncoder:
         """Keep, per field, the keys seen at least ``min_count`` times. Accepts ParsedRows, or
         keys [N, S] with slot_fields [S] and field_names."""
         keys = rows_or_keys
@@ -103,8 +110,10 @@ class FeatureEncoder:
     def save(self, directory) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_file({f"vocab.{f}": v for f, v in enumerate(self.vocabs)},
-                  str(directory / "encoder.safetensors"))
+        save_file(
+            {f"vocab.{f}": v for f, v in enumerate(self.vocabs)},
+            str(directory / "encoder.safetensors"),
+        )
         config = {
             "format_version": ENCODER_FORMAT_VERSION,
             "field_names": self.field_names,
@@ -120,8 +129,10 @@ class FeatureEncoder:
         directory = Path(directory)
         config = json.loads((directory / "encoder.json").read_text())
         if config.get("format_version") != ENCODER_FORMAT_VERSION:
-            raise ValueError(f"{directory}: encoder format {config.get('format_version')}, "
-                             f"this version reads {ENCODER_FORMAT_VERSION}")
+            raise ValueError(
+                f"{directory}: encoder format {config.get('format_version')}, "
+                f"this version reads {ENCODER_FORMAT_VERSION}"
+            )
         tensors = load_file(str(directory / "encoder.safetensors"))
         vocabs = [tensors[f"vocab.{f}"] for f in range(len(config["field_names"]))]
         encoder = cls(config["field_names"], config["slot_fields"], vocabs, config["min_count"])

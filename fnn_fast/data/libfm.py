@@ -23,8 +23,14 @@ def read_libfm(path, schema: Schema, bad: BadLines, progress: bool) -> ParsedRow
     index = load_featindex(schema.featindex) if schema.featindex is not None else None
     expected = schema.num_fields
     labels, lines, counts, keys, values, fields = [], [], [], [], [], []
-    columns = ArrayChunks(labels=np.float32, lines=np.int64, counts=np.int64, keys=np.int64,
-                          values=np.float32, fields=np.int64)
+    columns = ArrayChunks(
+        labels=np.float32,
+        lines=np.int64,
+        counts=np.int64,
+        keys=np.int64,
+        values=np.float32,
+        fields=np.int64,
+    )
     value_of: dict[str, float] = {}
     with text_lines(path, progress=progress) as text:
         for line_no, line in enumerate(text, 1):
@@ -51,10 +57,17 @@ def read_libfm(path, schema: Schema, bad: BadLines, progress: bool) -> ParsedRow
             if index is not None:
                 fields.extend(row_fields)
             if len(labels) == columns.FLUSH_ROWS:
-                columns.flush(labels=labels, lines=lines, counts=counts, keys=keys, values=values,
-                              fields=fields)
-    columns.flush(labels=labels, lines=lines, counts=counts, keys=keys, values=values,
-                  fields=fields)
+                columns.flush(
+                    labels=labels,
+                    lines=lines,
+                    counts=counts,
+                    keys=keys,
+                    values=values,
+                    fields=fields,
+                )
+    columns.flush(
+        labels=labels, lines=lines, counts=counts, keys=keys, values=values, fields=fields
+    )
 
     keys, values = columns.array("keys"), columns.array("values")
     if index is None:

@@ -36,8 +36,12 @@ def read_parquet(path, schema: Schema, bad: BadLines, progress: bool) -> ParsedR
     categorical = {c: TokenKeys() for c in schema.categorical}
 
     batches, first_row = [], 1
-    with tqdm(total=file.metadata.num_rows, unit="rows", desc=Path(path).name,
-              disable=None if progress else True) as bar:
+    with tqdm(
+        total=file.metadata.num_rows,
+        unit="rows",
+        desc=Path(path).name,
+        disable=None if progress else True,
+    ) as bar:
         for batch in file.iter_batches(batch_size=_BATCH_ROWS, columns=wanted):
             batches.append(_read_batch(batch, first_row, schema, numeric, categorical, bad))
             first_row += batch.num_rows
@@ -62,8 +66,9 @@ def read_parquet(path, schema: Schema, bad: BadLines, progress: bool) -> ParsedR
     )
 
 
-def _read_batch(batch: pa.RecordBatch, first_row: int, schema: Schema, numeric, categorical,
-                bad: BadLines):
+def _read_batch(
+    batch: pa.RecordBatch, first_row: int, schema: Schema, numeric, categorical, bad: BadLines
+):
     checks = []  # (reasons per distinct value, distinct value of each row) of checked columns
     label_of, reasons, index = _map_distinct(batch.column(schema.label_column), _label_of)
     checks.append((reasons, index))
@@ -92,8 +97,13 @@ def _read_batch(batch: pa.RecordBatch, first_row: int, schema: Schema, numeric, 
     if schema.id_column is not None:
         row_ids = _row_ids(batch.column(schema.id_column))[good]
     rows = np.arange(first_row, first_row + batch.num_rows, dtype=np.int64)
-    return (labels[good], np.stack(keys, axis=1)[good], np.stack(values, axis=1)[good],
-            rows[good], row_ids)
+    return (
+        labels[good],
+        np.stack(keys, axis=1)[good],
+        np.stack(values, axis=1)[good],
+        rows[good],
+        row_ids,
+    )
 
 
 def _map_distinct(column: pa.Array, convert) -> tuple[list, list, np.ndarray]:

@@ -25,8 +25,9 @@ _READERS = {
 }
 
 
-def read_rows(path, schema: Schema, *, skip_bad_lines: bool = False,
-              progress: bool = True) -> ParsedRows:
+def read_rows(
+    path, schema: Schema, *, skip_bad_lines: bool = False, progress: bool = True
+) -> ParsedRows:
     """Parse one file. ``progress`` shows a tqdm bar when stderr is a terminal."""
     reader = _READERS[schema.format]
     return reader(path, schema, BadLines(path, skip_bad_lines), progress)

@@ -58,16 +58,23 @@ class Schema:
             if special in features:
                 raise ValueError(f"column {special!r} cannot be both a feature and label/id")
         if self.format == "criteo":
-            unknown = [c for c in [*features, self.label_column, self.id_column] if c is not None
-                       and c not in CRITEO_COLUMNS]
+            unknown = [
+                c
+                for c in [*features, self.label_column, self.id_column]
+                if c is not None and c not in CRITEO_COLUMNS
+            ]
             if unknown:
                 raise ValueError(f"not Criteo columns (label, I1..I13, C1..C26): {unknown}")
 
     @classmethod
     def criteo(cls, format: str = "criteo") -> Schema:
         """The Criteo columns; ``format="csv"`` or ``"parquet"`` for the same columns by name."""
-        return cls(format, label="label", numeric=list(CRITEO_NUMERIC),
-                   categorical=list(CRITEO_CATEGORICAL))
+        return cls(
+            format,
+            label="label",
+            numeric=list(CRITEO_NUMERIC),
+            categorical=list(CRITEO_CATEGORICAL),
+        )
 
     @property
     def label_column(self) -> str:
@@ -80,8 +87,10 @@ class Schema:
         if self.featindex is not None:
             return list(load_featindex(self.featindex).field_names)
         if self.num_fields is None:
-            raise ValueError("positional libfm schema without num_fields: the fields are known "
-                             "only once a file is read (ParsedRows.field_names)")
+            raise ValueError(
+                "positional libfm schema without num_fields: the fields are known "
+                "only once a file is read (ParsedRows.field_names)"
+            )
         return [f"f{i}" for i in range(self.num_fields)]
 
     def to_dict(self) -> dict:

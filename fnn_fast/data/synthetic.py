@@ -10,6 +10,7 @@ rows (the AUC of the true probabilities against the sampled labels) is reported 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -118,7 +119,7 @@ def plant_model(
         cdfs.append(np.cumsum(p) / p.sum())
     weight_std = linear_scale / np.sqrt(num_fields)
     num_pairs = max(num_fields * (num_fields - 1) // 2, 1)
-    factor_std = pairwise_scale ** 0.5 * (num_pairs * num_factors) ** -0.25
+    factor_std = pairwise_scale**0.5 * (num_pairs * num_factors) ** -0.25
     model = PlantedModel(
         cardinalities=cards,
         popularity_cdf=cdfs,
@@ -138,3 +139,10 @@ def plant_model(
         raw = model._nonlinear_raw(model.draw_ids(20_000, rng))
         model.nonlinear_mean, model.nonlinear_std = float(raw.mean()), float(raw.std() + 1e-12)
     return model
+
+
+def write_libfm(path: Path, labels: np.ndarray, keys: np.ndarray) -> None:
+    """Rows as positional libFM lines: ``label k_0:1 k_1:1 ...`` (field = position)."""
+    with open(path, "w") as out:
+        for label, row in zip(labels.astype(int), keys, strict=True):
+            out.write(f"{label} " + " ".join(f"{k}:1" for k in row) + "\n")

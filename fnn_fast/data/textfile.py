@@ -16,8 +16,13 @@ def text_lines(path, *, progress: bool, encoding: str = "utf-8", newline: str | 
     """The file's lines. Undecodable bytes survive as surrogates (and are hashed as such) rather
     than failing the whole file."""
     with open(path, encoding=encoding, errors="surrogateescape", newline=newline) as file:
-        bar = tqdm(total=os.path.getsize(path), unit="B", unit_scale=True, desc=Path(path).name,
-                   disable=None if progress else True)
+        bar = tqdm(
+            total=os.path.getsize(path),
+            unit="B",
+            unit_scale=True,
+            desc=Path(path).name,
+            disable=None if progress else True,
+        )
         with bar:
             yield file if bar.disable else _tracked(file, bar)
 

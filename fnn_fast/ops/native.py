@@ -22,7 +22,9 @@ def _check_table_and_ids(table: torch.Tensor, ids: torch.Tensor, values: torch.T
     if table.device.type != "cpu" or ids.device.type != "cpu":
         raise ValueError("native CPU kernels need CPU tensors")
     if table.dtype != torch.float32 or table.dim() != 2:
-        raise ValueError(f"table must be float32 [rows, 1 + K], got {table.dtype} {tuple(table.shape)}")
+        raise ValueError(
+            f"table must be float32 [rows, 1 + K], got {table.dtype} {tuple(table.shape)}"
+        )
     if ids.dim() != 2:
         raise ValueError(f"ids must be [batch, fields], got shape {tuple(ids.shape)}")
     if values is not None and (values.shape != ids.shape or values.dtype != torch.float32):

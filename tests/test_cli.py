@@ -1,0 +1,260 @@
+"""The fnn-fast command end to end on small files: train, evaluate, score, bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fnn_fast.cli import main
+from fnn_fast.data import Schema, read_rows
+from fnn_fast.data.synthetic import plant_model, write_libfm
+from fnn_fast.saved import load_model
+from fnn_fast.score import predict
+
+FAST = [
+    "--fm-epochs",
+    "2",
+    "--fnn-epochs",
+    "2",
+    "--hidden",
+    "16,8",
+    "--factors",
+    "4",
+    "--no-progress",
+]
+
+
+@pytest.fixture(scope="module")
+def libfm_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("libfm")
+    truth = plant_model((20,) * 5, num_factors=3, nonlinear=1.0, seed=0)
+    paths = {}
+    for seed, (name, rows) in enumerate((("train", 3000), ("test", 800))):
+        sample = truth.sample(rows, seed=seed).rows
+        paths[name] = folder / f"{name}.libfm"
+        write_libfm(paths[name], sample.labels, sample.keys)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def trained(libfm_files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    code = main(
+        [
+            "train",
+            "--train",
+            str(libfm_files["train"]),
+            "--test",
+            str(libfm_files["test"]),
+            "--format",
+            "libfm",
+            "--out",
+            str(out),
+            "--seed",
+            "3",
+            *FAST,
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_train_writes_model_and_metrics(trained):
+    metrics = json.loads((trained / "metrics.json").read_text())
+    for stage in ("fm", "fnn"):
+        for key in ("valid_auc", "valid_logloss", "test_auc", "test_logloss"):
+            assert np.isfinite(metrics[stage][key]), (stage, key)
+        assert metrics[stage]["test_auc"] > 0.6  # it learned something
+    for name in ("model.safetensors", "config.json", "encoder/encoder.json", "history.json"):
+        assert (trained / name).exists(), name
+    history = json.loads((trained / "history.json").read_text())
+    assert {"train_auc", "valid_auc", "train_logloss", "valid_logloss"} <= set(history["fm"][0])
+
+
+def test_saved_model_scores_like_the_trained_one(trained, libfm_files, tmp_path, capsys):
+    saved = load_model(trained)
+    rows = read_rows(libfm_files["test"], Schema("libfm"), progress=False)
+    probabilities = predict(saved, rows)
+    out = tmp_path / "scores.csv"
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(trained),
+                "--input",
+                str(libfm_files["test"]),
+                "--output",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    lines = out.read_text().splitlines()
+    assert lines[0] == '"prediction"' and len(lines) == 1 + 800
+    np.testing.assert_allclose([float(x) for x in lines[1:]], probabilities, rtol=1e-6)
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(trained),
+                "--data",
+                str(libfm_files["test"]),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert report["fnn"]["auc"] == pytest.approx(metrics["fnn"]["test_auc"])
+    assert report["fm"]["auc"] == pytest.approx(metrics["fm"]["test_auc"])
+    assert report["rows"] == 800
+
+
+def test_seed_makes_runs_repeatable(trained, libfm_files, tmp_path):
+    assert (
+        main(
+            [
+                "train",
+                "--train",
+                str(libfm_files["train"]),
+                "--test",
+                str(libfm_files["test"]),
+                "--format",
+                "libfm",
+                "--out",
+                str(tmp_path),
+                "--seed",
+                "3",
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    first = json.loads((trained / "metrics.json").read_text())
+    second = json.loads((tmp_path / "metrics.json").read_text())
+    assert first == second
+
+
+def test_random_init_and_npy_output(libfm_files, tmp_path):
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--train",
+                str(libfm_files["train"]),
+                "--valid",
+                str(libfm_files["test"]),
+                "--format",
+                "libfm",
+                "--out",
+                str(out),
+                "--fnn-init",
+                "random",
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["fnn"]["init"] == "random" and "test_auc" not in metrics["fnn"]
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(out),
+                "--input",
+                str(libfm_files["test"]),
+                "--output",
+                str(tmp_path / "p.npy"),
+                "--which",
+                "fm",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert np.load(tmp_path / "p.npy").shape == (800,)
+
+
+def test_bad_line_stops_with_file_and_line(libfm_files, tmp_path, capsys):
+    bad = tmp_path / "bad.libfm"
+    lines = libfm_files["train"].read_text().splitlines()
+    lines[41] = "2 " + lines[41].split(" ", 1)[1]
+    bad.write_text("\n".join(lines) + "\n")
+    args = ["train", "--train", str(bad), "--format", "libfm", "--out", str(tmp_path / "o"), *FAST]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:42:" in err and "label" in err and "--skip-bad-lines" in err
+    assert main([*args, "--skip-bad-lines"]) == 0
+    assert "skipped 1 bad line" in capsys.readouterr().err
+
+
+def test_criteo_and_csv_inputs(tmp_path):
+    rng = np.random.default_rng(0)
+    header = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
+    rows = []
+    for _ in range(600):
+        ints = [str(int(v)) if rng.random() > 0.1 else "" for v in rng.integers(0, 50, 13)]
+        cats = [f"{v:08x}" for v in rng.integers(0, 30, 26)]
+        label = int(rng.random() < 0.3 + 0.4 * (cats[0] < "00000010"))
+        rows.append([str(label), *ints, *cats])
+    tsv = tmp_path / "day.tsv"
+    tsv.write_text("".join("\t".join(r) + "\n" for r in rows))
+    out = tmp_path / "criteo"
+    assert main(["train", "--train", str(tsv), "--format", "criteo", "--out", str(out), *FAST]) == 0
+    assert json.loads((out / "config.json").read_text())["schema"]["format"] == "criteo"
+    csv = tmp_path / "day.csv"
+    csv.write_text(",".join(header) + "\n" + "".join(",".join(r) + "\n" for r in rows))
+    out = tmp_path / "csv"
+    assert (
+        main(
+            [
+                "train",
+                "--train",
+                str(csv),
+                "--format",
+                "csv",
+                "--label",
+                "label",
+                "--numeric",
+                ",".join(header[1:14]),
+                "--categorical",
+                ",".join(header[14:]),
+                "--out",
+                str(out),
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(out),
+                "--input",
+                str(csv),
+                "--output",
+                str(tmp_path / "s.parquet"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+
+
+def test_console_entry_point_runs():
+    result = subprocess.run(
+        [sys.executable, "-m", "fnn_fast", "--help"], capture_output=True, text=True, check=True
+    )
+    for command in ("train", "evaluate", "score", "demo"):
+        assert command in result.stdout
