@@ -319,6 +319,6 @@ def main(argv=None) -> int:
         if not getattr(args, "skip_bad_lines", True):
             print("  (use --skip-bad-lines to skip malformed lines and go on)", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, IndexError) as error:
+    except (FileNotFoundError, ValueError, IndexError, FloatingPointError) as error:
         print(f"fnn-fast: error: {error}", file=sys.stderr)
         return 2

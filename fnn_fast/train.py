@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from fnn_fast.data import FeatureEncoder, ParsedRows
 
 
+LAYER_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of both stages. Defaults suit sparse click logs such as iPinYou."""
@@ -48,11 +51,13 @@ class TrainConfig:
     activation: str = "tanh"
     dropout: float = 0.2
     fnn_optimizer: str = "adagrad"  # rule for the sparse embedding update
-    fnn_lr: float = 0.01  # hidden and output layers (Adam)
+    fnn_layer_optimizer: str = "adam"  # hidden and output layers: "adam" or "sgd"
+    fnn_lr: float = 0.01  # hidden and output layers
     fnn_embedding_lr: float = (
         0.005  # the FM-initialized embedding: smaller, to keep what FM learned
     )
     fnn_weight_decay: float = 1e-5  # L2 on embedding rows present in a batch
+    fnn_layer_weight_decay: float = 0.0  # L2 on the hidden and output layers
     fnn_init_std: float = 0.01  # embedding std when fnn_init == "random"
 
     def to_dict(self) -> dict:
@@ -130,7 +135,7 @@ def fit(
     weights of its best epoch; returns one record per epoch."""
     generator = torch.Generator().manual_seed(seed)
     history: list[dict] = []
-    best_auc, best_state, best_epoch = -math.inf, None, 0
+    best_score, best_state, best_epoch = -math.inf, None, 0
     for epoch in range(1, epochs + 1):
         model.train()
         started = time.perf_counter()
@@ -176,11 +181,16 @@ def fit(
             )
             + f" | {record['samples_per_s']:,.0f} rows/s"
         )
-        score = record.get("valid_auc", -record["train_loss"])
-        if math.isnan(score):  # a validation split with one class: fall back to its logloss
+        if valid is None:
+            score = -record["train_loss"]
+        elif math.isnan(record["valid_auc"]):  # a validation split of one class: its logloss
             score = -record["valid_logloss"]
-        if score > best_auc:
-            best_auc, best_state, best_epoch = score, copy.deepcopy(model.state_dict()), epoch
+        else:
+            score = record["valid_auc"]
+        if math.isnan(score):
+            raise FloatingPointError(f"{name} diverged in epoch {epoch}: lower the learning rate")
+        if score > best_score:
+            best_score, best_state, best_epoch = score, copy.deepcopy(model.state_dict()), epoch
         elif epoch - best_epoch >= patience:
             _log(f"{name}: stopping early, best epoch {best_epoch}")
             break
@@ -259,8 +269,15 @@ def fnn_optimizers(fnn: FNN, config: TrainConfig) -> list[torch.optim.Optimizer]
         lr=config.fnn_embedding_lr,
         weight_decay=config.fnn_weight_decay,
     )
-    layers = torch.optim.Adam(
-        [{"params": group} for group in fnn.layer_parameters()], lr=config.fnn_lr
+    if config.fnn_layer_optimizer not in LAYER_OPTIMIZERS:
+        raise ValueError(
+            f"fnn_layer_optimizer must be one of {list(LAYER_OPTIMIZERS)}, "
+            f"got {config.fnn_layer_optimizer!r}"
+        )
+    layers = LAYER_OPTIMIZERS[config.fnn_layer_optimizer](
+        [{"params": group} for group in fnn.layer_parameters()],
+        lr=config.fnn_lr,
+        weight_decay=config.fnn_layer_weight_decay,
     )
     return [embedding, layers]
 
