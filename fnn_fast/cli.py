@@ -85,6 +85,8 @@ def _config_from_args(args) -> TrainConfig:
         dropout=args.dropout,
         fnn_optimizer=args.fnn_optimizer,
         fnn_lr=args.fnn_lr,
+        fnn_layer_optimizer=args.fnn_layer_optimizer,
+        fnn_layer_weight_decay=args.fnn_layer_weight_decay,
         fnn_embedding_lr=args.fnn_embedding_lr,
         fnn_weight_decay=args.fnn_weight_decay,
     )
@@ -258,7 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("sgd", "adagrad", "rowwise_adagrad", "adam"),
     )
     p.add_argument("--fm-lr", type=float, default=defaults.fm_lr)
-    p.add_argument("--fm-weight-decay", type=float, default=defaults.fm_weight_decay)
+    p.add_argument(
+        "--fm-weight-decay",
+        type=float,
+        default=defaults.fm_weight_decay,
+        help="L2 on the rows present in a batch",
+    )
     p.add_argument("--fnn-epochs", type=int, default=defaults.fnn_epochs)
     p.add_argument("--fnn-init", choices=("fm", "random"), default=defaults.fnn_init)
     p.add_argument(
@@ -283,7 +290,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.fnn_embedding_lr,
         help="the FM-initialized embedding (smaller than --fnn-lr by default)",
     )
-    p.add_argument("--fnn-weight-decay", type=float, default=defaults.fnn_weight_decay)
+    p.add_argument(
+        "--fnn-weight-decay",
+        type=float,
+        default=defaults.fnn_weight_decay,
+        help="L2 on the embedding rows present in a batch",
+    )
+    p.add_argument(
+        "--fnn-layer-optimizer",
+        choices=("adam", "sgd"),
+        default=defaults.fnn_layer_optimizer,
+        help="hidden/output layers",
+    )
+    p.add_argument(
+        "--fnn-layer-weight-decay",
+        type=float,
+        default=defaults.fnn_layer_weight_decay,
+        help="L2 on hidden/output layers",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="AUC and logloss of a saved model on a labelled file")
@@ -303,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synthetic Criteo-shaped data: FM vs FNN vs Bayes-optimal")
     p.add_argument("--out", default="fnn-fast-demo", help="output directory")
-    p.add_argument("--rows", type=int, default=200_000, help="rows to generate (train+valid+test)")
+    p.add_argument("--rows", type=int, default=400_000, help="rows to generate (train+valid+test)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
