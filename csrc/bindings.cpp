@@ -1,5 +1,6 @@
-// pybind11 module fnn_fast._C. Kernels take raw addresses (Tensor.data_ptr()) and sizes;
-// the Python side (fnn_fast/ops/native.py) checks dtype, device, shape, contiguity and id range.
+// pybind11 module fnn_fast._C. Kernels take raw addresses (Tensor.data_ptr()) and sizes; the
+// Python side (fnn_fast/ops/native.py) checks dtype, device, shape, contiguity and id range
+// before any address crosses over. The GIL is released while a kernel runs.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -11,26 +12,75 @@
 #endif
 
 namespace py = pybind11;
+namespace cpu = fnn_fast::cpu;
+using Address = std::uintptr_t;  // 0 stands for "absent" (no values, no slot_fields, no state)
 
 template <typename T>
-static T* as_ptr(std::uintptr_t address) {
+static T* ptr(Address address) {
   return reinterpret_cast<T*>(address);
 }
 
+static cpu::UpdateParams update_params(int64_t rule, float lr, float weight_decay, float eps,
+                                       float beta1, float beta2, int64_t step) {
+  if (rule < 0 || rule > 3) throw py::value_error("unknown update rule");
+  return {static_cast<cpu::Rule>(rule), lr, weight_decay, eps, beta1, beta2, step};
+}
+
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "fnn_fast native kernels (torch-free)";
+  m.doc() = "fnn_fast native CPU kernels (torch-free)";
+
   m.def(
       "fm_forward",
-      [](std::uintptr_t table, int64_t dim, std::uintptr_t ids, std::uintptr_t values,
-         int64_t batch, int64_t slots, float w0, std::uintptr_t logits) {
+      [](Address table, int64_t dim, Address ids, Address values, int64_t batch, int64_t slots,
+         Address logits, Address sums) {
         py::gil_scoped_release release;
-        fnn_fast::cpu::fm_forward(as_ptr<const float>(table), dim, as_ptr<const int64_t>(ids),
-                                  values ? as_ptr<const float>(values) : nullptr, batch, slots,
-                                  w0, as_ptr<float>(logits));
+        cpu::fm_forward(ptr<const float>(table), dim, ptr<const int64_t>(ids),
+                        ptr<const float>(values), batch, slots, ptr<float>(logits),
+                        ptr<float>(sums));
       },
-      py::arg("table"), py::arg("dim"), py::arg("ids"), py::arg("values"), py::arg("batch"),
-      py::arg("slots"), py::arg("w0"), py::arg("logits"),
-      "FM logits for a batch of ids (inference). values == 0 means all ones.");
+      "FM logits without bias; also sum_s x v per sample when sums != 0.");
+
+  m.def(
+      "fm_backward_update",
+      [](Address table, int64_t num_rows, int64_t dim, Address ids, Address values,
+         int64_t batch, int64_t slots, Address sums, Address grad_logits, int64_t rule, float lr,
+         float weight_decay, float eps, float beta1, float beta2, int64_t step, Address state1,
+         Address state2) {
+        const auto params = update_params(rule, lr, weight_decay, eps, beta1, beta2, step);
+        py::gil_scoped_release release;
+        cpu::fm_backward_update(ptr<float>(table), num_rows, dim, ptr<const int64_t>(ids),
+                                ptr<const float>(values), batch, slots, ptr<const float>(sums),
+                                ptr<const float>(grad_logits), params,
+                                {ptr<float>(state1), ptr<float>(state2)});
+      },
+      "FM backward fused with the sparse update of the rows present in the batch.");
+
+  m.def(
+      "fnn_gather",
+      [](Address table, int64_t dim, Address ids, Address values, int64_t batch, int64_t slots,
+         Address slot_fields, int64_t num_fields, Address z) {
+        py::gil_scoped_release release;
+        cpu::fnn_gather(ptr<const float>(table), dim, ptr<const int64_t>(ids),
+                        ptr<const float>(values), batch, slots, ptr<const int64_t>(slot_fields),
+                        num_fields, ptr<float>(z));
+      },
+      "The FNN input [batch, fields * dim] (without w0).");
+
+  m.def(
+      "fnn_gather_backward_update",
+      [](Address table, int64_t num_rows, int64_t dim, Address ids, Address values,
+         int64_t batch, int64_t slots, Address slot_fields, int64_t num_fields, Address grad_z,
+         int64_t rule, float lr, float weight_decay, float eps, float beta1, float beta2,
+         int64_t step, Address state1, Address state2) {
+        const auto params = update_params(rule, lr, weight_decay, eps, beta1, beta2, step);
+        py::gil_scoped_release release;
+        cpu::fnn_gather_backward_update(
+            ptr<float>(table), num_rows, dim, ptr<const int64_t>(ids), ptr<const float>(values),
+            batch, slots, ptr<const int64_t>(slot_fields), num_fields,
+            ptr<const float>(grad_z), params, {ptr<float>(state1), ptr<float>(state2)});
+      },
+      "FNN gather backward fused with the sparse update of the rows present in the batch.");
+
   m.def("num_threads", []() {
 #ifdef FNN_FAST_OPENMP
     return omp_get_max_threads();

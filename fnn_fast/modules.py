@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fnn_fast import ops
+from fnn_fast.optim import RowUpdate
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
 
@@ -30,7 +31,43 @@ def _as_slot_fields(slot_fields, num_fields: int | None):
     return slot_fields, num_fields
 
 
-class FM(nn.Module):
+class _FusedUpdate:
+    """Lets a module's table be updated inside backward by the native kernels."""
+
+    def _init_fused_update(self) -> None:
+        self.row_update: RowUpdate | None = None
+        for name in ("update_state1", "update_state2", "update_step", "update_hparams"):
+            self.register_buffer(name, None, persistent=False)
+
+    def fuse_update(self, rule: RowUpdate | None):
+        """Apply ``rule`` to the rows present in each batch during backward, in the native
+        kernels (when they run: CPU tensors, native backend). The table's ``.grad`` then stays
+        None, so an optimizer given the table skips it; other parameters train as usual. With
+        the reference backend the table gets its sparse gradient as before. ``None`` undoes it.
+        """
+        self.row_update = rule
+        state1 = state2 = step = hparams = None
+        if rule is not None:
+            state1, state2 = rule.new_state(self.table.detach())
+            step = torch.zeros((), dtype=torch.int64)
+            hparams = rule.hparams()
+        self.update_state1, self.update_state2 = state1, state2
+        self.update_step, self.update_hparams = step, hparams
+        return self
+
+    def _fused_args(self):
+        if self.row_update is None:
+            return None
+        return ops.FusedArgs(
+            self.update_state1,
+            self.update_state2,
+            self.update_step,
+            self.update_hparams,
+            self.row_update.kind,
+        )
+
+
+class FM(_FusedUpdate, nn.Module):
     """Factorization machine: ``w0 + sum_i w_i x_i + sum_{i<j} <v_i, v_j> x_i x_j``.
 
     ``forward(ids, values=None)``: ids int [B, S] (one feature per slot), values float [B, S]
@@ -55,16 +92,17 @@ class FM(nn.Module):
         table = torch.zeros(num_features, 1 + num_factors)
         table[:, 1:].normal_(0.0, init_std)
         self.table = nn.Parameter(table)
+        self._init_fused_update()
 
     def config(self) -> dict:
         return {"num_features": self.num_features, "num_factors": self.num_factors}
 
     def forward(self, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
         ops.check_ids(ids, self.num_features, self.slot_names)
-        return ops.fm_forward(self.table, self.w0, ids, values, self.sparse)
+        return ops.fm_forward(self.table, self.w0, ids, values, self.sparse, self._fused_args())
 
 
-class FNN(nn.Module):
+class FNN(_FusedUpdate, nn.Module):
     """Factorization-machine supported neural network (Zhang, Du, Wang, ECIR 2016).
 
     Input ``z = [w0, z_1, ..., z_F]`` with ``z_f = x_f [w_f, v_f]`` from the packed table,
@@ -100,6 +138,7 @@ class FNN(nn.Module):
         self.register_buffer("slot_fields", slot_fields, persistent=False)
         self.w0 = nn.Parameter(torch.zeros(()))
         self.table = nn.Parameter(torch.randn(num_features, 1 + num_factors) * init_std)
+        self._init_fused_update()
         layers: list[nn.Module] = []
         width = 1 + self.num_fields * (1 + num_factors)
         for size in self.hidden:
@@ -157,8 +196,9 @@ class FNN(nn.Module):
     def input(self, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
         ops.check_ids(ids, self.num_features, self.slot_names)
         return ops.fnn_input(
-            self.table, self.w0, ids, values, self.slot_fields, self.num_fields, self.sparse
-        )
+            self.table, self.w0, ids, values, self.slot_fields, self.num_fields, self.sparse,
+            self._fused_args(),
+        )  # fmt: skip
 
     def forward(self, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
         return self.output(self.hidden_layers(self.input(ids, values))).squeeze(-1)

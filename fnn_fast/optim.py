@@ -19,6 +19,7 @@ Rules, for a row w with summed gradient g (after ``g += weight_decay * w``):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -133,3 +134,46 @@ class SparseRowOptimizer(torch.optim.Optimizer):
             "exp_avg": exp_avg,
             "exp_avg_sq": exp_avg_sq,
         }
+
+
+@dataclass(frozen=True)
+class RowUpdate:
+    """A sparse update rule for kernels that fuse it into backward (``FM.fuse_update``): the same
+    rules and defaults as :class:`SparseRowOptimizer`, applied while the gradient is computed."""
+
+    kind: str = "rowwise_adagrad"
+    lr: float = 0.01
+    weight_decay: float = 0.0
+    eps: float | None = None
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def __post_init__(self):
+        if self.kind not in OPTIMIZERS:
+            raise ValueError(
+                f"unknown optimizer {self.kind!r}; choose from {', '.join(OPTIMIZERS)}"
+            )
+        if self.lr <= 0:
+            raise ValueError(f"learning rate must be positive, got {self.lr}")
+
+    @property
+    def resolved_eps(self) -> float:
+        if self.eps is not None:
+            return self.eps
+        return 1e-8 if self.kind == "adam" else 1e-10
+
+    def hparams(self) -> torch.Tensor:
+        """[lr, weight_decay, eps, beta1, beta2] as the kernels read them."""
+        return torch.tensor(
+            [self.lr, self.weight_decay, self.resolved_eps, *self.betas], dtype=torch.float64
+        )
+
+    def new_state(self, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zeroed optimizer state laid out as the kernels expect (see csrc/cpu/row_update.h)."""
+        empty = table.new_zeros(0)
+        if self.kind == "adagrad":
+            return torch.zeros_like(table), empty
+        if self.kind == "rowwise_adagrad":
+            return table.new_zeros(table.shape[0]), empty
+        if self.kind == "adam":
+            return torch.zeros_like(table), torch.zeros_like(table)
+        return empty, empty

@@ -152,56 +152,6 @@ def test_empty_batch():
     assert fnn(empty).shape == (0,)
 
 
-needs_native = pytest.mark.skipif(
-    "native" not in fnn_fast.backends()["available"], reason="fnn_fast._C was not built"
-)
-
-
-@needs_native
-@pytest.mark.parametrize("batch,slots,factors", [(1, 1, 1), (0, 4, 3), (33, 7, 5), (64, 39, 10)])
-@pytest.mark.parametrize("with_values", [True, False])
-def test_native_fm_forward_matches_reference(batch, slots, factors, with_values):
-    from fnn_fast.ops import native
-
-    g = torch.Generator().manual_seed(batch + slots + factors)
-    table = torch.randn(500, 1 + factors, generator=g)
-    w0 = torch.tensor(0.25)
-    ids = torch.randint(0, 500, (batch, slots), generator=g)
-    if batch:
-        ids[:, 0] = 42
-    values = torch.rand(batch, slots, generator=g) if with_values else None
-    got = native.fm_forward(table, w0, ids, values)
-    # float32 sums over many slots round differently: allow twice the reference's own error.
-    exact = reference.fm_forward(
-        table.double(), w0.double(), ids, None if values is None else values.double()
-    )
-    reference_error = (reference.fm_forward(table, w0, ids, values) - exact).abs()
-    native_error = (got.double() - exact).abs()
-    assert got.shape == (batch,)
-    if batch:
-        assert native_error.max() <= 2 * reference_error.max() + 1e-5
-
-
-@needs_native
-def test_backend_switch_and_inference_dispatch():
-    fm = FM(100, 4)
-    with torch.no_grad():
-        fm.table.normal_()
-    ids = torch.randint(0, 100, (16, 5))
-    try:
-        fnn_fast.set_backend("reference")
-        assert fnn_fast.backends()["active"] == "reference"
-        with torch.no_grad():
-            expected = fm(ids)
-        fnn_fast.set_backend("auto")
-        assert fnn_fast.backends()["active"] == "native"
-        with torch.no_grad():
-            got = fm(ids)
-    finally:
-        fnn_fast.set_backend("auto")
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-
-
 def test_unknown_backend_rejected():
     with pytest.raises(ValueError, match="unknown backend"):
         fnn_fast.set_backend("cuda-magic")

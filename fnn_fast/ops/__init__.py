@@ -7,6 +7,7 @@ they apply. ``FNN_FAST_BACKEND=reference`` or :func:`set_backend` forces the ref
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 
@@ -48,8 +49,8 @@ def check_ids(ids: torch.Tensor, num_features: int, slot_names=None) -> None:
         raise ValueError(f"ids must be an int tensor [batch, fields], got shape {tuple(ids.shape)}")
     if ids.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"ids must be int32 or int64, got {ids.dtype}")
-    if ids.numel() == 0:
-        return
+    if ids.numel() == 0 or torch.compiler.is_compiling():
+        return  # under torch.compile the kernels check bounds themselves
     bad = (ids < 0) | (ids >= num_features)
     if bool(bad.any()):
         row, slot = (int(i) for i in bad.nonzero()[0])
@@ -60,14 +61,61 @@ def check_ids(ids: torch.Tensor, num_features: int, slot_names=None) -> None:
         )
 
 
-def fm_forward(table, w0, ids, values=None, sparse=True):
-    """FM logits [B]; the native kernel serves calls that need no gradient."""
-    needs_grad = torch.is_grad_enabled() and (table.requires_grad or w0.requires_grad)
-    if not needs_grad and _use_native() and table.device.type == "cpu":
-        return native.fm_forward(table, w0, ids, values)
+class FusedArgs(NamedTuple):
+    """A table's optimizer state and rule, for ops that update it inside backward."""
+
+    state1: torch.Tensor
+    state2: torch.Tensor
+    step: torch.Tensor
+    hparams: torch.Tensor
+    kind: str
+
+
+def _native_inputs(table, ids, values):
+    """Contiguous int64 ids and float32 values; None when the native kernels do not apply."""
+    if not _use_native() or table.device.type != "cpu" or table.dtype != torch.float32:
+        return None
+    ids = ids.to(torch.int64).contiguous()
+    if values is not None:
+        values = values.to(torch.float32).contiguous()
+    native.check_inputs(table, ids, values)
+    return ids, values
+
+
+def fm_forward(table, w0, ids, values=None, sparse=True, fused: FusedArgs | None = None):
+    """FM logits [B]. Native kernels serve inference, and training when the table's update is
+    fused (``fused``); otherwise the reference computes them with a sparse table gradient."""
+    inputs = _native_inputs(table, ids, values)
+    if inputs is not None:
+        needs_grad = torch.is_grad_enabled() and table.requires_grad
+        if not needs_grad:
+            return w0 + native.fm_scores(table.detach(), *inputs)
+        if fused is not None:
+            logits, _ = native.fm_train_forward(
+                table, *inputs, fused.state1, fused.state2, fused.step, fused.hparams,
+                native.RULES[fused.kind],
+            )  # fmt: skip
+            return w0 + logits
     return reference.fm_forward(table, w0, ids, values, sparse)
 
 
-def fnn_input(table, w0, ids, values=None, slot_fields=None, num_fields=None, sparse=True):
+def fnn_input(
+    table, w0, ids, values=None, slot_fields=None, num_fields=None, sparse=True,
+    fused: FusedArgs | None = None,
+):  # fmt: skip
     """The FNN's dense input z [B, 1 + F (1 + K)]."""
+    inputs = _native_inputs(table, ids, values)
+    if inputs is not None:
+        fields = num_fields if num_fields is not None else ids.shape[1]
+        needs_grad = torch.is_grad_enabled() and table.requires_grad
+        z = None
+        if not needs_grad:
+            z = native.fnn_gather(table.detach(), *inputs, slot_fields, fields)
+        elif fused is not None:
+            z = native.fnn_gather_train(
+                table, *inputs, slot_fields, fields, fused.state1, fused.state2, fused.step,
+                fused.hparams, native.RULES[fused.kind],
+            )  # fmt: skip
+        if z is not None:
+            return torch.cat([w0.reshape(1, 1).expand(z.shape[0], 1), z], dim=1)
     return reference.fnn_input(table, w0, ids, values, slot_fields, num_fields, sparse)

@@ -1,9 +1,19 @@
-"""Wrappers over the torch-free kernels of fnn_fast._C: every check happens here, before a raw
-pointer crosses into C++."""
+"""The native CPU kernels of fnn_fast._C as PyTorch custom ops.
+
+Each op is registered with ``torch.library`` (a fake implementation for tracing, and autograd
+where it has a backward), so ``torch.compile(fullgraph=True)`` and ``opcheck`` work through them.
+Every check happens here, before a raw address crosses into C++.
+
+The training ops fuse the optimizer into backward, following FBGEMM: the forward op takes the
+table *and its optimizer state*; its backward calls an op declared as mutating them, which
+groups the batch's ids by row, sums each row's gradient and applies the update in place. The
+table's ``.grad`` stays None: no gradient the size of the table, nor of the batch's rows, is made.
+"""
 
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 try:
     from fnn_fast import _C
@@ -13,20 +23,24 @@ except ImportError as error:  # the package stays usable through the reference p
 else:
     IMPORT_ERROR = None
 
+RULES = {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 2, "adam": 3}
+
 
 def available() -> bool:
     return _C is not None
 
 
-def _check_table_and_ids(table: torch.Tensor, ids: torch.Tensor, values: torch.Tensor | None):
+def check_inputs(table: Tensor, ids: Tensor, values: Tensor | None) -> None:
+    """What the kernels assume; ids must already be range-checked (see ops.check_ids)."""
     if table.device.type != "cpu" or ids.device.type != "cpu":
-        raise ValueError("native CPU kernels need CPU tensors")
-    if table.dtype != torch.float32 or table.dim() != 2:
+        raise ValueError("the native CPU kernels need CPU tensors")
+    if table.dtype != torch.float32 or table.dim() != 2 or not table.is_contiguous():
         raise ValueError(
-            f"table must be float32 [rows, 1 + K], got {table.dtype} {tuple(table.shape)}"
+            f"table must be a contiguous float32 [rows, 1 + K] tensor, got {table.dtype} "
+            f"{tuple(table.shape)}"
         )
-    if ids.dim() != 2:
-        raise ValueError(f"ids must be [batch, fields], got shape {tuple(ids.shape)}")
+    if ids.dtype != torch.int64 or ids.dim() != 2:
+        raise ValueError(f"ids must be int64 [batch, slots], got {ids.dtype} {tuple(ids.shape)}")
     if values is not None and (values.shape != ids.shape or values.dtype != torch.float32):
         raise ValueError(
             f"values must be float32 of the ids' shape {tuple(ids.shape)}, "
@@ -34,24 +48,210 @@ def _check_table_and_ids(table: torch.Tensor, ids: torch.Tensor, values: torch.T
         )
 
 
-def fm_forward(
-    table: torch.Tensor, w0: torch.Tensor, ids: torch.Tensor, values: torch.Tensor | None = None
-) -> torch.Tensor:
-    """FM logits through the fused C++ kernel (no autograd: scoring and evaluation)."""
-    _check_table_and_ids(table, ids, values)
-    table = table.detach().contiguous()
-    ids = ids.to(torch.int64).contiguous()
-    values = None if values is None else values.detach().contiguous()
+def _check_bounds(ids: Tensor, num_rows: int) -> None:
+    """The kernels' last line of defence (module-level checks name the field; under
+    torch.compile those are skipped and this one remains)."""
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_rows):
+        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+        raise IndexError(f"feature id {bad} is outside the table of {num_rows} rows")
+
+
+def _address(t: Tensor | None) -> int:
+    return 0 if t is None or t.numel() == 0 else t.data_ptr()
+
+
+def _hyper(hparams: Tensor) -> tuple[float, float, float, float, float]:
+    lr, weight_decay, eps, beta1, beta2 = hparams.tolist()
+    return lr, weight_decay, eps, beta1, beta2
+
+
+# --- FM ----------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fnn_fast::fm_scores", mutates_args=(), device_types="cpu")
+def fm_scores(table: Tensor, ids: Tensor, values: Tensor | None) -> Tensor:
+    """FM logits without the bias w0 (inference: no sums kept for a backward)."""
+    _check_bounds(ids, table.shape[0])
     logits = torch.empty(ids.shape[0], dtype=torch.float32)
     if ids.numel():
         _C.fm_forward(
-            table.data_ptr(),
-            table.shape[1],
-            ids.data_ptr(),
-            0 if values is None else values.data_ptr(),
-            ids.shape[0],
-            ids.shape[1],
-            float(w0),
-            logits.data_ptr(),
-        )
+            table.data_ptr(), table.shape[1], ids.data_ptr(), _address(values),
+            ids.shape[0], ids.shape[1], logits.data_ptr(), 0,
+        )  # fmt: skip
     return logits
+
+
+@fm_scores.register_fake
+def _(table, ids, values):
+    return table.new_empty(ids.shape[0])
+
+
+@torch.library.custom_op("fnn_fast::fm_train_forward", mutates_args=(), device_types="cpu")
+def fm_train_forward(
+    table: Tensor,
+    ids: Tensor,
+    values: Tensor | None,
+    state1: Tensor,
+    state2: Tensor,
+    step: Tensor,
+    hparams: Tensor,
+    rule: int,
+) -> tuple[Tensor, Tensor]:
+    """(logits without w0 [B], sums [B, K]); its backward updates table and state in place."""
+    _check_bounds(ids, table.shape[0])
+    batch, k = ids.shape[0], table.shape[1] - 1
+    logits = torch.empty(batch, dtype=torch.float32)
+    sums = torch.empty(batch, k, dtype=torch.float32)
+    if ids.numel():
+        _C.fm_forward(
+            table.data_ptr(), table.shape[1], ids.data_ptr(), _address(values),
+            batch, ids.shape[1], logits.data_ptr(), _address(sums),
+        )  # fmt: skip
+    return logits, sums
+
+
+@fm_train_forward.register_fake
+def _(table, ids, values, state1, state2, step, hparams, rule):
+    return table.new_empty(ids.shape[0]), table.new_empty(ids.shape[0], table.shape[1] - 1)
+
+
+@torch.library.custom_op(
+    "fnn_fast::fm_backward_update",
+    mutates_args=("table", "state1", "state2", "step"),
+    device_types="cpu",
+)
+def fm_backward_update(
+    table: Tensor,
+    ids: Tensor,
+    values: Tensor | None,
+    sums: Tensor,
+    grad_logits: Tensor,
+    state1: Tensor,
+    state2: Tensor,
+    step: Tensor,
+    hparams: Tensor,
+    rule: int,
+) -> None:
+    step.add_(1)
+    if ids.numel():
+        grad_logits = grad_logits.contiguous()
+        _C.fm_backward_update(
+            table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
+            ids.shape[0], ids.shape[1], sums.data_ptr(), grad_logits.data_ptr(), rule,
+            *_hyper(hparams), int(step), _address(state1), _address(state2),
+        )  # fmt: skip
+
+
+@fm_backward_update.register_fake
+def _(table, ids, values, sums, grad_logits, state1, state2, step, hparams, rule):
+    return None
+
+
+def _fm_setup_context(ctx, inputs, output):
+    table, ids, values, state1, state2, step, hparams, rule = inputs
+    ctx.save_for_backward(table, ids, values, output[1], state1, state2, step, hparams)
+    ctx.rule = rule
+
+
+def _fm_backward(ctx, grad_logits, grad_sums):
+    table, ids, values, sums, state1, state2, step, hparams = ctx.saved_tensors
+    fm_backward_update(table, ids, values, sums, grad_logits, state1, state2, step, hparams,
+                       ctx.rule)  # fmt: skip
+    return None, None, None, None, None, None, None, None
+
+
+fm_train_forward.register_autograd(_fm_backward, setup_context=_fm_setup_context)
+
+
+# --- FNN input ---------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fnn_fast::fnn_gather", mutates_args=(), device_types="cpu")
+def fnn_gather(
+    table: Tensor, ids: Tensor, values: Tensor | None, slot_fields: Tensor | None, num_fields: int
+) -> Tensor:
+    """The value-weighted rows of each field, [B, num_fields * (1 + K)] (no w0 column)."""
+    _check_bounds(ids, table.shape[0])
+    z = torch.empty(ids.shape[0], num_fields * table.shape[1], dtype=torch.float32)
+    if ids.numel():
+        _C.fnn_gather(
+            table.data_ptr(), table.shape[1], ids.data_ptr(), _address(values), ids.shape[0],
+            ids.shape[1], _address(slot_fields), num_fields, z.data_ptr(),
+        )  # fmt: skip
+    return z
+
+
+@fnn_gather.register_fake
+def _(table, ids, values, slot_fields, num_fields):
+    return table.new_empty(ids.shape[0], num_fields * table.shape[1])
+
+
+@torch.library.custom_op("fnn_fast::fnn_gather_train", mutates_args=(), device_types="cpu")
+def fnn_gather_train(
+    table: Tensor,
+    ids: Tensor,
+    values: Tensor | None,
+    slot_fields: Tensor | None,
+    num_fields: int,
+    state1: Tensor,
+    state2: Tensor,
+    step: Tensor,
+    hparams: Tensor,
+    rule: int,
+) -> Tensor:
+    """fnn_gather whose backward updates the table and its optimizer state in place."""
+    return fnn_gather(table, ids, values, slot_fields, num_fields)
+
+
+@fnn_gather_train.register_fake
+def _(table, ids, values, slot_fields, num_fields, state1, state2, step, hparams, rule):
+    return table.new_empty(ids.shape[0], num_fields * table.shape[1])
+
+
+@torch.library.custom_op(
+    "fnn_fast::fnn_gather_backward_update",
+    mutates_args=("table", "state1", "state2", "step"),
+    device_types="cpu",
+)
+def fnn_gather_backward_update(
+    table: Tensor,
+    ids: Tensor,
+    values: Tensor | None,
+    slot_fields: Tensor | None,
+    num_fields: int,
+    grad_z: Tensor,
+    state1: Tensor,
+    state2: Tensor,
+    step: Tensor,
+    hparams: Tensor,
+    rule: int,
+) -> None:
+    step.add_(1)
+    if ids.numel():
+        grad_z = grad_z.contiguous()
+        _C.fnn_gather_backward_update(
+            table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
+            ids.shape[0], ids.shape[1], _address(slot_fields), num_fields, grad_z.data_ptr(),
+            rule, *_hyper(hparams), int(step), _address(state1), _address(state2),
+        )  # fmt: skip
+
+
+@fnn_gather_backward_update.register_fake
+def _(table, ids, values, slot_fields, num_fields, grad_z, state1, state2, step, hparams, rule):
+    return None
+
+
+def _gather_setup_context(ctx, inputs, output):
+    table, ids, values, slot_fields, num_fields, state1, state2, step, hparams, rule = inputs
+    ctx.save_for_backward(table, ids, values, slot_fields, state1, state2, step, hparams)
+    ctx.num_fields, ctx.rule = num_fields, rule
+
+
+def _gather_backward(ctx, grad_z):
+    table, ids, values, slot_fields, state1, state2, step, hparams = ctx.saved_tensors
+    fnn_gather_backward_update(table, ids, values, slot_fields, ctx.num_fields, grad_z, state1,
+                               state2, step, hparams, ctx.rule)  # fmt: skip
+    return (None,) * 10
+
+
+fnn_gather_train.register_autograd(_gather_backward, setup_context=_gather_setup_context)

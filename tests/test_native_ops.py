@@ -1,0 +1,206 @@
+"""The native CPU kernels against the reference: outputs, fused backward + update (tables and
+optimizer states after several steps), torch.library registration and torch.compile."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fnn_fast
+from fnn_fast import FM, FNN, SparseRowOptimizer
+from fnn_fast.ops import native, reference
+from fnn_fast.optim import OPTIMIZERS, RowUpdate
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="fnn_fast._C was not built")
+
+
+def batch_of(batch, slots, rows, seed, with_values=True, hot=True):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, rows, (batch, slots), generator=g)
+    if hot and batch:
+        ids[:, 0] = 3  # one hot row hit by every sample
+        ids[::2, -1] = 3  # and twice by some
+    values = torch.rand(batch, slots, generator=g) + 0.5 if with_values else None
+    labels = torch.randint(0, 2, (batch,), generator=g).float()
+    return ids, values, labels
+
+
+def assert_close_to_reference(got, table, w0, ids, values, op=reference.fm_forward, **kw):
+    """float32 sums round differently: allow twice the reference's own error against float64."""
+    exact = op(table.double(), w0.double(), ids, None if values is None else values.double(), **kw)
+    ref_error = (op(table, w0, ids, values, **kw).double() - exact).abs()
+    error = (got.double() - exact).abs()
+    assert got.shape == exact.shape
+    if error.numel():
+        assert error.max() <= 2 * ref_error.max() + 1e-5
+
+
+SHAPES = [(1, 1, 1), (0, 4, 3), (33, 7, 5), (64, 39, 10), (17, 16, 16)]
+
+
+@pytest.mark.parametrize("batch,slots,factors", SHAPES)
+@pytest.mark.parametrize("with_values", [True, False])
+def test_fm_scores(batch, slots, factors, with_values):
+    table = torch.randn(500, 1 + factors)
+    ids, values, _ = batch_of(batch, slots, 500, seed=batch + slots, with_values=with_values)
+    got = native.fm_scores(table, ids, values) + 0.25
+    assert_close_to_reference(got, table, torch.tensor(0.25), ids, values)
+
+
+@pytest.mark.parametrize("batch,slots,factors", SHAPES)
+def test_fnn_gather(batch, slots, factors):
+    table = torch.randn(300, 1 + factors)
+    ids, values, _ = batch_of(batch, slots, 300, seed=7)
+    z = native.fnn_gather(table, ids, values, None, slots)
+    expected = reference.fnn_input(table, torch.tensor(0.0), ids, values)[:, 1:]
+    torch.testing.assert_close(z, expected)
+
+
+def test_fnn_gather_multi_valued_fields():
+    table = torch.randn(50, 4)
+    ids, values, _ = batch_of(9, 5, 50, seed=1)
+    slot_fields = torch.tensor([0, 1, 1, 2, 1])
+    z = native.fnn_gather(table, ids, values, slot_fields, 3)
+    expected = reference.fnn_input(table, torch.tensor(0.0), ids, values, slot_fields, 3)[:, 1:]
+    torch.testing.assert_close(z, expected)
+
+
+def train_pair(make_model, rule: RowUpdate, steps, batches):
+    """The same model trained by the reference (sparse grad + SparseRowOptimizer) and by the
+    fused native kernels; returns both after `steps` steps."""
+    models = {}
+    for backend in ("reference", "native"):
+        torch.manual_seed(0)
+        model = make_model()
+        fnn_fast.set_backend(backend)
+        try:
+            if backend == "native":
+                model.fuse_update(rule)
+            table_optimizer = SparseRowOptimizer(
+                [model.table], rule.kind, lr=rule.lr, weight_decay=rule.weight_decay
+            )
+            dense = [p for n, p in model.named_parameters() if n != "table"]
+            dense_optimizer = torch.optim.SGD(dense, lr=0.05)
+            for ids, values, labels in batches[:steps]:
+                table_optimizer.zero_grad()
+                dense_optimizer.zero_grad()
+                F.binary_cross_entropy_with_logits(model(ids, values), labels).backward()
+                if backend == "native":
+                    assert model.table.grad is None  # the update happened inside backward
+                table_optimizer.step()
+                dense_optimizer.step()
+        finally:
+            fnn_fast.set_backend("auto")
+        models[backend] = (model, table_optimizer)
+    return models
+
+
+def compare_states(models, rule):
+    ref_model, ref_optimizer = models["reference"]
+    nat_model, _ = models["native"]
+    torch.testing.assert_close(nat_model.table, ref_model.table, atol=2e-5, rtol=1e-4)
+    state = ref_optimizer.state[ref_model.table]
+    if rule.kind in ("adagrad", "rowwise_adagrad"):
+        torch.testing.assert_close(
+            nat_model.update_state1, state["sum"].reshape(nat_model.update_state1.shape),
+            atol=1e-6, rtol=1e-4,
+        )  # fmt: skip
+    if rule.kind == "adam":
+        torch.testing.assert_close(nat_model.update_state1, state["exp_avg"], atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(
+            nat_model.update_state2, state["exp_avg_sq"], atol=1e-8, rtol=1e-4
+        )
+    assert int(nat_model.update_step) == state["step"]
+    for (name, a), (_, b) in zip(
+        ref_model.named_parameters(), nat_model.named_parameters(), strict=True
+    ):
+        torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("kind", OPTIMIZERS)
+@pytest.mark.parametrize("slots,factors,with_values", [(5, 3, True), (7, 10, False), (1, 1, True)])
+def test_fm_fused_update_matches_reference(kind, slots, factors, with_values):
+    rule = RowUpdate(kind, lr=0.1 if kind != "adam" else 0.01, weight_decay=0.01)
+    batches = [batch_of(24, slots, 60, seed=s, with_values=with_values) for s in range(4)]
+    batches.append(batch_of(1, slots, 60, seed=9))  # batch of one
+    models = train_pair(lambda: FM(60, factors, init_std=0.3), rule, 5, batches)
+    compare_states(models, rule)
+
+
+@pytest.mark.parametrize("kind", OPTIMIZERS)
+def test_fnn_fused_update_matches_reference(kind):
+    rule = RowUpdate(kind, lr=0.1 if kind != "adam" else 0.01, weight_decay=0.01)
+    batches = [batch_of(20, 6, 40, seed=s) for s in range(4)]
+
+    def make():
+        return FNN(40, 4, 3, hidden=(8, 5), slot_fields=[0, 1, 1, 2, 3, 3], init_std=0.3)
+
+    compare_states(train_pair(make, rule, 4, batches), rule)
+
+
+def test_empty_batch_trains_nothing():
+    fm = FM(20, 3).fuse_update(RowUpdate("sgd", lr=0.1))
+    before = fm.table.detach().clone()
+    empty = torch.zeros(0, 4, dtype=torch.int64)
+    fm(empty).sum().backward()
+    torch.testing.assert_close(fm.table.detach(), before, rtol=0, atol=0)
+
+
+def test_out_of_range_ids_raise_not_crash():
+    table = torch.randn(10, 3)
+    with pytest.raises(IndexError, match="outside the table"):
+        native.fm_scores(table, torch.tensor([[1, 10]]), None)
+    with pytest.raises(IndexError, match="outside the table"):
+        native.fnn_gather(table, torch.tensor([[-1, 2]]), None, None, 2)
+
+
+def test_opcheck():
+    table = torch.randn(30, 4)
+    ids, values, _ = batch_of(6, 3, 30, seed=2)
+    rule = RowUpdate("adam", lr=0.01)
+    s1, s2 = rule.new_state(table)
+    step, hp, code = torch.zeros((), dtype=torch.int64), rule.hparams(), native.RULES["adam"]
+    torch.library.opcheck(native.fm_scores, (table, ids, values))
+    torch.library.opcheck(native.fnn_gather, (table, ids, values, None, 3))
+    logits, sums = native.fm_train_forward(table, ids, values, s1, s2, step, hp, code)
+    torch.library.opcheck(
+        native.fm_backward_update,
+        (table.clone(), ids, values, sums, torch.randn(6), s1.clone(), s2.clone(), step.clone(),
+         hp, code),
+    )  # fmt: skip
+    torch.library.opcheck(
+        native.fnn_gather_backward_update,
+        (table.clone(), ids, values, None, 3, torch.randn(6, 12), s1.clone(), s2.clone(),
+         step.clone(), hp, code),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("model_kind", ["fm", "fnn"])
+def test_torch_compile_fullgraph_matches_eager(model_kind):
+    batches = [batch_of(16, 5, 50, seed=s) for s in range(3)]
+
+    def make():
+        torch.manual_seed(0)
+        if model_kind == "fm":
+            model = FM(50, 4, init_std=0.2)
+        else:
+            model = FNN(50, 5, 4, hidden=(8,), init_std=0.2)
+        return model.fuse_update(RowUpdate("rowwise_adagrad", lr=0.1))
+
+    results = []
+    for compiled in (False, True):
+        model = make()
+        optimizer = torch.optim.SGD([p for n, p in model.named_parameters() if n != "table"], 0.1)
+
+        def loss_of(ids, values, labels, model=model):
+            return F.binary_cross_entropy_with_logits(model(ids, values), labels)
+
+        step = torch.compile(loss_of, fullgraph=True) if compiled else loss_of
+        for ids, values, labels in batches:
+            optimizer.zero_grad()
+            step(ids, values, labels).backward()
+            optimizer.step()
+        results.append((model.table.detach().clone(), model.update_state1.clone()))
+        with torch.no_grad():
+            results[-1] += (model(batches[0][0], batches[0][1]),)
+    for eager, compiled in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(compiled, eager, atol=1e-6, rtol=1e-5)
