@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from fnn_fast.metrics import log_loss, roc_auc
 from fnn_fast.modules import FM, FNN
-from fnn_fast.optim import SparseRowOptimizer
+from fnn_fast.optim import RowUpdate, SparseRowOptimizer
 
 if TYPE_CHECKING:
     from fnn_fast.data import FeatureEncoder, ParsedRows
@@ -222,6 +222,9 @@ def train_fm(
     fm = FM(num_features, config.factors, init_std=config.fm_init_std, slot_names=slot_names)
     with torch.no_grad():
         fm.w0.fill_(base_rate_logit(train))
+    # The native kernels apply the table's update inside backward; on the reference backend the
+    # table gets a sparse gradient and the optimizer below applies the same rule.
+    fm.fuse_update(RowUpdate(config.fm_optimizer, config.fm_lr, config.fm_weight_decay))
     optimizer = SparseRowOptimizer(
         fm.parameters(),
         config.fm_optimizer,
@@ -297,6 +300,9 @@ def train_fnn(
     fnn = build_fnn(fm, num_features, slot_fields, config, slot_names)
     with torch.no_grad():
         fnn.output.bias.fill_(base_rate_logit(train))
+    fnn.fuse_update(
+        RowUpdate(config.fnn_optimizer, config.fnn_embedding_lr, config.fnn_weight_decay)
+    )
     history = fit(
         fnn,
         fnn_optimizers(fnn, config),
