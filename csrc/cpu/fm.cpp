@@ -7,6 +7,68 @@
 
 namespace fnn_fast::cpu {
 
+namespace {
+
+// Rows are scattered over a table far larger than the caches: ask for a row this many lookups
+// ahead so its cache lines arrive while the current one is being used.
+constexpr int64_t kPrefetchDistance = 8;  // lookups ahead, in the forward
+constexpr int64_t kPrefetchRuns = 24;      // rows ahead, in the update (less work per row)
+
+// Every cache line the row touches: a 44-byte row often straddles two.
+inline void prefetch_row(const float* row, int64_t dim) {
+  for (int64_t d = 0; d < dim; d += 16) __builtin_prefetch(row + d);
+  __builtin_prefetch(row + dim - 1);
+}
+
+inline void prefetch_state(const UpdateParams& p, const OptimizerState& s, int64_t row,
+                           int64_t dim) {
+  if (p.rule == Rule::kRowwiseAdagrad) {
+    __builtin_prefetch(s.state1 + row);
+  } else if (p.rule != Rule::kSGD) {
+    prefetch_row(s.state1 + row * dim, dim);
+    if (p.rule == Rule::kAdam) prefetch_row(s.state2 + row * dim, dim);
+  }
+}
+
+// Groups the batch's lookups by row; for each unique row (one thread each), sums the gradient of
+// its occurrences in (b, s) order with accumulate(b, s, grad), completes it with
+// finish(row, grad), then updates the row. grad has one spare element after the row's dim.
+template <typename Accumulate, typename Finish>
+void update_grouped_rows(float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
+                         int64_t batch, int64_t slots, const UpdateParams& params,
+                         const OptimizerState& state, Accumulate accumulate, Finish finish) {
+  static thread_local RowGroups workspace;
+  group_by_row(ids, batch, slots, num_rows, workspace);
+  // A plain reference for the OpenMP threads: inside the parallel region, `workspace` would
+  // name each worker thread's own (empty) thread_local instance.
+  const RowGroups& groups = workspace;
+  const int64_t runs = static_cast<int64_t>(groups.rows.size());
+  const int slot_bits = groups.slot_bits;
+  const int64_t slot_mask = (int64_t{1} << slot_bits) - 1;
+#pragma omp parallel
+  {
+    std::vector<float> grad(dim + 1);
+#pragma omp for schedule(dynamic, 64)
+    for (int64_t r = 0; r < runs; ++r) {
+      if (r + kPrefetchRuns < runs) {
+        const int64_t ahead = groups.rows[r + kPrefetchRuns];
+        prefetch_row(table + ahead * dim, dim);
+        prefetch_state(params, state, ahead, dim);
+      }
+      float* row = table + groups.rows[r] * dim;
+      std::fill(grad.begin(), grad.end(), 0.0f);
+      for (int64_t i = groups.run_starts[r]; i < groups.run_starts[r + 1]; ++i) {
+        const int64_t position = groups.positions[i];
+        accumulate(position >> slot_bits, position & slot_mask, grad.data());
+      }
+      finish(row, grad.data());
+      update_row(params, state, groups.rows[r], row, grad.data(), dim);
+    }
+  }
+}
+
+}  // namespace
+
 void fm_forward(const float* table, int64_t dim, const int64_t* ids, const float* values,
                 int64_t batch, int64_t slots, float* logits, float* sums) {
   const int64_t k = dim - 1;
@@ -21,6 +83,8 @@ void fm_forward(const float* table, int64_t dim, const int64_t* ids, const float
       std::fill(sum_sq.begin(), sum_sq.end(), 0.0);
       double linear = 0.0;
       for (int64_t s = 0; s < slots; ++s) {
+        const int64_t ahead = b * slots + s + kPrefetchDistance;
+        if (ahead < batch * slots) prefetch_row(table + ids[ahead] * dim, dim);
         const float x = values ? values[b * slots + s] : 1.0f;
         const float* row = table + ids[b * slots + s] * dim;
         linear += x * row[0];
@@ -45,27 +109,22 @@ void fm_backward_update(float* table, int64_t num_rows, int64_t dim, const int64
                         const float* grad_logits, const UpdateParams& params,
                         const OptimizerState& state) {
   const int64_t k = dim - 1;
-  const RowGroups groups = group_by_row(ids, batch * slots, num_rows);
-  const int64_t runs = static_cast<int64_t>(groups.rows.size());
-#pragma omp parallel
-  {
-    std::vector<float> grad(dim);
-#pragma omp for schedule(dynamic, 64)
-    for (int64_t r = 0; r < runs; ++r) {
-      float* row = table + groups.rows[r] * dim;
-      std::fill(grad.begin(), grad.end(), 0.0f);
-      for (int64_t i = groups.run_starts[r]; i < groups.run_starts[r + 1]; ++i) {
-        const int64_t position = groups.positions[i];
-        const int64_t b = position / slots;
-        const float x = values ? values[position] : 1.0f;
+  // Summed over a row's occurrences, g x (sums_b - x v) = sum(g x sums_b) - v sum(g x^2): the
+  // loop accumulates the first term and the scalar sum(g x^2) (kept in grad[dim]), and the row
+  // is read once at the end.
+  update_grouped_rows(
+      table, num_rows, dim, ids, batch, slots, params, state,
+      [&](int64_t b, int64_t s, float* __restrict grad) {
+        const float x = values ? values[b * slots + s] : 1.0f;
         const float gx = grad_logits[b] * x;
-        const float* sum = sums + b * k;
+        const float* __restrict sum = sums + b * k;
         grad[0] += gx;
-        for (int64_t j = 0; j < k; ++j) grad[1 + j] += gx * (sum[j] - x * row[1 + j]);
-      }
-      update_row(params, state, groups.rows[r], row, grad.data(), dim);
-    }
-  }
+        for (int64_t j = 0; j < k; ++j) grad[1 + j] += gx * sum[j];
+        grad[dim] += gx * x;
+      },
+      [&](const float* row, float* grad) {
+        for (int64_t j = 0; j < k; ++j) grad[1 + j] -= grad[dim] * row[1 + j];
+      });
 }
 
 void fnn_gather(const float* table, int64_t dim, const int64_t* ids, const float* values,
@@ -95,24 +154,15 @@ void fnn_gather_backward_update(float* table, int64_t num_rows, int64_t dim, con
                                 const float* grad_z, const UpdateParams& params,
                                 const OptimizerState& state) {
   const int64_t width = num_fields * dim;
-  const RowGroups groups = group_by_row(ids, batch * slots, num_rows);
-  const int64_t runs = static_cast<int64_t>(groups.rows.size());
-#pragma omp parallel
-  {
-    std::vector<float> grad(dim);
-#pragma omp for schedule(dynamic, 64)
-    for (int64_t r = 0; r < runs; ++r) {
-      std::fill(grad.begin(), grad.end(), 0.0f);
-      for (int64_t i = groups.run_starts[r]; i < groups.run_starts[r + 1]; ++i) {
-        const int64_t position = groups.positions[i];
-        const int64_t b = position / slots, s = position % slots;
-        const float x = values ? values[position] : 1.0f;
-        const float* g = grad_z + b * width + (slot_fields ? slot_fields[s] : s) * dim;
+  update_grouped_rows(
+      table, num_rows, dim, ids, batch, slots, params, state,
+      [&](int64_t b, int64_t s, float* __restrict grad) {
+        const float x = values ? values[b * slots + s] : 1.0f;
+        const int64_t field = slot_fields ? slot_fields[s] : s;
+        const float* __restrict g = grad_z + b * width + field * dim;
         for (int64_t d = 0; d < dim; ++d) grad[d] += x * g[d];
-      }
-      update_row(params, state, groups.rows[r], table + groups.rows[r] * dim, grad.data(), dim);
-    }
-  }
+      },
+      [](const float*, float*) {});
 }
 
 }  // namespace fnn_fast::cpu

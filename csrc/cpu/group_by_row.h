@@ -8,13 +8,20 @@
 namespace fnn_fast::cpu {
 
 struct RowGroups {
-  std::vector<int64_t> positions;  // batch positions (b * slots + s), sorted by row, then position
+  // Lookups (b, s) packed as (b << slot_bits) | s, sorted by row, then by (b, s): a consumer
+  // splits them with a shift and a mask instead of a division by the slot count.
+  std::vector<int64_t> positions;
+  int slot_bits = 0;
   std::vector<int64_t> run_starts;  // run r covers positions[run_starts[r] .. run_starts[r + 1])
   std::vector<int64_t> rows;        // the row of each run
+  // Workspace kept between calls, so a training step does not fault in fresh pages each time.
+  std::vector<uint64_t> items, scratch;
 };
 
-// ids: n row indices in [0, num_rows). LSD radix sort on only the bits num_rows needs, so the
-// sort is stable and positions stay in order within a row.
-RowGroups group_by_row(const int64_t* ids, int64_t n, int64_t num_rows);
+// ids: [batch, slots] row indices in [0, num_rows). LSD radix sort on only the bits num_rows
+// needs, so the sort is stable and lookups stay in (b, s) order within a row.
+// Fills `groups`, reusing its memory.
+void group_by_row(const int64_t* ids, int64_t batch, int64_t slots, int64_t num_rows,
+                  RowGroups& groups);
 
 }  // namespace fnn_fast::cpu
