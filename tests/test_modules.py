@@ -1,6 +1,8 @@
 """FM and FNN modules against direct computations, and their gradients."""
 
 import itertools
+import subprocess
+import sys
 import os
 
 import pytest
@@ -163,3 +165,23 @@ def test_unknown_backend_rejected():
 )
 def test_native_extension_was_built():
     assert "native" in fnn_fast.backends()["available"], fnn_fast.backends()["native_error"]
+
+
+def test_package_works_without_the_native_extension():
+    """A failed C++ build must never break `import fnn_fast`: the reference runs instead."""
+    script = """
+import sys
+sys.modules["fnn_fast._C"] = None  # as if the extension had not been built
+import torch, fnn_fast
+from fnn_fast.optim import RowUpdate
+info = fnn_fast.backends()
+assert info["available"] == ["reference"] and info["active"] == "reference", info
+assert info["native_error"]
+fm = fnn_fast.FM(50, 3).fuse_update(RowUpdate("adagrad", lr=0.1))
+fm(torch.randint(0, 50, (4, 6))).sum().backward()
+assert fm.table.grad.is_sparse  # the reference path: a sparse gradient for the optimizer
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

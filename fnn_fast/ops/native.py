@@ -12,6 +12,8 @@ table's ``.grad`` stays None: no gradient the size of the table, nor of the batc
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor
 
@@ -19,7 +21,10 @@ try:
     from fnn_fast import _C
 except ImportError as error:  # the package stays usable through the reference path
     _C = None
-    IMPORT_ERROR: str | None = str(error)
+    _build_error = Path(__file__).parents[1] / "native_build_error.txt"
+    IMPORT_ERROR: str | None = (
+        _build_error.read_text().strip() if _build_error.exists() else str(error)
+    )
 else:
     IMPORT_ERROR = None
 
