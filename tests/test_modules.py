@@ -1,9 +1,9 @@
 """FM and FNN modules against direct computations, and their gradients."""
 
 import itertools
+import os
 import subprocess
 import sys
-import os
 
 import pytest
 import torch
