@@ -51,8 +51,9 @@ def check_ids(ids: torch.Tensor, num_features: int, slot_names=None) -> None:
         raise TypeError(f"ids must be int32 or int64, got {ids.dtype}")
     if ids.numel() == 0 or torch.compiler.is_compiling():
         return  # under torch.compile the kernels check bounds themselves
-    bad = (ids < 0) | (ids >= num_features)
-    if bool(bad.any()):
+    low, high = (int(v) for v in ids.aminmax())  # one pass; locate the culprit only on error
+    if low < 0 or high >= num_features:
+        bad = (ids < 0) | (ids >= num_features)
         row, slot = (int(i) for i in bad.nonzero()[0])
         name = slot_names[slot] if slot_names is not None else f"in column {slot}"
         raise IndexError(

@@ -56,8 +56,11 @@ def check_inputs(table: Tensor, ids: Tensor, values: Tensor | None) -> None:
 def _check_bounds(ids: Tensor, num_rows: int) -> None:
     """The kernels' last line of defence (module-level checks name the field; under
     torch.compile those are skipped and this one remains)."""
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_rows):
-        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+    if not ids.numel():
+        return
+    low, high = (int(v) for v in ids.aminmax())
+    if low < 0 or high >= num_rows:
+        bad = low if low < 0 else high
         raise IndexError(f"feature id {bad} is outside the table of {num_rows} rows")
 
 
