@@ -86,6 +86,13 @@ def _config_from_args(args) -> TrainConfig:
         fnn_optimizer=args.fnn_optimizer,
         fnn_lr=args.fnn_lr,
         fnn_layer_optimizer=args.fnn_layer_optimizer,
+        fnn_layer_lrs=[float(r) for r in args.fnn_layer_lrs.split(",")]
+        if args.fnn_layer_lrs
+        else None,
+        pretrain=args.pretrain,
+        rbm_epochs=args.rbm_epochs,
+        rbm_lr=args.rbm_lr,
+        rbm_k=args.rbm_k,
         fnn_layer_weight_decay=args.fnn_layer_weight_decay,
         fnn_embedding_lr=args.fnn_embedding_lr,
         fnn_weight_decay=args.fnn_weight_decay,
@@ -101,8 +108,13 @@ def _print_metrics(metrics: dict) -> None:
         print(f"{name:<14}" + "".join(f"{t:>15}" for t in text))
 
 
-def _write_run(out: Path, result, encoder, schema, config: TrainConfig, extra: dict | None = None):
+def _write_run(
+    out: Path, result, encoder, schema, config: TrainConfig, extra: dict | None = None,
+    report_split: Split | None = None, split_name: str = "test",
+):  # fmt: skip
+    from fnn_fast.report import write_report
     from fnn_fast.saved import save_model
+    from fnn_fast.train import predict_logits
 
     if schema is not None and schema.featindex:
         # The feature dictionary travels with the model, so scoring parses as training did.
@@ -113,10 +125,21 @@ def _write_run(out: Path, result, encoder, schema, config: TrainConfig, extra: d
     metrics = {**result.metrics, **(extra or {})}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "history.json").write_text(json.dumps(result.history, indent=2) + "\n")
+    predictions = None
+    if report_split is not None:
+        predictions = {
+            name: 1.0 / (1.0 + np.exp(-predict_logits(model, report_split).astype(np.float64)))
+            for name, model in (("fm", result.fm), ("fnn", result.fnn))
+        }
+    write_report(
+        out, metrics, result.history,
+        None if report_split is None else report_split.labels.numpy(), predictions, split_name,
+    )  # fmt: skip
 
 
-def cmd_train(args) -> int:
-    config = _config_from_args(args)
+def _load_splits(args):
+    """(train, valid, test or None, encoder, schema) from the input options; the encoder is fit
+    on the training rows only (not on a validation part split off them)."""
     schema = _schema_from_args(args)
     train_rows = _read(args.train, schema, args)
     train_index, valid_index = np.arange(len(train_rows.labels)), None
@@ -141,11 +164,53 @@ def cmd_train(args) -> int:
     train = _encode(train_rows, encoder, train_index if valid_index is not None else None)
     valid = _encode(valid_rows, encoder, valid_index)
     test = _encode(_read(args.test, schema, args), encoder) if args.test else None
+    return train, valid, test, encoder, schema
+
+
+def cmd_train(args) -> int:
+    config = _config_from_args(args)
+    train, valid, test, encoder, schema = _load_splits(args)
     result = train_two_stage(train, valid, test, encoder, config, progress=not args.no_progress)
-    _write_run(Path(args.out), result, encoder, schema, config)
+    _write_run(
+        Path(args.out), result, encoder, schema, config,
+        report_split=test if test is not None else valid,
+        split_name="test" if test is not None else "validation",
+    )  # fmt: skip
     _print_metrics(result.metrics)
-    print(f"model written to {args.out}")
+    print(f"model written to {args.out} (report: {Path(args.out) / 'report.html'})")
     return 0
+
+
+def cmd_compare(args) -> int:
+    from fnn_fast.compare import format_table, run_compare, summarize, write_compare
+
+    config = _config_from_args(args)
+    if args.synthetic:
+        train, valid, test, encoder = _synthetic_splits(args.synthetic_rows, args.seed)
+    else:
+        if not (args.train and args.test and args.format):
+            raise ValueError("compare needs --train, --test and --format (or --synthetic)")
+        train, valid, test, encoder, _ = _load_splits(args)
+    seeds = range(args.seed, args.seed + args.seeds)
+    results = run_compare(train, valid, test, encoder, config, seeds, not args.no_progress)
+    summary = summarize(results)
+    table = format_table(summary, args.seeds)
+    write_compare(args.out, results, summary, table, "fnn-fast " + " ".join(sys.argv[1:]))
+    print(table)
+    return 0
+
+
+def _synthetic_splits(rows: int, seed: int):
+    """A learnable non-linear truth (8 fields of 50 values, FM plus a tanh network)."""
+    from fnn_fast.data.synthetic import plant_model
+
+    truth = plant_model((50,) * 8, num_factors=4, nonlinear=2.0, seed=seed)
+    parts = [truth.sample(n, seed=seed + 1 + i) for i, n in enumerate((rows, rows // 4, rows // 4))]
+    encoder = FeatureEncoder.fit(
+        parts[0].rows.keys, parts[0].rows.slot_fields, parts[0].rows.field_names
+    )
+    print(f"synthetic: Bayes-optimal test AUC {parts[2].bayes_auc:.4f}", file=sys.stderr)
+    return (*(Split.encode(p.rows, encoder) for p in parts), encoder)
 
 
 def _load(args):
@@ -202,9 +267,13 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def _add_input_options(p: argparse.ArgumentParser, with_schema: bool = True) -> None:
+def _add_input_options(
+    p: argparse.ArgumentParser, with_schema: bool = True, format_required: bool = True
+) -> None:
     if with_schema:
-        p.add_argument("--format", choices=FORMATS, required=True, help="input file format")
+        p.add_argument(
+            "--format", choices=FORMATS, required=format_required, help="input file format"
+        )
         p.add_argument("--featindex", help="libfm: feature dictionary 'field:value<TAB>idx'")
         p.add_argument("--label", help="csv/parquet: label column (default 'label')")
         p.add_argument("--categorical", help="csv/parquet: comma-separated categorical columns")
@@ -226,23 +295,7 @@ def _add_input_options(p: argparse.ArgumentParser, with_schema: bool = True) -> 
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fnn-fast", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    defaults = TrainConfig()
-
-    p = sub.add_parser("train", help="train FM then FNN on a file and save the model")
-    p.add_argument("--train", required=True, help="training file")
-    p.add_argument("--valid", help="validation file (default: a random part of --train)")
-    p.add_argument(
-        "--valid-fraction",
-        type=float,
-        default=0.2,
-        help="share of --train held out for early stopping when --valid is absent",
-    )
-    p.add_argument("--test", help="test file: evaluated at the end, never used for choices")
-    p.add_argument("--out", required=True, help="output directory for the model and metrics")
-    _add_input_options(p)
+def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
     p.add_argument(
         "--min-count",
         type=int,
@@ -308,7 +361,60 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.fnn_layer_weight_decay,
         help="L2 on hidden/output layers",
     )
+    p.add_argument(
+        "--fnn-layer-lrs",
+        help="layer-wise rates: one per hidden layer then the output layer, comma-separated "
+        "(default: --fnn-lr for all)",
+    )
+    p.add_argument(
+        "--pretrain",
+        choices=("none", "rbm"),
+        default=defaults.pretrain,
+        help="pre-train the tanh layers as RBMs (CD-k) on the FM-initialized input",
+    )
+    p.add_argument("--rbm-epochs", type=int, default=defaults.rbm_epochs)
+    p.add_argument("--rbm-lr", type=float, default=defaults.rbm_lr)
+    p.add_argument("--rbm-k", type=int, default=defaults.rbm_k, help="Gibbs steps of CD-k")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fnn-fast", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    defaults = TrainConfig()
+
+    p = sub.add_parser("train", help="train FM then FNN on a file and save the model")
+    p.add_argument("--train", required=True, help="training file")
+    p.add_argument("--valid", help="validation file (default: a random part of --train)")
+    p.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=0.2,
+        help="share of --train held out for early stopping when --valid is absent",
+    )
+    p.add_argument("--test", help="test file: evaluated at the end, never used for choices")
+    p.add_argument("--out", required=True, help="output directory for the model and metrics")
+    _add_input_options(p)
+    _add_training_options(p, defaults)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "compare", help="ablation over seeds: LR, FM, FNN from random / FM / FM+RBM / one rate"
+    )
+    p.add_argument("--train", help="training file")
+    p.add_argument("--valid", help="validation file (default: a random part of --train)")
+    p.add_argument("--valid-fraction", type=float, default=0.2)
+    p.add_argument("--test", help="test file: the compared metrics are measured on it")
+    p.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="instead of files: a synthetic set with a non-linear truth",
+    )
+    p.add_argument("--synthetic-rows", type=int, default=100_000)
+    p.add_argument("--seeds", type=int, default=5, help="seeds --seed .. --seed + N - 1")
+    p.add_argument("--out", default="fnn-fast-compare", help="writes compare.json, compare.md")
+    _add_input_options(p, format_required=False)
+    _add_training_options(p, defaults)
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("evaluate", help="AUC and logloss of a saved model on a labelled file")
     p.add_argument("--model", required=True, help="model directory written by train")

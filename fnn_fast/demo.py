@@ -86,7 +86,9 @@ def run_demo(out: Path, rows: int = 150_000, seed: int = 0, progress: bool = Tru
     bayes = {"valid_auc": parts["valid"].bayes_auc, "test_auc": parts["test"].bayes_auc}
 
     schema = Schema(format="libfm", num_fields=39)
-    _write_run(out, result, encoder, schema, config, extra={"bayes_optimal": bayes})
+    _write_run(
+        out, result, encoder, schema, config, extra={"bayes_optimal": bayes}, report_split=test
+    )
     test_file = out / "test.libfm"
     write_libfm(test_file, parts["test"].rows.labels, parts["test"].rows.keys)
     saved = load_model(out)

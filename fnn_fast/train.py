@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from fnn_fast.metrics import log_loss, roc_auc
 from fnn_fast.modules import FM, FNN
 from fnn_fast.optim import RowUpdate, SparseRowOptimizer
+from fnn_fast.rbm import pretrain_tanh_layers
 
 if TYPE_CHECKING:
     from fnn_fast.data import FeatureEncoder, ParsedRows
@@ -57,8 +58,15 @@ class TrainConfig:
     fnn_weight_decay: float = 1e-5  # L2 on embedding rows present in a batch
     fnn_layer_optimizer: str = "adam"  # hidden and output layers: "adam" or "sgd"
     fnn_lr: float = 3e-5  # hidden and output layers: slow, the FM input overfits fast
+    # Layer-wise rates: one per hidden layer, then the output layer; None: fnn_lr for all.
+    fnn_layer_lrs: list[float] | None = None
     fnn_layer_weight_decay: float = 0.0  # L2 on the hidden and output layers
     fnn_init_std: float = 0.01  # embedding std when fnn_init == "random"
+    # Optional RBM pre-training of the hidden layers (tanh only), layer by layer with CD-k.
+    pretrain: str = "none"  # or "rbm"
+    rbm_epochs: int = 1
+    rbm_lr: float = 0.01
+    rbm_k: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -277,12 +285,37 @@ def fnn_optimizers(fnn: FNN, config: TrainConfig) -> list[torch.optim.Optimizer]
             f"fnn_layer_optimizer must be one of {list(LAYER_OPTIMIZERS)}, "
             f"got {config.fnn_layer_optimizer!r}"
         )
+    groups = fnn.layer_parameters()
+    rates = config.fnn_layer_lrs or [config.fnn_lr] * len(groups)
+    if len(rates) != len(groups):
+        raise ValueError(
+            f"fnn_layer_lrs needs {len(groups)} rates (one per hidden layer, then the output "
+            f"layer), got {len(rates)}"
+        )
     layers = LAYER_OPTIMIZERS[config.fnn_layer_optimizer](
-        [{"params": group} for group in fnn.layer_parameters()],
+        [{"params": group, "lr": rate} for group, rate in zip(groups, rates, strict=True)],
         lr=config.fnn_lr,
         weight_decay=config.fnn_layer_weight_decay,
     )
     return [embedding, layers]
+
+
+def pretrain_rbm(fnn: FNN, train: Split, config: TrainConfig, progress: bool = True):
+    """Initialize the FNN's tanh layers by layer-wise RBM pre-training on its input z."""
+    if fnn.activation != "tanh":
+        raise ValueError("RBM pre-training initializes tanh layers: use activation 'tanh'")
+    linears = [m for m in fnn.hidden_layers if isinstance(m, torch.nn.Linear)]
+
+    def batches():
+        with torch.no_grad():
+            for ids, values, _ in train.batches(config.batch_size):
+                yield fnn.input(ids, values)
+
+    torch.manual_seed(config.seed + 2)
+    return pretrain_tanh_layers(
+        batches, linears, epochs=config.rbm_epochs, lr=config.rbm_lr, k=config.rbm_k,
+        progress=progress,
+    )  # fmt: skip
 
 
 def train_fnn(
@@ -303,6 +336,10 @@ def train_fnn(
     fnn.fuse_update(
         RowUpdate(config.fnn_optimizer, config.fnn_embedding_lr, config.fnn_weight_decay)
     )
+    if config.pretrain == "rbm":
+        pretrain_rbm(fnn, train, config, progress)
+    elif config.pretrain != "none":
+        raise ValueError(f"pretrain must be 'none' or 'rbm', got {config.pretrain!r}")
     history = fit(
         fnn,
         fnn_optimizers(fnn, config),

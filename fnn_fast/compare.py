@@ -1,0 +1,95 @@
+"""``fnn-fast compare``: what each part of FNN is worth. On the same data and splits, for
+several seeds: logistic regression, FM, FNN from a random embedding, FNN from FM, FNN from FM with
+RBM pre-training, and FNN from FM with a single learning rate for every layer."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import replace
+from pathlib import Path
+
+from fnn_fast.train import Split, TrainConfig, evaluate, train_fm, train_fnn
+
+VARIANTS = {
+    "lr": "logistic regression",
+    "fm": "FM",
+    "fnn_random": "FNN, random embedding",
+    "fnn": "FNN from FM",
+    "fnn_rbm": "FNN from FM + RBM pre-training",
+    "fnn_single_lr": "FNN from FM, one learning rate",
+}
+
+
+def _best_epoch(history: list[dict]) -> int:
+    return next(r["epoch"] for r in history if r.get("best"))
+
+
+def run_compare(
+    train: Split, valid: Split, test: Split, encoder, config: TrainConfig, seeds, progress=False
+) -> dict:
+    """Per variant, per seed: test AUC, test logloss and the epoch of the best valid AUC."""
+    slot_fields = [int(f) for f in encoder.slot_fields]
+    results: dict[str, list[dict]] = {name: [] for name in VARIANTS}
+
+    def record(name, model, history):
+        metrics = evaluate(model, test)
+        results[name].append({"test_auc": metrics["auc"], "test_logloss": metrics["logloss"],
+                              "best_epoch": _best_epoch(history)})  # fmt: skip
+
+    for seed in seeds:
+        seeded = replace(config, seed=seed)
+        lr, history = train_fm(train, valid, encoder.num_features, replace(seeded, factors=0),
+                               progress=progress)  # fmt: skip
+        record("lr", lr, history)
+        fm, history = train_fm(train, valid, encoder.num_features, seeded, progress=progress)
+        record("fm", fm, history)
+        fnn_variants = {
+            "fnn_random": replace(seeded, fnn_init="random"),
+            "fnn": seeded,
+            "fnn_rbm": replace(seeded, pretrain="rbm"),
+            # One optimizer and one rate for the embedding and every layer.
+            "fnn_single_lr": replace(seeded, fnn_optimizer="adam",
+                                     fnn_embedding_lr=seeded.fnn_lr, fnn_layer_lrs=None),
+        }  # fmt: skip
+        for name, variant in fnn_variants.items():
+            model, history = train_fnn(train, valid, fm, encoder.num_features, slot_fields,
+                                       variant, progress=progress)  # fmt: skip
+            record(name, model, history)
+    return results
+
+
+def summarize(results: dict) -> dict:
+    summary = {}
+    for name, runs in results.items():
+        entry = {}
+        for key in ("test_auc", "test_logloss", "best_epoch"):
+            values = [r[key] for r in runs]
+            entry[key] = statistics.fmean(values)
+            entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        summary[name] = entry
+    return summary
+
+
+def format_table(summary: dict, seeds: int) -> str:
+    lines = [
+        f"| model | test AUC (mean ± std, {seeds} seeds) | test logloss "
+        "| epochs to best valid AUC |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, s in summary.items():
+        lines.append(
+            f"| {VARIANTS[name]} | {s['test_auc']:.4f} ± {s['test_auc_std']:.4f} | "
+            f"{s['test_logloss']:.4f} ± {s['test_logloss_std']:.4f} | "
+            f"{s['best_epoch']:.1f} ± {s['best_epoch_std']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_compare(out, results: dict, summary: dict, table: str, command: str) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(
+        json.dumps({"command": command, "summary": summary, "runs": results}, indent=2) + "\n"
+    )
+    (out / "compare.md").write_text(f"`{command}`\n\n{table}\n")
