@@ -203,14 +203,12 @@ def cmd_compare(args) -> int:
 def _synthetic_splits(rows: int, seed: int):
     """A learnable non-linear truth (8 fields of 50 values, FM plus a tanh network)."""
     from fnn_fast.data.synthetic import plant_model
+    from fnn_fast.demo import planted_splits
 
     truth = plant_model((50,) * 8, num_factors=4, nonlinear=2.0, seed=seed)
-    parts = [truth.sample(n, seed=seed + 1 + i) for i, n in enumerate((rows, rows // 4, rows // 4))]
-    encoder = FeatureEncoder.fit(
-        parts[0].rows.keys, parts[0].rows.slot_fields, parts[0].rows.field_names
-    )
+    encoder, splits, parts = planted_splits(truth, (rows, rows // 4, rows // 4), seed + 1)
     print(f"synthetic: Bayes-optimal test AUC {parts[2].bayes_auc:.4f}", file=sys.stderr)
-    return (*(Split.encode(p.rows, encoder) for p in parts), encoder)
+    return (*splits, encoder)
 
 
 def _load(args):
@@ -341,7 +339,8 @@ def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> 
         "--fnn-embedding-lr",
         type=float,
         default=defaults.fnn_embedding_lr,
-        help="the FM-initialized embedding (smaller than --fnn-lr by default)",
+        help="sparse update rate of the FM-initialized embedding (by default far below the FM "
+        "stage's --fm-lr, so fine-tuning keeps what the FM learned)",
     )
     p.add_argument(
         "--fnn-weight-decay",

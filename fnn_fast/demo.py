@@ -35,6 +35,15 @@ DEMO_CONFIG = TrainConfig(
 )
 
 
+def planted_splits(truth, sizes, first_seed: int):
+    """Train, valid and test rows drawn from one planted truth (seeds first_seed, +1, +2), the
+    encoder fit on the training rows, and their Splits: (encoder, splits, sampled parts)."""
+    parts = [truth.sample(n, seed=first_seed + i) for i, n in enumerate(sizes)]
+    rows = parts[0].rows
+    encoder = FeatureEncoder.fit(rows.keys, rows.slot_fields, rows.field_names)
+    return encoder, [Split.encode(p.rows, encoder) for p in parts], parts
+
+
 def run_demo(out: Path, rows: int = 150_000, seed: int = 0, progress: bool = True) -> dict:
     from fnn_fast.cli import _print_metrics, _write_run
     from fnn_fast.data import read_rows
@@ -50,11 +59,9 @@ def run_demo(out: Path, rows: int = 150_000, seed: int = 0, progress: bool = Tru
         seed=seed,
     )
     n_train, n_valid = int(rows * 0.6), int(rows * 0.2)
-    parts = {
-        "train": truth.sample(n_train, seed=seed + 1),
-        "valid": truth.sample(n_valid, seed=seed + 2),
-        "test": truth.sample(rows - n_train - n_valid, seed=seed + 3),
-    }
+    sizes = (n_train, n_valid, rows - n_train - n_valid)
+    encoder, (train, valid, test), sampled = planted_splits(truth, sizes, seed + 1)
+    parts = dict(zip(("train", "valid", "test"), sampled, strict=True))
     train_rows = parts["train"].rows
     print(
         f"synthetic Criteo-shaped data: 39 fields, {int(truth.cardinalities.sum()):,} features, "
@@ -62,8 +69,6 @@ def run_demo(out: Path, rows: int = 150_000, seed: int = 0, progress: bool = Tru
         f"CTR {train_rows.labels.mean():.3f}",
         file=sys.stderr,
     )
-    encoder = FeatureEncoder.fit(train_rows.keys, train_rows.slot_fields, train_rows.field_names)
-    train, valid, test = (Split.encode(parts[k].rows, encoder) for k in ("train", "valid", "test"))
     config = replace(DEMO_CONFIG, seed=seed)
     result = train_two_stage(train, valid, test, encoder, config, progress=progress)
     random_config = replace(config, fnn_init="random")

@@ -5,10 +5,10 @@ a non-linear term."""
 import numpy as np
 import pytest
 
-from fnn_fast.data import FeatureEncoder
 from fnn_fast.data.synthetic import criteo_like_cardinalities, plant_model
+from fnn_fast.demo import planted_splits
 from fnn_fast.metrics import roc_auc
-from fnn_fast.train import Split, TrainConfig, evaluate, train_fm, train_fnn
+from fnn_fast.train import TrainConfig, evaluate, train_fm, train_fnn
 
 
 def test_rows_follow_the_planted_model():
@@ -39,13 +39,8 @@ def test_criteo_like_cardinalities():
 
 
 def _splits(truth, n_train, seed=0):
-    parts = [
-        truth.sample(n, seed=seed + i) for i, n in enumerate((n_train, n_train // 4, n_train // 4))
-    ]
-    encoder = FeatureEncoder.fit(
-        parts[0].rows.keys, parts[0].rows.slot_fields, parts[0].rows.field_names
-    )
-    return encoder, [Split.encode(p.rows, encoder) for p in parts], parts[2].bayes_auc
+    encoder, splits, parts = planted_splits(truth, (n_train, n_train // 4, n_train // 4), seed)
+    return encoder, splits, parts[2].bayes_auc
 
 
 @pytest.mark.slow
