@@ -26,6 +26,18 @@ import torch
 OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
 
 
+def check_rule(kind: str, lr: float) -> None:
+    if kind not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {kind!r}; choose from {', '.join(OPTIMIZERS)}")
+    if lr <= 0:
+        raise ValueError(f"learning rate must be positive, got {lr}")
+
+
+def default_eps(kind: str) -> float:
+    """Adam's usual epsilon, Adagrad's (PyTorch's defaults, so the rules match theirs)."""
+    return 1e-8 if kind == "adam" else 1e-10
+
+
 class SparseRowOptimizer(torch.optim.Optimizer):
     def __init__(
         self,
@@ -37,12 +49,9 @@ class SparseRowOptimizer(torch.optim.Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         initial_accumulator_value: float = 0.0,
     ):
-        if kind not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {kind!r}; choose from {', '.join(OPTIMIZERS)}")
-        if lr <= 0:
-            raise ValueError(f"learning rate must be positive, got {lr}")
+        check_rule(kind, lr)
         if eps is None:
-            eps = 1e-8 if kind == "adam" else 1e-10
+            eps = default_eps(kind)
         defaults = dict(
             lr=lr,
             weight_decay=weight_decay,
@@ -148,18 +157,11 @@ class RowUpdate:
     betas: tuple[float, float] = (0.9, 0.999)
 
     def __post_init__(self):
-        if self.kind not in OPTIMIZERS:
-            raise ValueError(
-                f"unknown optimizer {self.kind!r}; choose from {', '.join(OPTIMIZERS)}"
-            )
-        if self.lr <= 0:
-            raise ValueError(f"learning rate must be positive, got {self.lr}")
+        check_rule(self.kind, self.lr)
 
     @property
     def resolved_eps(self) -> float:
-        if self.eps is not None:
-            return self.eps
-        return 1e-8 if self.kind == "adam" else 1e-10
+        return self.eps if self.eps is not None else default_eps(self.kind)
 
     def hparams(self) -> torch.Tensor:
         """[lr, weight_decay, eps, beta1, beta2] as the kernels read them."""

@@ -21,6 +21,12 @@ FAST = [
 ]  # fmt: skip
 
 
+def train_libfm(files, out, *extra, held_out="--test"):
+    """`fnn-fast train` on the libFM fixture files; held_out names the role of files["test"]."""
+    return main(["train", "--train", str(files["train"]), held_out, str(files["test"]),
+                 "--format", "libfm", "--out", str(out), *extra, *FAST])  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def libfm_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("libfm")
@@ -36,22 +42,7 @@ def libfm_files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(libfm_files, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    code = main(
-        [
-            "train",
-            "--train",
-            str(libfm_files["train"]),
-            "--test",
-            str(libfm_files["test"]),
-            "--format",
-            "libfm",
-            "--out",
-            str(out),
-            "--seed",
-            "3",
-            *FAST,
-        ]
-    )
+    code = train_libfm(libfm_files, out, "--seed", "3")
     assert code == 0
     return out
 
@@ -112,25 +103,7 @@ def test_saved_model_scores_like_the_trained_one(trained, libfm_files, tmp_path,
 
 
 def test_seed_makes_runs_repeatable(trained, libfm_files, tmp_path):
-    assert (
-        main(
-            [
-                "train",
-                "--train",
-                str(libfm_files["train"]),
-                "--test",
-                str(libfm_files["test"]),
-                "--format",
-                "libfm",
-                "--out",
-                str(tmp_path),
-                "--seed",
-                "3",
-                *FAST,
-            ]
-        )
-        == 0
-    )
+    assert train_libfm(libfm_files, tmp_path, "--seed", "3") == 0
     first = json.loads((trained / "metrics.json").read_text())
     second = json.loads((tmp_path / "metrics.json").read_text())
     assert first == second
@@ -138,25 +111,7 @@ def test_seed_makes_runs_repeatable(trained, libfm_files, tmp_path):
 
 def test_random_init_and_npy_output(libfm_files, tmp_path):
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--train",
-                str(libfm_files["train"]),
-                "--valid",
-                str(libfm_files["test"]),
-                "--format",
-                "libfm",
-                "--out",
-                str(out),
-                "--fnn-init",
-                "random",
-                *FAST,
-            ]
-        )
-        == 0
-    )
+    assert train_libfm(libfm_files, out, "--fnn-init", "random", held_out="--valid") == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["fnn"]["init"] == "random" and "test_auc" not in metrics["fnn"]
     assert (
