@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from fnn_fast.data import DataError, FeatureEncoder, ParsedRows, Schema, load_rows
+from fnn_fast.saved import save_run
 from fnn_fast.train import Split, TrainConfig, train_two_stage
 
 FORMATS = ("libfm", "criteo", "csv", "parquet")
@@ -108,35 +108,6 @@ def _print_metrics(metrics: dict) -> None:
         print(f"{name:<14}" + "".join(f"{t:>15}" for t in text))
 
 
-def _write_run(
-    out: Path, result, encoder, schema, config: TrainConfig, extra: dict | None = None,
-    report_split: Split | None = None, split_name: str = "test",
-):  # fmt: skip
-    from fnn_fast.report import write_report
-    from fnn_fast.saved import save_model
-    from fnn_fast.train import predict_logits
-
-    if schema is not None and schema.featindex:
-        # The feature dictionary travels with the model, so scoring parses as training did.
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(schema.featindex, out / "featindex.txt")
-        schema = Schema.from_dict({**schema.to_dict(), "featindex": "featindex.txt"})
-    save_model(out, result.fm, result.fnn, encoder, schema, config.to_dict())
-    metrics = {**result.metrics, **(extra or {})}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out / "history.json").write_text(json.dumps(result.history, indent=2) + "\n")
-    predictions = None
-    if report_split is not None:
-        predictions = {
-            name: 1.0 / (1.0 + np.exp(-predict_logits(model, report_split).astype(np.float64)))
-            for name, model in (("fm", result.fm), ("fnn", result.fnn))
-        }
-    write_report(
-        out, metrics, result.history,
-        None if report_split is None else report_split.labels.numpy(), predictions, split_name,
-    )  # fmt: skip
-
-
 def _load_splits(args):
     """(train, valid, test or None, encoder, schema) from the input options; the encoder is fit
     on the training rows only (not on a validation part split off them)."""
@@ -171,7 +142,7 @@ def cmd_train(args) -> int:
     config = _config_from_args(args)
     train, valid, test, encoder, schema = _load_splits(args)
     result = train_two_stage(train, valid, test, encoder, config, progress=not args.no_progress)
-    _write_run(
+    save_run(
         Path(args.out), result, encoder, schema, config,
         report_split=test if test is not None else valid,
         split_name="test" if test is not None else "validation",

@@ -45,9 +45,9 @@ def planted_splits(truth, sizes, first_seed: int):
 
 
 def run_demo(out: Path, rows: int = 150_000, seed: int = 0, progress: bool = True) -> dict:
-    from fnn_fast.cli import _print_metrics, _write_run
+    from fnn_fast.cli import _print_metrics
     from fnn_fast.data import read_rows
-    from fnn_fast.saved import load_model
+    from fnn_fast.saved import load_model, save_run
     from fnn_fast.score import predict, write_predictions
 
     started = time.perf_counter()
@@ -91,7 +91,7 @@ def run_demo(out: Path, rows: int = 150_000, seed: int = 0, progress: bool = Tru
     bayes = {"valid_auc": parts["valid"].bayes_auc, "test_auc": parts["test"].bayes_auc}
 
     schema = Schema(format="libfm", num_fields=39)
-    _write_run(
+    save_run(
         out, result, encoder, schema, config, extra={"bayes_optimal": bayes}, report_split=test
     )
     test_file = out / "test.libfm"

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +62,38 @@ def save_model(
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     encoder.save(directory / "encoder")
     return directory
+
+
+def save_run(
+    out, result, encoder: FeatureEncoder, schema: Schema | None, config, extra: dict | None = None,
+    report_split=None, split_name: str = "test",
+) -> Path:  # fmt: skip
+    """A trained run's directory: the model, metrics.json, history.json and the report (with ROC
+    and calibration on ``report_split`` when given). ``result``: a train.TwoStageResult."""
+    from fnn_fast.report import write_report
+    from fnn_fast.train import predict_probabilities
+
+    out = Path(out)
+    if schema is not None and schema.featindex:
+        # The feature dictionary travels with the model, so scoring parses as training did.
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(schema.featindex, out / "featindex.txt")
+        schema = Schema.from_dict({**schema.to_dict(), "featindex": "featindex.txt"})
+    save_model(out, result.fm, result.fnn, encoder, schema, config.to_dict())
+    metrics = {**result.metrics, **(extra or {})}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / "history.json").write_text(json.dumps(result.history, indent=2) + "\n")
+    predictions = None
+    if report_split is not None:
+        predictions = {
+            name: predict_probabilities(model, report_split)
+            for name, model in (("fm", result.fm), ("fnn", result.fnn))
+        }
+    write_report(
+        out, metrics, result.history,
+        None if report_split is None else report_split.labels.numpy(), predictions, split_name,
+    )  # fmt: skip
+    return out
 
 
 def load_model(directory) -> SavedModel:

@@ -13,15 +13,14 @@ import torch
 
 from fnn_fast.data import ParsedRows
 from fnn_fast.saved import SavedModel
-from fnn_fast.train import Split, predict_logits
+from fnn_fast.train import Split, predict_probabilities
 
 
 def predict(saved: SavedModel, rows: ParsedRows, which: str = "fnn", batch_size: int = 8192):
     """Click probabilities [N] for parsed rows."""
     split = Split.encode(rows, saved.encoder)
     with torch.inference_mode():
-        logits = predict_logits(saved.model(which), split, batch_size)
-    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        return predict_probabilities(saved.model(which), split, batch_size)
 
 
 def write_predictions(path, probabilities: np.ndarray, row_ids=None) -> Path:

@@ -116,8 +116,13 @@ def predict_logits(model: torch.nn.Module, split: Split, batch_size: int = 8192)
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 
+def predict_probabilities(model: torch.nn.Module, split: Split, batch_size: int = 8192):
+    """Click probabilities [N] (float64)."""
+    return 1.0 / (1.0 + np.exp(-predict_logits(model, split, batch_size).astype(np.float64)))
+
+
 def evaluate(model: torch.nn.Module, split: Split) -> dict:
-    probabilities = 1.0 / (1.0 + np.exp(-predict_logits(model, split).astype(np.float64)))
+    probabilities = predict_probabilities(model, split)
     labels = split.labels.numpy()
     return {"auc": roc_auc(labels, probabilities), "logloss": log_loss(labels, probabilities)}
 
