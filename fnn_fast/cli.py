@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -213,19 +212,27 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from fnn_fast.score import predict, write_predictions
+    from fnn_fast.score import Scorer, score_files
 
     saved, schema = _load(args)
-    started = time.perf_counter()
-    rows = _read(args.input, schema, args)
-    probabilities = predict(saved, rows, args.which, args.batch_size)
-    write_predictions(args.output, probabilities, rows.row_ids)
-    seconds = time.perf_counter() - started
-    print(
-        f"scored {len(probabilities):,} rows ({rows.bad_lines} bad lines skipped) in "
-        f"{seconds:.1f} s -> {args.output}",
-        file=sys.stderr,
+    if args.id_column is not None:
+        if schema.format == "libfm":
+            raise SystemExit("fnn-fast: error: libFM lines have no id column to pass through")
+        schema = Schema.from_dict({**schema.to_dict(), "id_column": args.id_column})
+    scorer = Scorer(saved, args.which, args.batch_size, args.device, args.bf16)
+    summary = score_files(
+        scorer,
+        args.input,
+        args.output,
+        schema=schema,
+        workers=args.workers,
+        skip_bad_lines=args.skip_bad_lines,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        part_bytes=int(args.part_mb * (1 << 20)),
+        progress=not args.no_progress,
     )
+    print(f"scored: {summary.describe()}", file=sys.stderr)
     return 0
 
 
@@ -259,7 +266,8 @@ def _add_input_options(
     p.add_argument(
         "--skip-bad-lines",
         action="store_true",
-        help="skip malformed lines (and report how many) instead of stopping",
+        help="skip malformed lines (and report how many) instead of stopping; score: keep "
+        "their place with an empty prediction and list them in a rejects file",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -392,12 +400,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_options(p, with_schema=False)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("score", help="write click probabilities for every row of a file")
+    p = sub.add_parser(
+        "score",
+        help="write a click probability for every row of large files (streaming, resumable)",
+    )
     p.add_argument("--model", required=True, help="model directory written by train")
-    p.add_argument("--input", required=True, help="file to score, in the model's input format")
-    p.add_argument("--output", required=True, help="output file: .csv, .parquet or .npy")
+    p.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        help="files, globs or directories in the model's input format, or binary cache entries",
+    )
+    p.add_argument(
+        "--output",
+        required=True,
+        help="a .parquet, .csv or .npy file; any other name is a directory of Parquet parts",
+    )
     p.add_argument("--which", choices=("fnn", "fm"), default="fnn")
     p.add_argument("--batch-size", type=int, default=8192)
+    p.add_argument(
+        "--workers", type=int, help="processes reading ahead (default: cores - 1; 0: none)"
+    )
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--part-mb", type=float, default=32, help="text input read in parts of this")
+    p.add_argument("--id-column", help="pass this column through beside each prediction")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--bf16", action="store_true", help="cuda: layers in bfloat16")
     _add_input_options(p, with_schema=False)
     p.set_defaults(func=cmd_score)
 
@@ -419,6 +448,8 @@ def main(argv=None) -> int:
         if not getattr(args, "skip_bad_lines", True):
             print("  (use --skip-bad-lines to skip malformed lines and go on)", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, IndexError, FloatingPointError) as error:
+    except (
+        FileNotFoundError, FileExistsError, ValueError, IndexError, FloatingPointError
+    ) as error:  # fmt: skip
         print(f"fnn-fast: error: {error}", file=sys.stderr)
         return 2

@@ -1,8 +1,27 @@
-"""Scoring saved models on files: encode exactly as training did, predict, write one
-probability per input row, in input order."""
+"""Scoring saved models: one click probability per input row, in input order.
+
+Two entry points:
+
+- :func:`score_files`, behind ``fnn-fast score``: files, globs or directories larger than memory,
+  cut into parts (fnn_fast.data.parts) that worker processes read and encode while the model
+  scores the previous ones. Each part's predictions are written atomically (temporary file, then
+  rename) and recorded in a manifest, so a killed run resumes with ``resume=True`` and ends with
+  the same bytes as a run that was never interrupted.
+- :class:`Scorer`: a model in memory that scores encoded ids, Arrow record batches or pandas
+  DataFrames, for use inside Spark's ``mapInArrow`` or Ray Data's ``map_batches``.
+"""
 
 from __future__ import annotations
 
+import concurrent.futures as futures
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,33 +29,602 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import torch
+from tqdm.auto import tqdm
 
-from fnn_fast.data import ParsedRows
-from fnn_fast.saved import SavedModel
+from fnn_fast.data import DataError, ParsedRows, Schema
+from fnn_fast.data.errors import BadLines
+from fnn_fast.data.parquet import _read_batch
+from fnn_fast.data.parts import (
+    PART_BYTES,
+    PART_ROWS,
+    EncodedPart,
+    Part,
+    conform_slots,
+    csv_header,
+    encode_part,
+    expand_inputs,
+    overflow_reason,
+    plan_parts,
+)
+from fnn_fast.data.tokens import NumericKeys, TokenKeys
+from fnn_fast.saved import SavedModel, load_model
 from fnn_fast.train import Split, predict_probabilities
+
+OUTPUT_FORMATS = (".parquet", ".csv", ".npy")
+MANIFEST_VERSION = 1
 
 
 def predict(saved: SavedModel, rows: ParsedRows, which: str = "fnn", batch_size: int = 8192):
-    """Click probabilities [N] for parsed rows."""
+    """Click probabilities [N] for parsed rows (all in memory)."""
     split = Split.encode(rows, saved.encoder)
     with torch.inference_mode():
         return predict_probabilities(saved.model(which), split, batch_size)
 
 
+class Scorer:
+    """A saved model ready to score batches of rows.
+
+    ``device="cuda"`` keeps the model on the GPU; batches are copied from pinned host buffers,
+    and with ``cuda_graphs`` full batches replay one captured graph. ``bf16`` runs the layers
+    under bfloat16 autocast (GPU only; the embedding stays float32).
+    """
+
+    def __init__(
+        self, model, which: str = "fnn", batch_size: int = 8192, device: str = "cpu",
+        bf16: bool = False, cuda_graphs: bool = True,
+    ):  # fmt: skip
+        self.saved = model if isinstance(model, SavedModel) else load_model(model)
+        self.which = which
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        if bf16 and self.device.type != "cuda":
+            raise ValueError("bf16 scoring needs a CUDA device")
+        self.bf16 = bf16
+        self.model = self.saved.model(which).to(self.device).eval()
+        self._graphs = {} if cuda_graphs and self.device.type == "cuda" else None
+
+    @property
+    def schema(self) -> Schema | None:
+        return self.saved.schema
+
+    @property
+    def encoder(self):
+        return self.saved.encoder
+
+    def predict_ids(self, ids: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities (float64 [N]) for encoded ids [N, S] and values (None: all ones)."""
+        ids = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))
+        values = None if values is None else torch.from_numpy(np.ascontiguousarray(values))
+        logits = torch.empty(len(ids), dtype=torch.float32)
+        with torch.inference_mode():
+            for start in range(0, len(ids), self.batch_size):
+                stop = min(start + self.batch_size, len(ids))
+                batch_values = None if values is None else values[start:stop]
+                logits[start:stop] = self._logits(ids[start:stop], batch_values)
+        return 1.0 / (1.0 + np.exp(-logits.numpy().astype(np.float64)))
+
+    def _logits(self, ids: torch.Tensor, values: torch.Tensor | None) -> torch.Tensor:
+        if self.device.type == "cpu":
+            return self.model(ids, values)
+        ids = ids.pin_memory().to(self.device, non_blocking=True)
+        if values is not None:
+            values = values.pin_memory().to(self.device, non_blocking=True)
+        with torch.autocast("cuda", torch.bfloat16, enabled=self.bf16):
+            if self._graphs is not None and len(ids) == self.batch_size:
+                logits = self._graphed(ids, values)
+            else:
+                logits = self.model(ids, values)
+        return logits.float().cpu()
+
+    def _graphed(self, ids: torch.Tensor, values: torch.Tensor | None) -> torch.Tensor:
+        """Full batches replay a captured CUDA graph: one launch instead of one per kernel."""
+        key = values is not None
+        if key not in self._graphs:
+            static_ids, static_values = ids.clone(), None if values is None else values.clone()
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):  # warm up outside the graph, as capture requires
+                for _ in range(2):
+                    self.model(static_ids, static_values)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self.model(static_ids, static_values)
+            self._graphs[key] = (graph, static_ids, static_values, static_out)
+        graph, static_ids, static_values, static_out = self._graphs[key]
+        static_ids.copy_(ids)
+        if values is not None:
+            static_values.copy_(values)
+        graph.replay()
+        return static_out.clone()
+
+    def predict_rows(self, rows: ParsedRows, skip_bad_rows: bool = False) -> np.ndarray:
+        """Probabilities for parsed rows; a row that does not fit the model's slots is NaN with
+        ``skip_bad_rows``, else raises DataError."""
+        keys, values, overflow = conform_slots(rows, self.encoder)
+        if overflow.any() and not skip_bad_rows:
+            row = int(np.flatnonzero(overflow)[0])
+            raise DataError(
+                rows.source, int(rows.lines[row]), overflow_reason(rows, self.encoder, row)
+            )
+        out = np.full(len(rows), np.nan)
+        ids, values = self.encoder.transform(keys[~overflow], values[~overflow])
+        out[~overflow] = self.predict_ids(ids, None if np.all(values == 1) else values)
+        return out
+
+    def predict_arrow(self, batch, skip_bad_rows: bool = False) -> np.ndarray:
+        """Probabilities for an Arrow RecordBatch or Table whose columns are named as in the
+        model's schema (CSV, Parquet or Criteo columns). A bad row (say a numeric cell that is
+        not a number) is NaN with ``skip_bad_rows``, else raises DataError naming its row."""
+        schema = self.schema
+        if schema is None or schema.format == "libfm":
+            raise ValueError("Arrow/pandas scoring needs a model trained on named columns")
+        if isinstance(batch, pa.Table):
+            batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else None
+            if batch is None:
+                return np.zeros(0)
+        if not hasattr(self, "_column_keys"):
+            self._column_keys = (
+                {c: NumericKeys(c, schema.numeric_mode) for c in schema.numeric},
+                {c: TokenKeys() for c in schema.categorical},
+            )
+        missing = [c for c in (*schema.numeric, *schema.categorical) if c not in batch.schema.names]
+        if missing:
+            raise DataError("<arrow batch>", None, f"columns missing: {', '.join(missing)}")
+        bad = BadLines("<arrow batch>", skip_bad_rows, keep_all=True)
+        labels, keys, values, lines, _ = _read_batch(
+            batch, 1, schema, *self._column_keys, bad, labelled=False
+        )
+        rows = ParsedRows(
+            labels, keys, values, np.arange(keys.shape[1], dtype=np.int64), schema.field_names,
+            lines=lines, source="<arrow batch>",
+        )  # fmt: skip
+        out = np.full(batch.num_rows, np.nan)
+        out[lines - 1] = self.predict_rows(rows, skip_bad_rows)
+        return out
+
+    def predict_pandas(self, frame, skip_bad_rows: bool = False) -> np.ndarray:
+        return self.predict_arrow(pa.Table.from_pandas(frame, preserve_index=False), skip_bad_rows)
+
+    def map_arrow(self, batches, id_column: str | None = None, skip_bad_rows: bool = False):
+        """For Spark's ``mapInArrow``: record batches in, batches of (id, prediction) out."""
+        for batch in batches:
+            columns = {}
+            if id_column is not None:
+                columns[id_column] = batch.column(id_column)
+            columns["prediction"] = pa.array(self.predict_arrow(batch, skip_bad_rows))
+            yield pa.RecordBatch.from_pydict(columns)
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoreSummary:
+    rows: int = 0  # output rows: every input row, scored or rejected
+    scored: int = 0
+    bad_rows: int = 0
+    seconds: float = 0.0
+    output: str = ""
+    resumed_parts: int = 0
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+    def describe(self) -> str:
+        text = (
+            f"{self.rows:,} rows read, {self.scored:,} scored, {self.bad_rows:,} bad, in "
+            f"{self.seconds:.1f} s ({self.rows_per_s:,.0f} rows/s) -> {self.output}"
+        )
+        if self.resumed_parts:
+            text += f" ({self.resumed_parts} parts kept from the interrupted run)"
+        return text
+
+
+def score_files(
+    model,
+    inputs,
+    output,
+    *,
+    which: str = "fnn",
+    batch_size: int = 8192,
+    workers: int | None = None,
+    skip_bad_lines: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    schema: Schema | None = None,
+    part_bytes: int = PART_BYTES,
+    part_rows: int = PART_ROWS,
+    device: str = "cpu",
+    bf16: bool = False,
+    progress: bool = True,
+) -> ScoreSummary:
+    """Score every row of ``inputs`` (paths, globs, directories, binary cache entries) into
+    ``output``: a .parquet, .csv or .npy file, or a directory that keeps the parts.
+
+    Bad rows stop the run with file, line and reason, or with ``skip_bad_lines`` keep their place
+    with an empty prediction (NaN in .npy) and are listed in a rejects file (file, line, reason).
+    ``workers``: processes that read and encode ahead of the model (default: cores - 1; 0 reads
+    in this process).
+    """
+    started = time.perf_counter()
+    scorer = model if isinstance(model, Scorer) else Scorer(model, which, batch_size, device, bf16)
+    schema = _scoring_schema(schema or scorer.schema, scorer.encoder)
+    files = expand_inputs(inputs)
+    parts = plan_parts(files, schema, part_bytes, part_rows)
+    out = _Output(Path(output), schema.id_column is not None)
+    settings = {
+        "inputs": [_identity(f) for f in files],
+        "model": _model_identity(scorer),
+        "which": which,
+        "batch_size": batch_size,
+        "schema": schema.to_dict(),
+        "part_bytes": part_bytes,
+        "part_rows": part_rows,
+        "skip_bad_lines": skip_bad_lines,
+        "format": out.suffix,
+        "bf16": bf16,
+    }
+    done = out.start(settings, resume, overwrite)
+    summary = ScoreSummary(output=str(output), resumed_parts=len(done))
+    for record in done.values():
+        summary.rows += record["rows"]
+        summary.bad_rows += record["bad"]
+    summary.scored = summary.rows - summary.bad_rows
+
+    headers = (
+        {i: csv_header(f, schema) for i, f in enumerate(files)} if schema.format == "csv" else {}
+    )
+    todo = [p for p in parts if p.name not in done]
+    first_line = _first_lines(parts, done)
+    total = sum(p.size for p in parts)
+    unit = "rows" if schema.format == "parquet" or parts and parts[0].kind == "cache" else "B"
+    bar = tqdm(
+        total=total, initial=total - sum(p.size for p in todo), unit=unit, unit_scale=True,
+        desc="scoring", disable=None if progress else True,
+    )  # fmt: skip
+    workers = max(1, (os.cpu_count() or 2) - 1) if workers is None else workers
+    with bar, _Reader(schema, scorer.encoder, skip_bad_lines, headers, workers) as reader:
+        try:
+            for encoded in reader.read(todo):
+                part = encoded.part
+                line_offset = first_line.get((part.file_index, part.index), 0)
+                if part.kind == "text":
+                    first_line[(part.file_index, part.index + 1)] = line_offset + encoded.newlines
+                probabilities = np.full(len(encoded), np.nan)
+                probabilities[encoded.good] = scorer.predict_ids(encoded.ids, encoded.values)
+                out.write_part(part, encoded, probabilities, line_offset)
+                summary.rows += len(encoded)
+                summary.bad_rows += len(encoded.rejects)
+                summary.scored += int(encoded.good.sum())
+                bar.update(part.size)
+                rate = summary.rows / (time.perf_counter() - started)
+                bar.set_postfix_str(f"{rate:,.0f} rows/s")
+        except _PartLineError as failure:  # number the line within its file, not its part
+            error, part = failure.error, failure.part
+            offset = first_line[(part.file_index, part.index)]
+            raise DataError(error.path, error.line + offset, error.reason) from None
+    out.finish(parts)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _scoring_schema(schema: Schema | None, encoder) -> Schema:
+    if schema is None:
+        raise ValueError("the model has no input schema; pass one to score files")
+    if schema.format == "libfm" and schema.featindex is None and schema.num_fields is None:
+        # a positional libFM model: every line has the model's number of features
+        schema = Schema.from_dict({**schema.to_dict(), "num_fields": len(encoder.slot_fields)})
+    return schema
+
+
+def _first_lines(parts: list[Part], done: dict) -> dict:
+    """Lines before each text part, from the finished parts' line counts; filled in as parts
+    are scored (parts of a file are scored in order)."""
+    first: dict[tuple[int, int], int] = {}
+    for part in parts:
+        if part.kind != "text":
+            continue
+        key = (part.file_index, part.index)
+        if part.index == 0:
+            first[key] = 0
+        record = done.get(part.name)
+        if record is not None and key in first:
+            first[(part.file_index, part.index + 1)] = first[key] + record["newlines"]
+    return first
+
+
+def _identity(path: str) -> list:
+    stat = os.stat(path)
+    if Path(path).is_dir():  # a cache entry: its meta.json says what it holds
+        stat = os.stat(Path(path, "meta.json"))
+    return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
+
+
+def _model_identity(scorer: Scorer) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(scorer.model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+# --- reading ahead ------------------------------------------------------------------------
+
+_WORKER: dict = {}
+
+
+def _init_worker(schema_dict, encoder_dir, skip_bad_lines, headers):
+    from fnn_fast.data import FeatureEncoder
+
+    _WORKER.update(
+        schema=Schema.from_dict(schema_dict),
+        encoder=FeatureEncoder.load(encoder_dir),
+        skip=skip_bad_lines,
+        headers=headers,
+    )
+
+
+def _encode_in_worker(part: Part) -> EncodedPart:
+    w = _WORKER
+    return encode_part(
+        part, w["schema"], w["encoder"], w["skip"], w["headers"].get(part.file_index)
+    )
+
+
+class _Reader:
+    """Parts read and encoded in order, ``workers`` processes ahead of the caller (0: inline)."""
+
+    def __init__(self, schema, encoder, skip_bad_lines, headers, workers):
+        self.args = (schema, encoder, skip_bad_lines, headers)
+        self.workers = workers
+        self.pool = None
+        self.staging = None
+
+    def __enter__(self):
+        if self.workers > 0:
+            import tempfile
+
+            schema, encoder, skip, headers = self.args
+            self.staging = tempfile.mkdtemp(prefix="fnn-fast-encoder-")
+            encoder.save(self.staging)  # workers load the vocabularies from disk, not a pickle
+            self.pool = futures.ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(schema.to_dict(), self.staging, skip, headers),
+            )
+        return self
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+    def read(self, parts: list[Part]):
+        schema, encoder, skip, headers = self.args
+        if self.pool is None:
+            for part in parts:
+                header = headers.get(part.file_index)
+                yield _located(
+                    part, lambda p=part, h=header: encode_part(p, schema, encoder, skip, h)
+                )
+            return
+        ahead = deque()
+        pending = iter(parts)
+        # a bounded window keeps memory flat: at most two parts per worker in flight
+        for part in pending:
+            ahead.append((part, self.pool.submit(_encode_in_worker, part)))
+            if len(ahead) >= 2 * self.workers:
+                break
+        while ahead:
+            part, future = ahead.popleft()
+            nxt = next(pending, None)
+            if nxt is not None:
+                ahead.append((nxt, self.pool.submit(_encode_in_worker, nxt)))
+            yield _located(part, future.result)
+
+
+def _located(part: Part, compute) -> EncodedPart:
+    """Run ``compute``; a DataError from a text part names a line counted from the part start,
+    which the caller re-numbers (see _PartLineError)."""
+    try:
+        return compute()
+    except DataError as error:
+        if part.kind == "text" and error.line is not None:
+            raise _PartLineError(part, error) from None
+        raise
+
+
+class _PartLineError(Exception):
+    def __init__(self, part: Part, error: DataError):
+        super().__init__(str(error))
+        self.part, self.error = part, error
+
+
+# --- writing ------------------------------------------------------------------------------
+
+
+class _Output:
+    """Parts written atomically, a manifest of the finished ones, and at the end (for a file
+    output) the parts concatenated in order into the output file."""
+
+    def __init__(self, path: Path, with_ids: bool):
+        self.path = path
+        self.suffix = path.suffix if path.suffix in OUTPUT_FORMATS else ".parquet"
+        self.is_directory = path.suffix not in OUTPUT_FORMATS
+        self.parts_dir = path if self.is_directory else path.with_name(path.name + ".parts")
+        self.manifest_path = self.parts_dir / "manifest.json"
+        self.with_ids = with_ids
+        self.manifest: dict = {}
+
+    def start(self, settings: dict, resume: bool, overwrite: bool) -> dict:
+        """The finished parts to keep (resume), after checking the settings match."""
+        existing = self.manifest_path.exists() or (not self.is_directory and self.path.exists())
+        if existing and overwrite:
+            shutil.rmtree(self.parts_dir, ignore_errors=True)
+            if not self.is_directory:
+                self.path.unlink(missing_ok=True)
+            existing = False
+        if existing and not resume:
+            raise FileExistsError(
+                f"{self.path} exists (from an earlier or interrupted run): pass --resume to "
+                "continue it or --overwrite to start again"
+            )
+        if resume and self.manifest_path.exists():
+            self.manifest = json.loads(self.manifest_path.read_text())
+            changed = [k for k, v in settings.items() if self.manifest["settings"].get(k) != v]
+            if changed:
+                raise ValueError(
+                    f"cannot resume into {self.path}: {', '.join(changed)} changed since the "
+                    "interrupted run (use --overwrite to start again)"
+                )
+            return {
+                name: record
+                for name, record in self.manifest["parts"].items()
+                if (self.parts_dir / record["file"]).exists()
+            }
+        if resume and existing:  # a finished file output: nothing left to do
+            raise FileExistsError(f"{self.path} is complete already (no parts to resume)")
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        self.manifest = {"version": MANIFEST_VERSION, "settings": settings, "parts": {}}
+        _atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=1))
+        return {}
+
+    def write_part(self, part: Part, encoded: EncodedPart, probabilities, line_offset: int):
+        name = part.name + self.suffix
+        _write_table(
+            self.parts_dir / name, self.suffix, probabilities, encoded.row_ids, self.with_ids
+        )
+        record = {
+            "file": name,
+            "rows": len(encoded),
+            "bad": len(encoded.rejects),
+            "newlines": encoded.newlines,
+        }
+        if encoded.rejects:
+            rejects = "".join(
+                f"{part.path}\t{line + line_offset}\t{_one_line(reason)}\n"
+                for line, reason in encoded.rejects
+            )
+            _atomic_write_text(self.parts_dir / f"{part.name}.rejects.tsv", rejects)
+            record["rejects"] = f"{part.name}.rejects.tsv"
+        self.manifest["parts"][part.name] = record
+        _atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=1))
+
+    def finish(self, parts: list[Part]) -> None:
+        records = [self.manifest["parts"][p.name] for p in parts]
+        rejects_path = (
+            self.parts_dir / "rejects.tsv"
+            if self.is_directory
+            else self.path.with_name(self.path.name + ".rejects.tsv")
+        )
+        if self.manifest["settings"]["skip_bad_lines"]:
+            with _atomic_open(rejects_path, "w") as out:
+                out.write("file\tline\treason\n")
+                for record in records:
+                    if "rejects" in record:
+                        out.write((self.parts_dir / record["rejects"]).read_text())
+        if self.is_directory:
+            self.manifest["complete"] = True
+            _atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=1))
+            return
+        files = [self.parts_dir / r["file"] for r in records]
+        _concatenate(files, self.path, self.suffix, sum(r["rows"] for r in records))
+        shutil.rmtree(self.parts_dir)
+
+
+def _one_line(reason: str) -> str:
+    return reason.replace("\t", " ").replace("\n", " ")
+
+
+def _prediction_table(probabilities, row_ids, with_ids: bool) -> pa.Table:
+    columns = {}
+    if with_ids:
+        columns["id"] = pa.array(
+            [None if r is None else str(r) for r in row_ids] if row_ids is not None else [],
+            type=pa.string(),
+        )
+    columns["prediction"] = pa.array(probabilities, type=pa.float64(), from_pandas=True)
+    return pa.table(columns)
+
+
+def _write_table(path: Path, suffix: str, probabilities, row_ids, with_ids: bool) -> None:
+    with _atomic_open(path, "wb") as file:
+        if suffix == ".npy":
+            np.save(file, probabilities.astype(np.float32))
+            return
+        table = _prediction_table(probabilities, row_ids, with_ids)
+        if suffix == ".parquet":
+            pq.write_table(table, file)
+        else:
+            pacsv.write_csv(table, file)
+
+
+def _concatenate(files: list[Path], path: Path, suffix: str, rows: int) -> None:
+    """The parts, in order, as one file; written aside and renamed into place."""
+    with _atomic_open(path, "wb") as out:
+        if suffix == ".npy":
+            header = {"descr": "<f4", "fortran_order": False, "shape": (rows,)}
+            np.lib.format.write_array_header_1_0(out, header)
+            for file in files:
+                out.write(np.load(file).tobytes())
+        elif suffix == ".csv":
+            for i, file in enumerate(files):
+                with open(file, "rb") as part:
+                    header = part.readline()
+                    if i == 0:
+                        out.write(header)
+                    shutil.copyfileobj(part, out)
+        else:
+            writer = None
+            for file in files:
+                table = pq.read_table(file)
+                if writer is None:
+                    writer = pq.ParquetWriter(out, table.schema)
+                writer.write_table(table)
+            if writer is None:  # no parts: an empty table with the columns
+                writer = pq.ParquetWriter(out, _prediction_table(np.zeros(0), None, False).schema)
+            writer.close()
+
+
+class _atomic_open:
+    """Write to a temporary file beside ``path``, fsync, rename over ``path`` on success."""
+
+    def __init__(self, path: Path, mode: str):
+        self.path, self.mode = Path(path), mode
+        self.temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+
+    def __enter__(self):
+        self.file = open(self.temporary, self.mode)
+        return self.file
+
+    def __exit__(self, kind, value, traceback):
+        if kind is None:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        self.file.close()
+        if kind is None:
+            os.replace(self.temporary, self.path)
+        else:
+            self.temporary.unlink(missing_ok=True)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    with _atomic_open(path, "w") as file:
+        file.write(text)
+
+
 def write_predictions(path, probabilities: np.ndarray, row_ids=None) -> Path:
-    """Write predictions as CSV, Parquet (by extension .parquet) or NumPy (.npy)."""
+    """Write in-memory predictions as CSV, Parquet (by extension .parquet) or NumPy (.npy)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".npy":
-        np.save(path, probabilities.astype(np.float32))
-        return path
-    columns = {}
-    if row_ids is not None:
-        columns["id"] = pa.array(np.asarray(row_ids).astype(str))
-    columns["prediction"] = pa.array(probabilities.astype(np.float64))
-    table = pa.table(columns)
-    if path.suffix == ".parquet":
-        pq.write_table(table, path)
-    else:
-        pacsv.write_csv(table, path)
+    _write_table(
+        path,
+        path.suffix if path.suffix in OUTPUT_FORMATS else ".csv",
+        probabilities,
+        row_ids,
+        row_ids is not None,
+    )
     return path

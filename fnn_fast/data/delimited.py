@@ -1,7 +1,9 @@
 """Delimited text: Criteo's tab-separated files (no header, fixed columns) and CSV with a header.
 
 A row must have exactly as many cells as the header. Empty lines are skipped (not counted as bad);
-an empty cell is a missing value, the token "" of its field.
+an empty cell is a missing value, the token "" of its field. Files to score (``labelled=False``)
+need no label column: it is not read (labels are NaN), and Criteo lines may have 39 columns, the
+format of Criteo's unlabelled test file.
 """
 
 from __future__ import annotations
@@ -13,24 +15,31 @@ import numpy as np
 from fnn_fast.data.errors import BadLines, DataError, MalformedLine
 from fnn_fast.data.rows import ArrayChunks, ParsedRows
 from fnn_fast.data.schema import CRITEO_COLUMNS, Schema
-from fnn_fast.data.textfile import text_lines
+from fnn_fast.data.textfile import TextPart, lines_of
 from fnn_fast.data.tokens import NumericKeys, TokenKeys, parse_label
 
+_NO_LABEL = float("nan")
 _SEPARATOR_NAMES = {"\t": "tab", ",": "comma", ";": "semicolon", "|": "pipe", " ": "space"}
 
 
-def read_delimited(path, schema: Schema, bad: BadLines, progress: bool) -> ParsedRows:
+def read_delimited(
+    path, schema: Schema, bad: BadLines, progress: bool, part: TextPart | None = None,
+    labelled: bool = True,
+) -> ParsedRows:  # fmt: skip
     criteo = schema.format == "criteo"
     separator = "\t" if criteo else schema.delimiter or ","
     # utf-8-sig drops the byte-order mark that spreadsheet exports put before the header.
     encoding, newline = ("utf-8", None) if criteo else ("utf-8-sig", "")
-    with text_lines(path, progress=progress, encoding=encoding, newline=newline) as text:
+    with lines_of(path, part, progress=progress, encoding=encoding, newline=newline) as text:
         if criteo:
             header, rows = CRITEO_COLUMNS, _split_lines(text, separator)
+            if not labelled:
+                rows = _label_optional(rows, len(header))
         else:
-            header, rows = _csv_rows(path, text, separator, bad)
-        position = _column_positions(path, header, schema)
-        label_col = position[schema.label_column]
+            given = None if part is None else part.header
+            header, rows = _csv_rows(path, text, separator, bad, given)
+        position = _column_positions(path, header, schema, labelled)
+        label_col = position[schema.label_column] if labelled else None
         id_col = None if schema.id_column is None else position[schema.id_column]
         numeric = [(position[c], NumericKeys(c, schema.numeric_mode)) for c in schema.numeric]
         categorical = [(position[c], TokenKeys()) for c in schema.categorical]
@@ -46,7 +55,7 @@ def read_delimited(path, schema: Schema, bad: BadLines, progress: bool) -> Parse
                 bad.report(line_no, f"expected {width} columns, found {len(cells)}")
                 continue
             try:
-                label = parse_label(cells[label_col])
+                label = _NO_LABEL if label_col is None else parse_label(cells[label_col])
                 numbers = [column_keys[cells[col]] for col, column_keys in numeric]
             except MalformedLine as problem:
                 bad.report(line_no, str(problem))
@@ -86,9 +95,17 @@ def _split_lines(text, separator: str):
             yield line_no, line.split(separator)
 
 
-def _csv_rows(path, text, separator: str, bad: BadLines):
+def _label_optional(rows, width: int):
+    """Criteo lines to score: with their label column (ignored), or without it (39 columns)."""
+    for line_no, cells in rows:
+        yield line_no, (["0", *cells] if len(cells) == width - 1 else cells)
+
+
+def _csv_rows(path, text, separator: str, bad: BadLines, header: list[str] | None = None):
+    """(header, rows); ``header`` given: the text is a later part of a file whose header it is."""
     reader = csv.reader(text, delimiter=separator)
-    header = next(reader, None)
+    if header is None:
+        header = next(reader, None)
     if header is None:
         raise DataError(path, 1, "the file is empty: a header line is expected")
 
@@ -107,11 +124,18 @@ def _csv_rows(path, text, separator: str, bad: BadLines):
     return header, rows()
 
 
-def _column_positions(path, header: list[str], schema: Schema) -> dict[str, int]:
+def _column_positions(
+    path, header: list[str], schema: Schema, labelled: bool = True
+) -> dict[str, int]:
     position: dict[str, int] = {}
     for i, name in enumerate(header):
         position.setdefault(name, i)
-    declared = [schema.label_column, schema.id_column, *schema.numeric, *schema.categorical]
+    declared = [
+        schema.label_column if labelled else None,
+        schema.id_column,
+        *schema.numeric,
+        *schema.categorical,
+    ]
     missing = [name for name in declared if name is not None and name not in position]
     if missing:
         raise DataError(path, 1, f"declared columns not in the header: {', '.join(missing)}")

@@ -13,13 +13,18 @@ from fnn_fast.data.errors import BadLines, MalformedLine
 from fnn_fast.data.featindex import load_featindex
 from fnn_fast.data.rows import ArrayChunks, ParsedRows
 from fnn_fast.data.schema import Schema
-from fnn_fast.data.textfile import text_lines
+from fnn_fast.data.textfile import TextPart, lines_of
 from fnn_fast.data.tokens import KEY_MAX, PAD_KEY, parse_label
 
 _MAX_MEMO_VALUES = 1 << 16  # real-valued features are mostly distinct: don't memoize them all
 
 
-def read_libfm(path, schema: Schema, bad: BadLines, progress: bool) -> ParsedRows:
+def read_libfm(
+    path, schema: Schema, bad: BadLines, progress: bool, part: TextPart | None = None,
+    labelled: bool = True,
+) -> ParsedRows:  # fmt: skip
+    """``labelled`` is accepted for symmetry with the column formats: a libFM line always starts
+    with its label."""
     index = load_featindex(schema.featindex) if schema.featindex is not None else None
     expected = schema.num_fields
     labels, lines, counts, keys, values, fields = [], [], [], [], [], []
@@ -32,7 +37,7 @@ def read_libfm(path, schema: Schema, bad: BadLines, progress: bool) -> ParsedRow
         fields=np.int64,
     )
     value_of: dict[str, float] = {}
-    with text_lines(path, progress=progress) as text:
+    with lines_of(path, part, progress=progress) as text:
         for line_no, line in enumerate(text, 1):
             parts = line.split()
             if not parts:  # blank lines carry nothing: skipped, not counted as bad

@@ -8,6 +8,7 @@ that is how pandas writes missing floats. A null label is a bad row.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +25,22 @@ from fnn_fast.data.tokens import MISSING, PAD_KEY, NumericKeys, TokenKeys, parse
 _BATCH_ROWS = 1 << 16
 
 
-def read_parquet(path, schema: Schema, bad: BadLines, progress: bool) -> ParsedRows:
+@dataclass
+class RowGroups:
+    """A part of a Parquet file: some of its row groups, the first of them starting at row
+    ``first_row`` (1-based) of the file."""
+
+    groups: list[int]
+    first_row: int
+
+
+def read_parquet(
+    path, schema: Schema, bad: BadLines, progress: bool, part: RowGroups | None = None,
+    labelled: bool = True,
+) -> ParsedRows:  # fmt: skip
+    """``labelled=False`` (scoring): the label column is not read; labels are NaN."""
     file = pq.ParquetFile(path)
-    wanted = [schema.label_column, *schema.numeric, *schema.categorical]
+    wanted = [*([schema.label_column] if labelled else []), *schema.numeric, *schema.categorical]
     if schema.id_column is not None:
         wanted.append(schema.id_column)
     missing = [name for name in wanted if name not in file.schema_arrow.names]
@@ -35,21 +49,27 @@ def read_parquet(path, schema: Schema, bad: BadLines, progress: bool) -> ParsedR
     numeric = {c: NumericKeys(c, schema.numeric_mode) for c in schema.numeric}
     categorical = {c: TokenKeys() for c in schema.categorical}
 
-    batches, first_row = [], 1
+    batches, first_row = [], 1 if part is None else part.first_row
+    groups = None if part is None else part.groups
+    total = file.metadata.num_rows
+    if groups is not None:
+        total = sum(file.metadata.row_group(g).num_rows for g in groups)
     with tqdm(
-        total=file.metadata.num_rows,
+        total=total,
         unit="rows",
         desc=Path(path).name,
         disable=None if progress else True,
     ) as bar:
-        for batch in file.iter_batches(batch_size=_BATCH_ROWS, columns=wanted):
-            batches.append(_read_batch(batch, first_row, schema, numeric, categorical, bad))
+        for batch in file.iter_batches(_BATCH_ROWS, row_groups=groups, columns=wanted):
+            batches.append(
+                _read_batch(batch, first_row, schema, numeric, categorical, bad, labelled)
+            )
             first_row += batch.num_rows
             bar.update(batch.num_rows)
     if not batches:  # no rows: still arrays of the right shapes and dtypes
         columns = pa.schema([file.schema_arrow.field(name) for name in wanted])
         empty = pa.RecordBatch.from_pylist([], schema=columns)
-        batches.append(_read_batch(empty, 1, schema, numeric, categorical, bad))
+        batches.append(_read_batch(empty, 1, schema, numeric, categorical, bad, labelled))
 
     labels, keys, values, lines, row_ids = zip(*batches, strict=True)
     return ParsedRows(
@@ -67,12 +87,16 @@ def read_parquet(path, schema: Schema, bad: BadLines, progress: bool) -> ParsedR
 
 
 def _read_batch(
-    batch: pa.RecordBatch, first_row: int, schema: Schema, numeric, categorical, bad: BadLines
-):
+    batch: pa.RecordBatch, first_row: int, schema: Schema, numeric, categorical, bad: BadLines,
+    labelled: bool = True,
+):  # fmt: skip
     checks = []  # (reasons per distinct value, distinct value of each row) of checked columns
-    label_of, reasons, index = _map_distinct(batch.column(schema.label_column), _label_of)
-    checks.append((reasons, index))
-    labels = np.array([0.0 if x is None else x for x in label_of], dtype=np.float32)[index]
+    if labelled:
+        label_of, reasons, index = _map_distinct(batch.column(schema.label_column), _label_of)
+        checks.append((reasons, index))
+        labels = np.array([0.0 if x is None else x for x in label_of], dtype=np.float32)[index]
+    else:
+        labels = np.full(batch.num_rows, np.nan, dtype=np.float32)
     keys, values = [], []
     for name, column_keys in numeric.items():
         pairs, reasons, index = _map_distinct(batch.column(name), _cell_to(column_keys))

@@ -26,8 +26,13 @@ _READERS = {
 
 
 def read_rows(
-    path, schema: Schema, *, skip_bad_lines: bool = False, progress: bool = True
-) -> ParsedRows:
-    """Parse one file. ``progress`` shows a tqdm bar when stderr is a terminal."""
+    path, schema: Schema, *, skip_bad_lines: bool = False, progress: bool = True,
+    bad: BadLines | None = None, part=None, labelled: bool = True,
+) -> ParsedRows:  # fmt: skip
+    """Parse one file, or one part of it (see fnn_fast.data.parts). ``progress`` shows a tqdm bar
+    when stderr is a terminal. ``labelled=False``: files to score, whose labels are not read."""
     reader = _READERS[schema.format]
-    return reader(path, schema, BadLines(path, skip_bad_lines), progress)
+    bad = BadLines(path, skip_bad_lines) if bad is None else bad
+    if part is None and labelled:
+        return reader(path, schema, bad, progress)
+    return reader(path, schema, bad, progress, part=part, labelled=labelled)

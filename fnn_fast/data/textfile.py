@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -35,3 +37,22 @@ def _tracked(lines, bar):
             bar.update(size - bar.n)
         yield line
     bar.update(bar.total - bar.n)  # characters undercount multi-byte text: end exactly full
+
+
+@dataclass
+class TextPart:
+    """A slice of a text file's lines, already read (see fnn_fast.data.parts): its line numbers
+    count from the part's first line. ``header``: a CSV file's header, for parts after the first."""
+
+    text: str
+    header: list[str] | None = None
+
+
+@contextmanager
+def lines_of(path, part: TextPart | None, *, progress: bool, encoding="utf-8", newline=None):
+    """The lines of a whole file (text_lines), or of one part of it."""
+    if part is None:
+        with text_lines(path, progress=progress, encoding=encoding, newline=newline) as text:
+            yield text
+    else:
+        yield io.StringIO(part.text, newline="")

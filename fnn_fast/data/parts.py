@@ -1,0 +1,257 @@
+"""Large inputs cut into parts that are read, encoded and scored independently.
+
+A part is a fixed slice of one input file, decided by the file alone, so that the same inputs
+always give the same parts (what lets a killed scoring run resume exactly where it was):
+
+- text (libFM, Criteo, CSV): the lines that *start* in a byte range of ``part_bytes``; a line
+  crossing a boundary belongs to the part where it starts. Line numbers inside a part count from
+  its first line; the scorer turns them into file line numbers from the earlier parts' line counts.
+  A CSV field must not hold a quoted line break, which would be cut.
+- Parquet: consecutive row groups, at least ``part_rows`` rows (a row group is never split).
+- A binary cache entry (a directory written by fnn_fast.data.cache): ``part_rows`` rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from fnn_fast.data.cache import open_rows
+from fnn_fast.data.encoder import FeatureEncoder
+from fnn_fast.data.errors import BadLines, DataError
+from fnn_fast.data.parquet import RowGroups
+from fnn_fast.data.readers import read_rows
+from fnn_fast.data.rows import ParsedRows
+from fnn_fast.data.schema import Schema
+from fnn_fast.data.textfile import TextPart
+from fnn_fast.data.tokens import PAD_KEY
+
+PART_BYTES = 32 << 20
+PART_ROWS = 1 << 18
+
+
+@dataclass(frozen=True)
+class Part:
+    file_index: int
+    index: int  # within its file
+    path: str
+    kind: str  # "text" | "parquet" | "cache"
+    start: int  # text: byte offset; cache: row; parquet: first row group
+    stop: int  # exclusive
+    first_row: int = 1  # parquet: 1-based row number of the part's first row
+    size: int = 0  # bytes (text) or rows, for progress
+
+    @property
+    def name(self) -> str:
+        return f"part-{self.file_index:05d}-{self.index:06d}"
+
+
+@dataclass
+class EncodedPart:
+    """A part ready for the model. Output row r is scored when ``good[r]``; ``ids``/``values``
+    hold the good rows only. ``lines``: every output row's line (text: counted from the part's
+    first line). ``newlines``: the part's line count, for numbering the next part's lines."""
+
+    part: Part
+    good: np.ndarray  # bool [n]
+    ids: np.ndarray  # int64 [g, S]
+    values: np.ndarray | None  # float32 [g, S]; None when every value is 1
+    lines: np.ndarray  # int64 [n]
+    row_ids: np.ndarray | None  # [n], the id column passed through (None for rejected rows)
+    rejects: list[tuple[int, str]]  # (line, reason), lines as in ``lines``
+    newlines: int = 0
+
+    def __len__(self) -> int:
+        return len(self.good)
+
+
+def expand_inputs(inputs) -> list[str]:
+    """Files named, globbed or held by directories, in a stable order. A directory holding
+    meta.json is one binary cache entry; other directories give their files, sorted."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    found: list[str] = []
+    for item in inputs:
+        item = os.fspath(item)
+        if glob.has_magic(item):
+            matches = sorted(glob.glob(item))
+            if not matches:
+                raise FileNotFoundError(f"no file matches {item}")
+            found.extend(matches)
+        elif Path(item, "meta.json").is_file():
+            found.append(item)
+        elif Path(item).is_dir():
+            files = sorted(
+                str(p) for p in Path(item).iterdir() if not p.name.startswith((".", "_"))
+            )
+            if not files:
+                raise FileNotFoundError(f"directory {item} holds no input files")
+            found.extend(files)
+        elif Path(item).exists():
+            found.append(item)
+        else:
+            raise FileNotFoundError(f"no such input: {item}")
+    return found
+
+
+def plan_parts(
+    files: list[str], schema: Schema, part_bytes: int = PART_BYTES, part_rows: int = PART_ROWS
+) -> list[Part]:
+    parts: list[Part] = []
+    for file_index, path in enumerate(files):
+        if Path(path, "meta.json").is_file():
+            rows = len(open_rows(path))
+            starts = range(0, max(rows, 1), part_rows)
+            for i, start in enumerate(starts):
+                stop = min(start + part_rows, rows)
+                parts.append(Part(file_index, i, path, "cache", start, stop, size=stop - start))
+        elif schema.format == "parquet":
+            metadata = pq.ParquetFile(path).metadata
+            sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+            first, group, index = 1, 0, 0
+            while group < len(sizes) or index == 0:
+                stop, rows = group, 0
+                while stop < len(sizes) and rows < part_rows:
+                    rows += sizes[stop]
+                    stop += 1
+                parts.append(Part(file_index, index, path, "parquet", group, stop, first, rows))
+                first, group, index = first + rows, stop, index + 1
+        else:
+            size = os.path.getsize(path)
+            for i, start in enumerate(range(0, max(size, 1), part_bytes)):
+                stop = min(start + part_bytes, size)
+                parts.append(Part(file_index, i, path, "text", start, stop, size=stop - start))
+    return parts
+
+
+def read_text_part(part: Part, header: list[str] | None) -> tuple[TextPart, int]:
+    """The part's lines (those starting in [start, stop)) and their count."""
+    with open(part.path, "rb") as file:
+        begin, end = _line_start(file, part.start), _line_start(file, part.stop)
+        file.seek(begin)
+        data = file.read(end - begin)
+    newlines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+    # utf-8-sig: a byte-order mark can only open the file's first part
+    text = data.decode("utf-8-sig" if begin == 0 else "utf-8", "surrogateescape")
+    return TextPart(text, header), newlines
+
+
+def _line_start(file, offset: int) -> int:
+    """The offset of the first line starting at or after ``offset``."""
+    if offset == 0:
+        return 0
+    file.seek(offset - 1)
+    file.readline()
+    return file.tell()
+
+
+def csv_header(path, schema: Schema) -> list[str] | None:
+    """A CSV file's header, which parts after the first need."""
+    if schema.format != "csv" or Path(path, "meta.json").is_file():
+        return None
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as file:
+        header = next(csv.reader(file, delimiter=schema.delimiter or ","), None)
+    if header is None:
+        raise DataError(path, 1, "the file is empty: a header line is expected")
+    return header
+
+
+def encode_part(
+    part: Part, schema: Schema, encoder: FeatureEncoder, skip_bad_lines: bool,
+    header: list[str] | None = None,
+) -> EncodedPart:  # fmt: skip
+    """Read and encode one part. Without ``skip_bad_lines`` a malformed line raises DataError,
+    its line counted from the part's first line for text parts."""
+    bad = BadLines(part.path, skip_bad_lines, keep_all=True)
+    newlines = 0
+    if part.kind == "cache":
+        cached = open_rows(part.path)
+        rows = _slice_rows(cached, part.start, part.stop)
+    elif part.kind == "parquet":
+        groups = RowGroups(list(range(part.start, part.stop)), part.first_row)
+        rows = read_rows(part.path, schema, bad=bad, part=groups, progress=False, labelled=False)
+    else:
+        text, newlines = read_text_part(part, header if part.index > 0 else None)
+        rows = read_rows(part.path, schema, bad=bad, part=text, progress=False, labelled=False)
+    keys, values, overflow = conform_slots(rows, encoder)
+    for row in np.flatnonzero(overflow):
+        bad.report(int(rows.lines[row]), overflow_reason(rows, encoder, row))
+    kept = ~overflow
+    ids, values = encoder.transform(keys[kept], values[kept])
+    values = values if not np.all(values == 1) else None
+
+    # Output rows: the kept rows and the rejected lines (overflowing rows among them), in order.
+    reject_lines = np.array([line for line, _ in bad.rejected], dtype=np.int64)
+    lines = np.concatenate([np.asarray(rows.lines, dtype=np.int64)[kept], reject_lines])
+    good = np.concatenate([np.ones(int(kept.sum()), dtype=bool), np.zeros(len(reject_lines), bool)])
+    order = np.argsort(lines, kind="stable")
+    row_ids = None
+    if rows.row_ids is not None:
+        passed = np.asarray(rows.row_ids)[kept]
+        row_ids = np.concatenate([passed.astype(object), np.full(len(reject_lines), None)])[order]
+    return EncodedPart(
+        part=part,
+        good=good[order],
+        ids=np.ascontiguousarray(ids, dtype=np.int64),
+        values=values,
+        lines=lines[order],
+        row_ids=row_ids,
+        rejects=sorted(bad.rejected),
+        newlines=newlines,
+    )
+
+
+def _slice_rows(rows: ParsedRows, start: int, stop: int) -> ParsedRows:
+    return ParsedRows(
+        labels=np.asarray(rows.labels[start:stop]),
+        keys=np.asarray(rows.keys[start:stop]),
+        values=np.asarray(rows.values[start:stop]),
+        slot_fields=rows.slot_fields,
+        field_names=rows.field_names,
+        row_ids=None if rows.row_ids is None else np.asarray(rows.row_ids[start:stop]),
+        lines=np.asarray(rows.lines[start:stop]),
+        source=rows.source,
+    )
+
+
+def conform_slots(rows: ParsedRows, encoder: FeatureEncoder):
+    """(keys, values, overflow): the rows laid out in the encoder's slots. A multi-valued libFM
+    field gets as many slots as the busiest line of the file being read; here the model's layout
+    rules: missing slots are PAD, and a row with more values of a field than the model has slots
+    for it is flagged in ``overflow`` (a bad row)."""
+    n = len(rows)
+    if list(rows.field_names) != list(encoder.field_names):
+        raise DataError(
+            rows.source, None,
+            f"the fields {list(rows.field_names)[:5]}... do not match the model's "
+            f"{list(encoder.field_names)[:5]}...",
+        )  # fmt: skip
+    if np.array_equal(rows.slot_fields, encoder.slot_fields):
+        return np.asarray(rows.keys), np.asarray(rows.values), np.zeros(n, dtype=bool)
+    keys = np.full((n, len(encoder.slot_fields)), PAD_KEY, dtype=np.int64)
+    values = np.zeros(keys.shape, dtype=np.float32)
+    overflow = np.zeros(n, dtype=bool)
+    for field in range(len(encoder.field_names)):
+        have = np.flatnonzero(rows.slot_fields == field)
+        want = np.flatnonzero(encoder.slot_fields == field)
+        shared = min(len(have), len(want))
+        keys[:, want[:shared]] = rows.keys[:, have[:shared]]
+        values[:, want[:shared]] = rows.values[:, have[:shared]]
+        if len(have) > len(want):
+            overflow |= (np.asarray(rows.keys)[:, have[shared:]] != PAD_KEY).any(axis=1)
+    return keys, values, overflow
+
+
+def overflow_reason(rows: ParsedRows, encoder: FeatureEncoder, row: int) -> str:
+    for field, name in enumerate(encoder.field_names):
+        have = np.count_nonzero(rows.keys[row, rows.slot_fields == field] != PAD_KEY)
+        want = np.count_nonzero(encoder.slot_fields == field)
+        if have > want:
+            return f"field {name} has {have} values; the model takes at most {want}"
+    return "more values than the model has slots"
