@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "cpu/encode.h"
 #include "cpu/fm.h"
 
 #ifdef FNN_FAST_OPENMP
@@ -80,6 +81,35 @@ PYBIND11_MODULE(_C, m) {
             ptr<const float>(grad_z), params, {ptr<float>(state1), ptr<float>(state2)});
       },
       "FNN gather backward fused with the sparse update of the rows present in the batch.");
+
+  m.def(
+      "build_vocab_table",
+      [](Address table_keys, Address table_fields, Address table_ids, int64_t capacity,
+         Address keys, Address fields, Address ids, int64_t n) {
+        if (capacity <= n || (capacity & (capacity - 1)) != 0)
+          throw py::value_error("capacity must be a power of two above the vocabulary size");
+        py::gil_scoped_release release;
+        cpu::build_vocab_table(
+            {ptr<int64_t>(table_keys), ptr<int32_t>(table_fields), ptr<int64_t>(table_ids),
+             capacity},
+            ptr<const int64_t>(keys), ptr<const int64_t>(fields), ptr<const int64_t>(ids), n);
+      },
+      "Fill an open-addressing table of (key, field) -> feature id.");
+
+  m.def(
+      "encode_keys",
+      [](Address table_keys, Address table_fields, Address table_ids, int64_t capacity,
+         Address keys, Address values, int64_t rows, int64_t slots, Address slot_fields,
+         Address oov_ids, Address out_ids, Address out_values) {
+        py::gil_scoped_release release;
+        cpu::encode_keys(
+            {ptr<int64_t>(table_keys), ptr<int32_t>(table_fields), ptr<int64_t>(table_ids),
+             capacity},
+            ptr<const int64_t>(keys), ptr<const float>(values), rows, slots,
+            ptr<const int64_t>(slot_fields), ptr<const int64_t>(oov_ids), ptr<int64_t>(out_ids),
+            ptr<float>(out_values));
+      },
+      "Keys [rows, slots] -> feature ids and values (0 for PAD slots).");
 
   m.def("num_threads", []() {
 #ifdef FNN_FAST_OPENMP

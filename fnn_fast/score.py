@@ -245,8 +245,10 @@ def score_files(
 
     Bad rows stop the run with file, line and reason, or with ``skip_bad_lines`` keep their place
     with an empty prediction (NaN in .npy) and are listed in a rejects file (file, line, reason).
-    ``workers``: processes that read and encode ahead of the model (default: cores - 1; 0 reads
-    in this process).
+    ``workers``: processes that read and encode ahead of the model (default: cores - 1 for files
+    to parse, none for binary cache entries; 0 reads in this process). As with any use of
+    multiprocessing, a script calling this with workers needs the ``if __name__ == "__main__":``
+    guard.
     """
     started = time.perf_counter()
     scorer = model if isinstance(model, Scorer) else Scorer(model, which, batch_size, device, bf16)
@@ -284,7 +286,9 @@ def score_files(
         total=total, initial=total - sum(p.size for p in todo), unit=unit, unit_scale=True,
         desc="scoring", disable=None if progress else True,
     )  # fmt: skip
-    workers = max(1, (os.cpu_count() or 2) - 1) if workers is None else workers
+    if workers is None:  # cached rows need no parsing: their encoding is cheap in-process
+        parsing = any(p.kind != "cache" for p in todo)
+        workers = max(1, (os.cpu_count() or 2) - 1) if parsing else 0
     with bar, _Reader(schema, scorer.encoder, skip_bad_lines, headers, workers) as reader:
         try:
             for encoded in reader.read(todo):

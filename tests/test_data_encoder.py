@@ -99,3 +99,33 @@ def test_field_of_id_names_the_owning_field():
 def test_transform_rejects_a_different_slot_layout():
     with pytest.raises(ValueError, match="slot layout"):
         small_encoder().transform(np.zeros((2, 3), np.int64), np.zeros((2, 3), np.float32))
+
+
+def test_native_hash_table_encodes_like_the_binary_search():
+    """The C++ (key, field) hash table against the numpy path: the same key in several fields,
+    small consecutive keys (bucketized numbers), unseen keys, PAD, an empty vocabulary, a
+    multi-valued field, and more keys than a chunk."""
+    pytest.importorskip("fnn_fast._C")
+    rng = np.random.default_rng(0)
+    slot_fields = [0, 1, 1, 2, 3]
+    keys = np.stack(
+        [
+            rng.integers(0, 50, 5000),  # small ints, shared with field 1
+            rng.integers(0, 60, 5000),
+            rng.integers(0, 60, 5000),
+            rng.choice(rng.integers(0, 2**62, 200), 5000),  # hashed tokens
+            np.full(5000, PAD_KEY),  # never seen: an empty vocabulary
+        ],
+        axis=1,
+    )
+    keys[rng.random(keys.shape) < 0.1] = PAD_KEY
+    native = FeatureEncoder.fit(keys[:3000], slot_fields, ["a", "b", "c", "d"], min_count=2)
+    assert native._native_table() is not None
+    numpy_only = FeatureEncoder.fit(keys[:3000], slot_fields, ["a", "b", "c", "d"], min_count=2)
+    numpy_only._table = False
+    values = rng.random(keys.shape).astype(np.float32)
+    got = native.transform(keys, values, chunk_rows=1024)
+    want = numpy_only.transform(keys, values, chunk_rows=1024)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    assert (got[0][:, 3] > native.offsets[2]).any()  # seen tokens were found, not all OOV

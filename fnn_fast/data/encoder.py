@@ -24,7 +24,7 @@ class FeatureEncoder:
     def __init__(self, field_names, slot_fields, vocabs, min_count: int = 1):
         """``vocabs[f]``: field f's kept keys, sorted and distinct."""
         self.field_names = list(field_names)
-        self.slot_fields = np.asarray(slot_fields, dtype=np.int64)
+        self.slot_fields = np.ascontiguousarray(slot_fields, dtype=np.int64)
         self.vocabs = [np.ascontiguousarray(v, dtype=np.int64) for v in vocabs]
         self.min_count = min_count
         if len(self.vocabs) != len(self.field_names):
@@ -84,6 +84,11 @@ class FeatureEncoder:
             )
         ids = np.empty(keys.shape, dtype=np.int64)
         out_values = np.empty(keys.shape, dtype=np.float32)
+        if self._native_table() is not None:
+            for start in range(0, len(keys), chunk_rows):
+                rows = slice(start, start + chunk_rows)
+                self._encode_native(keys[rows], values[rows], ids[rows], out_values[rows])
+            return ids, out_values
         for start in range(0, len(keys), chunk_rows):
             rows = slice(start, start + chunk_rows)
             chunk = np.asarray(keys[rows], dtype=np.int64)
@@ -91,6 +96,49 @@ class FeatureEncoder:
                 ids[rows, s] = self._ids(f, chunk[:, s])
             out_values[rows] = np.where(chunk == PAD_KEY, 0.0, np.asarray(values[rows]))
         return ids, out_values
+
+    def _native_table(self):
+        """The C++ hash table of every (key, field) -> id (fnn_fast._C), built on first use;
+        None without the native module (the numpy binary search then serves)."""
+        if getattr(self, "_table", None) is None:
+            try:
+                from fnn_fast import _C
+            except ImportError:
+                self._table = False
+                return None
+            vocab_keys = np.concatenate([np.zeros(0, np.int64), *self.vocabs])
+            fields = np.repeat(
+                np.arange(len(self.vocabs), dtype=np.int64), [len(v) for v in self.vocabs]
+            )
+            ids = np.concatenate(
+                [np.zeros(0, np.int64)]
+                + [self.offsets[f] + 1 + np.arange(len(v)) for f, v in enumerate(self.vocabs)]
+            ).astype(np.int64)
+            capacity = 1 << max(4, int(2 * len(vocab_keys) + 1).bit_length())  # load <= 1/2
+            table = (
+                np.empty(capacity, np.int64), np.empty(capacity, np.int32),
+                np.empty(capacity, np.int64),
+            )  # fmt: skip
+            _C.build_vocab_table(
+                *(a.ctypes.data for a in table), capacity, vocab_keys.ctypes.data,
+                fields.ctypes.data, ids.ctypes.data, len(vocab_keys),
+            )  # fmt: skip
+            self._table = (_C, table, capacity)
+        return self._table or None
+
+    def _encode_native(self, keys, values, out_ids, out_values) -> None:
+        _C, table, capacity = self._table
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        assert out_ids.flags.c_contiguous and out_values.flags.c_contiguous
+        _C.encode_keys(
+            *(a.ctypes.data for a in table), capacity, keys.ctypes.data, values.ctypes.data,
+            len(keys), keys.shape[1], self.slot_fields.ctypes.data, self.offsets.ctypes.data,
+            out_ids.ctypes.data, out_values.ctypes.data,
+        )  # fmt: skip
+
+    def __getstate__(self):  # the native table is rebuilt where the encoder lands
+        return {k: v for k, v in self.__dict__.items() if k != "_table"}
 
     def transform_rows(self, rows: ParsedRows):
         return self.transform(rows.keys, rows.values)

@@ -146,3 +146,31 @@ def write_libfm(path: Path, labels: np.ndarray, keys: np.ndarray) -> None:
     with open(path, "w") as out:
         for label, row in zip(labels.astype(int), keys, strict=True):
             out.write(f"{label} " + " ".join(f"{k}:1" for k in row) + "\n")
+
+
+def write_criteo(path: Path, truth: PlantedModel, num_rows: int, seed: int, chunk_rows=1 << 20):
+    """Rows in Criteo's text format (label, 13 integer columns, 26 hex-token columns,
+    tab-separated), drawn from a 39-field planted model; written by pyarrow, in chunks, so that
+    tens of millions of rows take a minute rather than an hour. Local id 0 of a field is its
+    missing value (an empty cell)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    if truth.num_fields != 39:
+        raise ValueError(f"Criteo rows have 39 fields, the model has {truth.num_fields}")
+    rng = np.random.default_rng(seed)
+    tokens = [  # a field's local id -> its cell text: '' for id 0, else an integer or a hex token
+        pa.array(["", *(str(i) if f < 13 else f"{hash((f, i)) & 0xFFFFFFFF:08x}"
+                        for i in range(1, c))])  # fmt: skip
+        for f, c in enumerate(truth.cardinalities)
+    ]
+    names = ["label", *(f"I{i}" for i in range(1, 14)), *(f"C{i}" for i in range(1, 27))]
+    options = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
+    with open(path, "wb") as out:
+        for start in range(0, num_rows, chunk_rows):
+            n = min(chunk_rows, num_rows - start)
+            ids = truth.draw_ids(n, rng)
+            labels = rng.random(n) < 1.0 / (1.0 + np.exp(-truth.logits(ids)))
+            columns = [pa.array(labels.astype(np.int8))]
+            columns += [tokens[f].take(pa.array(ids[:, f])) for f in range(39)]
+            pacsv.write_csv(pa.table(columns, names=names), out, options)

@@ -1,0 +1,172 @@
+"""End-to-end scoring throughput on a synthetic Criteo-like set, measured in one run.
+
+    python benchmarks/scoring_bench.py --rows 10000000 --work /tmp/fnn-scoring
+
+1. Writes ``rows`` and ``rows / 10`` Criteo text rows from a 39-field planted model (Zipf ids),
+   a model (encoder fitted on the small file, FM + FNN 200-300-100 with FM-initialized input;
+   scoring speed does not depend on training) and the binary cache of both files.
+2. Measures, each in a fresh process (peak RSS is its own plus its workers'):
+   - the bare MLP forward (the FNN's layers on a ready z) at the scoring batch size,
+   - ``fnn-fast score`` from the binary cache, for both sizes (RSS must stay flat),
+   - ``fnn-fast score`` from Criteo text,
+   - a straightforward loop: pandas.read_csv in chunks, the model's own key mapping per cell,
+     the encoder, the reference (pure PyTorch) module, on the small file.
+3. Prints a table and the targets (cache >= 80 % of the bare MLP; text >= 5x the pandas loop),
+   and writes JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BATCH = 8192
+
+
+def prepare(work: Path, rows: int) -> dict:
+    from fnn_fast import FM, FNN
+    from fnn_fast.data import FeatureEncoder, Schema, read_rows
+    from fnn_fast.data.cache import load_rows
+    from fnn_fast.data.synthetic import criteo_like_cardinalities, plant_model, write_criteo
+    from fnn_fast.saved import save_model
+
+    work.mkdir(parents=True, exist_ok=True)
+    truth = plant_model(criteo_like_cardinalities(39, 1_000_000), num_factors=4, seed=0)
+    files = {"small": work / f"criteo-{rows // 10}.txt", "large": work / f"criteo-{rows}.txt"}
+    for name, n in (("small", rows // 10), ("large", rows)):
+        if not files[name].exists():
+            started = time.perf_counter()
+            write_criteo(files[name], truth, n, seed=1)
+            print(f"wrote {n:,} rows in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    schema = Schema.criteo()
+    model = work / "model"
+    if not (model / "config.json").exists():
+        encoder = FeatureEncoder.fit_rows(read_rows(files["small"], schema))
+        fm = FM(encoder.num_features, 10)
+        save_model(model, fm, FNN.from_fm(fm, num_fields=39), encoder, schema)
+    caches = {}
+    for name, path in files.items():
+        started = time.perf_counter()
+        rows_ = load_rows(path, schema, cache_dir=work / "cache")
+        caches[name] = _entry(work / "cache", path) if len(rows_) >= 0 else None
+        print(f"cache of {path.name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return {"files": {k: str(v) for k, v in files.items()}, "caches": caches, "model": str(model)}
+
+
+def _entry(cache_dir: Path, path: Path) -> str:
+    matches = sorted(cache_dir.glob(f"{path.name}-*"), key=lambda p: p.stat().st_mtime)
+    return str(matches[-1])
+
+
+def _in_child(code: str) -> dict:
+    """Run ``code`` (which sets ``result``) in a fresh interpreter; adds its peak RSS."""
+    program = f"""
+import json, resource, time
+{code}
+usage = [resource.getrusage(who).ru_maxrss for who in
+         (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+result["peak_rss_mb"] = round(max(usage) / 1024)
+print("RESULT" + json.dumps(result))
+"""
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-3000:])
+    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT"))
+    return json.loads(line[len("RESULT") :])
+
+
+def bare_mlp(model: str, rows: int) -> dict:
+    return _in_child(f"""
+import torch
+from fnn_fast.saved import load_model
+fnn = load_model({model!r}).fnn
+layers = torch.nn.Sequential(*fnn.hidden_layers, fnn.output)
+z = torch.randn({BATCH}, 1 + 39 * 11)
+with torch.inference_mode():
+    for _ in range(5):
+        layers(z)
+    batches = max(20, {rows} // {BATCH} // 20)
+    started = time.perf_counter()
+    for _ in range(batches):
+        torch.sigmoid(layers(z))
+    seconds = time.perf_counter() - started
+result = {{"rows_per_s": batches * {BATCH} / seconds}}
+""")
+
+
+def score(model: str, source: str, out: Path) -> dict:
+    return _in_child(f"""
+from fnn_fast.score import score_files
+summary = score_files({model!r}, {source!r}, {str(out)!r}, batch_size={BATCH}, overwrite=True,
+                      progress=False)
+result = {{"rows": summary.rows, "seconds": summary.seconds, "rows_per_s": summary.rows_per_s}}
+""")
+
+
+def pandas_loop(model: str, source: str) -> dict:
+    """What a user without fnn_fast's scorer would write: pandas chunks, per-cell key mapping
+    with the model's own tokenizers, the encoder, the reference module."""
+    return _in_child(f"""
+import numpy as np, pandas as pd, torch
+import fnn_fast
+from fnn_fast.data.schema import CRITEO_COLUMNS, CRITEO_NUMERIC, CRITEO_CATEGORICAL
+from fnn_fast.data.tokens import NumericKeys, TokenKeys
+from fnn_fast.saved import load_model
+fnn_fast.set_backend("reference")
+saved = load_model({model!r})
+numeric = {{c: NumericKeys(c, "bucketize") for c in CRITEO_NUMERIC}}
+tokens = {{c: TokenKeys() for c in CRITEO_CATEGORICAL}}
+rows, started = 0, time.perf_counter()
+for chunk in pd.read_csv({source!r}, sep="\\t", header=None, names=CRITEO_COLUMNS, dtype=str,
+                         keep_default_na=False, chunksize=65536):
+    keys = np.stack([chunk[c].map(lambda x, k=numeric[c]: k[x][0]).to_numpy(np.int64)
+                     for c in CRITEO_NUMERIC] +
+                    [chunk[c].map(tokens[c].__getitem__).to_numpy(np.int64)
+                     for c in CRITEO_CATEGORICAL], axis=1)
+    ids, values = saved.encoder.transform(keys, np.ones(keys.shape, np.float32))
+    ids = torch.from_numpy(ids)
+    with torch.inference_mode():
+        for s in range(0, len(ids), {BATCH}):
+            torch.sigmoid(saved.fnn(ids[s:s + {BATCH}])).numpy()
+    rows += len(chunk)
+seconds = time.perf_counter() - started
+result = {{"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds}}
+""")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--work", required=True, help="folder for the data, caches and outputs")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+    work = Path(args.work)
+    setup = prepare(work, args.rows)
+    model, files, caches = setup["model"], setup["files"], setup["caches"]
+    results = {
+        "bare MLP forward": bare_mlp(model, args.rows),
+        f"score, binary cache, {args.rows // 10:,} rows": score(model, caches["small"], work / "s.npy"),
+        f"score, binary cache, {args.rows:,} rows": score(model, caches["large"], work / "l.npy"),
+        f"score, Criteo text, {args.rows:,} rows": score(model, files["large"], work / "t.npy"),
+        f"pandas + reference loop, {args.rows // 10:,} rows": pandas_loop(model, files["small"]),
+    }  # fmt: skip
+    mlp = results["bare MLP forward"]["rows_per_s"]
+    baseline = results[f"pandas + reference loop, {args.rows // 10:,} rows"]["rows_per_s"]
+    print(f"\n| case | rows/s | vs bare MLP | vs pandas loop | peak RSS MB |")
+    print("|---|---:|---:|---:|---:|")
+    for case, r in results.items():
+        print(f"| {case} | {r['rows_per_s']:,.0f} | {r['rows_per_s'] / mlp:.0%} | "
+              f"{r['rows_per_s'] / baseline:.1f}x | {r['peak_rss_mb']:,} |")  # fmt: skip
+    if args.json:
+        machine = {"cpu": platform.processor() or platform.machine(), "python": sys.version}
+        Path(args.json).write_text(json.dumps({"machine": machine, "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
