@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from fnn_fast.data import DataError, ParsedRows, Schema
 from fnn_fast.data.errors import BadLines
-from fnn_fast.data.parquet import _read_batch
+from fnn_fast.data.parquet import read_record_batch
 from fnn_fast.data.parts import (
     PART_BYTES,
     PART_ROWS,
@@ -172,7 +172,7 @@ class Scorer:
         if missing:
             raise DataError("<arrow batch>", None, f"columns missing: {', '.join(missing)}")
         bad = BadLines("<arrow batch>", skip_bad_rows, keep_all=True)
-        labels, keys, values, lines, _ = _read_batch(
+        labels, keys, values, lines, _ = read_record_batch(
             batch, 1, schema, *self._column_keys, bad, labelled=False
         )
         rows = ParsedRows(

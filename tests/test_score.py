@@ -18,7 +18,13 @@ from fnn_fast import FM, FNN
 from fnn_fast.cli import main
 from fnn_fast.data import DataError, FeatureEncoder, Schema, read_rows
 from fnn_fast.data.cache import write_rows
-from fnn_fast.data.parts import encode_part, expand_inputs, plan_parts, read_text_part
+from fnn_fast.data.parts import (
+    encode_part,
+    expand_inputs,
+    plan_parts,
+    read_text_part,
+    text_part,
+)
 from fnn_fast.saved import load_model, save_model
 from fnn_fast.score import Scorer, _Output, predict, score_files
 
@@ -75,7 +81,8 @@ def test_text_parts_cover_every_line_once(data):
     header = HEADER
     keys, lines, before = [], [], 0
     for part in parts:
-        text, newlines = read_text_part(part, header if part.index else None)
+        data, newlines = read_text_part(part)
+        text = text_part(data, part.index == 0, header if part.index else None)
         rows = read_rows(path, SCHEMA, part=text, progress=False, labelled=False)
         keys.append(rows.keys)
         lines.append(rows.lines + before)
@@ -274,6 +281,31 @@ def test_arrow_and_pandas_api(model_dir, data):
         scorer.predict_pandas(frame)
     scored = scorer.predict_pandas(frame, skip_bad_rows=True)
     assert np.isnan(scored[3]) and np.isfinite(np.delete(scored, 3)).all()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "criteo"])
+def test_arrow_fast_path_reads_what_the_line_reader_reads(tmp_path, fmt):
+    """Parts go through pyarrow's CSV parser when rows map to lines exactly; the keys must be
+    those of the line-by-line reader, numeric cells and missing ones included."""
+    from fnn_fast.data.synthetic import criteo_like_cardinalities, plant_model, write_criteo
+
+    if fmt == "criteo":
+        path, schema = tmp_path / "c.txt", Schema.criteo()
+        write_criteo(path, plant_model(criteo_like_cardinalities(39, 300), seed=1), 2000, seed=2)
+    else:
+        path, schema = write_csv(tmp_path / "c.csv", 2000, seed=5), SCHEMA
+    whole = read_rows(path, schema, progress=False)
+    encoder = FeatureEncoder.fit_rows(whole)
+    want = encoder.transform(whole.keys, whole.values)[0]
+    header = HEADER if fmt == "csv" else None
+    parts = plan_parts([str(path)], schema, part_bytes=20_000)
+    encoded = [encode_part(p, schema, encoder, False, header) for p in parts]
+    np.testing.assert_array_equal(np.concatenate([e.ids for e in encoded]), want)
+    first = [0]
+    for e in encoded[:-1]:
+        first.append(first[-1] + e.newlines)
+    lines = np.concatenate([e.lines + f for e, f in zip(encoded, first, strict=True)])
+    np.testing.assert_array_equal(lines, whole.lines)
 
 
 def test_part_lines_are_local_until_numbered(data):

@@ -62,15 +62,35 @@ def read_parquet(
     ) as bar:
         for batch in file.iter_batches(_BATCH_ROWS, row_groups=groups, columns=wanted):
             batches.append(
-                _read_batch(batch, first_row, schema, numeric, categorical, bad, labelled)
+                read_record_batch(batch, first_row, schema, numeric, categorical, bad, labelled)
             )
             first_row += batch.num_rows
             bar.update(batch.num_rows)
     if not batches:  # no rows: still arrays of the right shapes and dtypes
         columns = pa.schema([file.schema_arrow.field(name) for name in wanted])
         empty = pa.RecordBatch.from_pylist([], schema=columns)
-        batches.append(_read_batch(empty, 1, schema, numeric, categorical, bad, labelled))
+        batches.append(read_record_batch(empty, 1, schema, numeric, categorical, bad, labelled))
 
+    return _assemble(batches, schema, bad, str(path))
+
+
+def read_arrow_table(
+    table: pa.Table, schema: Schema, bad: BadLines, first_row: int, labelled: bool, source: str
+) -> ParsedRows:
+    """Rows of an Arrow table of string columns (pyarrow's CSV reader), row i at line
+    ``first_row + i``: the same keys as the text readers give for the same cells."""
+    numeric = {c: NumericKeys(c, schema.numeric_mode) for c in schema.numeric}
+    categorical = {c: TokenKeys() for c in schema.categorical}
+    batches = []
+    for batch in table.to_batches(_BATCH_ROWS) or [pa.RecordBatch.from_pylist([], table.schema)]:
+        batches.append(
+            read_record_batch(batch, first_row, schema, numeric, categorical, bad, labelled)
+        )
+        first_row += batch.num_rows
+    return _assemble(batches, schema, bad, source)
+
+
+def _assemble(batches, schema: Schema, bad: BadLines, source: str) -> ParsedRows:
     labels, keys, values, lines, row_ids = zip(*batches, strict=True)
     return ParsedRows(
         labels=np.concatenate(labels),
@@ -81,12 +101,12 @@ def read_parquet(
         row_ids=None if schema.id_column is None else np.concatenate(row_ids),
         lines=np.concatenate(lines),
         bad_lines=bad.count,
-        source=str(path),
+        source=source,
         bad_examples=bad.examples,
     )
 
 
-def _read_batch(
+def read_record_batch(
     batch: pa.RecordBatch, first_row: int, schema: Schema, numeric, categorical, bad: BadLines,
     labelled: bool = True,
 ):  # fmt: skip

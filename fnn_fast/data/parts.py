@@ -20,15 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from fnn_fast.data.cache import open_rows
 from fnn_fast.data.encoder import FeatureEncoder
 from fnn_fast.data.errors import BadLines, DataError
-from fnn_fast.data.parquet import RowGroups
+from fnn_fast.data.parquet import RowGroups, read_arrow_table
 from fnn_fast.data.readers import read_rows
 from fnn_fast.data.rows import ParsedRows
-from fnn_fast.data.schema import Schema
+from fnn_fast.data.schema import CRITEO_COLUMNS, Schema
 from fnn_fast.data.textfile import TextPart
 from fnn_fast.data.tokens import PAD_KEY
 
@@ -130,16 +132,56 @@ def plan_parts(
     return parts
 
 
-def read_text_part(part: Part, header: list[str] | None) -> tuple[TextPart, int]:
-    """The part's lines (those starting in [start, stop)) and their count."""
+def read_text_part(part: Part) -> tuple[bytes, int]:
+    """The bytes of the part's lines (those starting in [start, stop)) and their count."""
     with open(part.path, "rb") as file:
         begin, end = _line_start(file, part.start), _line_start(file, part.stop)
         file.seek(begin)
         data = file.read(end - begin)
     newlines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+    return data, newlines
+
+
+def text_part(data: bytes, first: bool, header: list[str] | None) -> TextPart:
     # utf-8-sig: a byte-order mark can only open the file's first part
-    text = data.decode("utf-8-sig" if begin == 0 else "utf-8", "surrogateescape")
-    return TextPart(text, header), newlines
+    return TextPart(data.decode("utf-8-sig" if first else "utf-8", "surrogateescape"), header)
+
+
+def _arrow_rows(
+    part: Part, data: bytes, newlines: int, schema: Schema, header, bad: BadLines
+) -> ParsedRows | None:
+    """Criteo/CSV lines through pyarrow's multi-threaded CSV parser, each column's distinct
+    cells turned into keys once. None when the part is not plain enough to map rows to lines
+    exactly (a blank line, a ragged row): the line-by-line reader then takes it."""
+    criteo = schema.format == "criteo"
+    skip = 1 if (not criteo and part.index == 0) else 0  # the header line
+    if criteo:
+        width = data[: data.find(b"\n")].count(b"\t") + 1 if data else len(CRITEO_COLUMNS)
+        names = CRITEO_COLUMNS if width == len(CRITEO_COLUMNS) else CRITEO_COLUMNS[1:]
+    else:
+        names = header
+    try:
+        table = pacsv.read_csv(
+            pa.BufferReader(data),
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=skip),
+            parse_options=pacsv.ParseOptions(
+                delimiter="\t" if criteo else schema.delimiter or ",",
+                quote_char=False if criteo else '"',
+                ignore_empty_lines=True,  # then a blank line shows as a missing row
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types={name: pa.string() for name in names},
+                strings_can_be_null=False,
+                include_columns=[
+                    c for c in (schema.id_column, *schema.numeric, *schema.categorical) if c
+                ],
+            ),
+        )
+    except (pa.ArrowInvalid, KeyError):
+        return None
+    if table.num_rows != newlines - skip:
+        return None
+    return read_arrow_table(table, schema, bad, 1 + skip, False, part.path)
 
 
 def _line_start(file, offset: int) -> int:
@@ -177,8 +219,13 @@ def encode_part(
         groups = RowGroups(list(range(part.start, part.stop)), part.first_row)
         rows = read_rows(part.path, schema, bad=bad, part=groups, progress=False, labelled=False)
     else:
-        text, newlines = read_text_part(part, header if part.index > 0 else None)
-        rows = read_rows(part.path, schema, bad=bad, part=text, progress=False, labelled=False)
+        data, newlines = read_text_part(part)
+        rows = None
+        if schema.format in ("criteo", "csv"):
+            rows = _arrow_rows(part, data, newlines, schema, header, bad)
+        if rows is None:
+            text = text_part(data, part.index == 0, header if part.index > 0 else None)
+            rows = read_rows(part.path, schema, bad=bad, part=text, progress=False, labelled=False)
     keys, values, overflow = conform_slots(rows, encoder)
     for row in np.flatnonzero(overflow):
         bad.report(int(rows.lines[row]), overflow_reason(rows, encoder, row))

@@ -160,8 +160,9 @@ def write_criteo(path: Path, truth: PlantedModel, num_rows: int, seed: int, chun
         raise ValueError(f"Criteo rows have 39 fields, the model has {truth.num_fields}")
     rng = np.random.default_rng(seed)
     tokens = [  # a field's local id -> its cell text: '' for id 0, else an integer or a hex token
-        pa.array(["", *(str(i) if f < 13 else f"{hash((f, i)) & 0xFFFFFFFF:08x}"
-                        for i in range(1, c))])  # fmt: skip
+        pa.array(
+            ["", *(str(i) if f < 13 else f"{hash((f, i)) & 0xFFFFFFFF:08x}" for i in range(1, c))]
+        )  # fmt: skip
         for f, c in enumerate(truth.cardinalities)
     ]
     names = ["label", *(f"I{i}" for i in range(1, 14)), *(f"C{i}" for i in range(1, 27))]
