@@ -19,7 +19,9 @@ import json
 import multiprocessing
 import os
 import shutil
+import threading
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,9 +112,16 @@ class Scorer:
         if values is not None:
             values = values.pin_memory().to(self.device, non_blocking=True)
         with torch.autocast("cuda", torch.bfloat16, enabled=self.bf16):
+            logits = None
             if self._graphs is not None and len(ids) == self.batch_size:
-                logits = self._graphed(ids, values)
-            else:
+                try:
+                    logits = self._graphed(ids, values)
+                except RuntimeError as error:  # an op that cannot be captured: run eagerly
+                    warnings.warn(
+                        f"CUDA graph capture failed, scoring eagerly: {error}", stacklevel=3
+                    )
+                    self._graphs = None
+            if logits is None:
                 logits = self.model(ids, values)
         return logits.float().cpu()
 
@@ -362,12 +371,22 @@ _WORKER: dict = {}
 def _init_worker(schema_dict, encoder_dir, skip_bad_lines, headers):
     from fnn_fast.data import FeatureEncoder
 
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
     _WORKER.update(
         schema=Schema.from_dict(schema_dict),
         encoder=FeatureEncoder.load(encoder_dir),
         skip=skip_bad_lines,
         headers=headers,
     )
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker outlives a parent killed with SIGKILL (nothing tells it): leave when the parent
+    is gone rather than linger holding memory."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _encode_in_worker(part: Part) -> EncodedPart:

@@ -245,9 +245,9 @@ def test_resume_refuses_changed_settings(model_dir, data, tmp_path, monkeypatch)
 
 
 def test_kill_9_then_resume_gives_the_same_bytes(model_dir, tmp_path):
-    big = write_csv(tmp_path / "big.csv", 20000, seed=7)
+    big = write_csv(tmp_path / "big.csv", 8000, seed=7)
     command = [sys.executable, "-m", "fnn_fast", "score", "--model", str(model_dir), "--input",
-               str(big), "--part-mb", "0.02", "--workers", "1", "--no-progress"]  # fmt: skip
+               str(big), "--part-mb", "0.01", "--workers", "1", "--no-progress"]  # fmt: skip
     whole, killed = tmp_path / "whole.parquet", tmp_path / "killed.parquet"
     subprocess.run([*command, "--output", str(whole)], check=True)
     process = subprocess.Popen([*command, "--output", str(killed)])
@@ -259,10 +259,28 @@ def test_kill_9_then_resume_gives_the_same_bytes(model_dir, tmp_path):
         time.sleep(0.02)
     if process.poll() is not None:
         pytest.fail("the run ended before it could be killed; make the input larger")
+    workers = _children(process.pid)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     subprocess.run([*command, "--output", str(killed), "--resume"], check=True)
     assert killed.read_bytes() == whole.read_bytes()
+    deadline = time.monotonic() + 10  # the killed run's workers do not linger
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in workers):
+        time.sleep(0.1)
+    assert workers and not any(os.path.exists(f"/proc/{p}") for p in workers)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
 
 
 def test_arrow_and_pandas_api(model_dir, data):
