@@ -81,3 +81,24 @@ def test_cache_entry_changes_with_the_file_the_schema_and_skip_bad_lines(tmp_pat
 def test_without_cache_dir_it_just_reads(csv_file):
     rows = load_rows(csv_file, SCHEMA, skip_bad_lines=True, progress=False)
     assert not isinstance(rows.keys, np.memmap) and len(rows) == 3
+
+
+def test_read_row_range_reads_what_the_mapped_arrays_hold(tmp_path):
+    from fnn_fast.data import ParsedRows
+    from fnn_fast.data.cache import read_row_range
+
+    rng = np.random.default_rng(0)
+    rows = ParsedRows(
+        labels=rng.integers(0, 2, 50).astype(np.float32),
+        keys=rng.integers(0, 1000, (50, 3)),
+        values=rng.random((50, 3)).astype(np.float32),
+        slot_fields=np.arange(3),
+        field_names=["a", "b", "c"],
+        row_ids=np.array([f"id{i}" for i in range(50)]),
+    )
+    write_rows(rows, tmp_path / "entry")
+    mapped = open_rows(tmp_path / "entry")
+    for start, stop in ((0, 50), (7, 19), (45, 60), (50, 50)):
+        part = read_row_range(tmp_path / "entry", start, stop)
+        for name in ("labels", "keys", "values", "lines", "row_ids"):
+            np.testing.assert_array_equal(getattr(part, name), getattr(mapped, name)[start:stop])

@@ -92,6 +92,40 @@ def open_rows(directory, *, mmap: bool = True) -> ParsedRows:
     )
 
 
+def read_row_range(directory, start: int, stop: int) -> ParsedRows:
+    """Rows [start, stop) of an entry, read from the files rather than memory-mapped: a scorer
+    walking through a large entry keeps its memory flat (mapped pages it touched would stay
+    in its resident set)."""
+    directory = Path(directory)
+    meta = json.loads((directory / "meta.json").read_text())
+    names = [*_ARRAYS, *(["row_ids"] if (directory / "row_ids.npy").exists() else [])]
+    arrays = {name: _read_rows_of(directory / f"{name}.npy", start, stop) for name in names}
+    return ParsedRows(
+        **arrays,
+        slot_fields=np.asarray(meta["slot_fields"], dtype=np.int64),
+        field_names=meta["field_names"],
+        source=meta["source"],
+    )
+
+
+def _read_rows_of(path: Path, start: int, stop: int) -> np.ndarray:
+    with open(path, "rb") as file:
+        version = np.lib.format.read_magic(file)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read_header(file)
+        if fortran or dtype.hasobject:
+            raise ValueError(f"{path}: not a C-ordered plain array")
+        row = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+        stop = min(stop, shape[0])
+        file.seek(file.tell() + start * row)
+        data = np.fromfile(file, dtype=dtype, count=(stop - start) * (row // dtype.itemsize))
+    return data.reshape((stop - start, *shape[1:]))
+
+
 def _entry_name(path, schema: Schema, skip_bad_lines: bool) -> str:
     identity = {
         "format_version": CACHE_FORMAT_VERSION,

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from fnn_fast.data.cache import open_rows
+from fnn_fast.data.cache import open_rows, read_row_range
 from fnn_fast.data.encoder import FeatureEncoder
 from fnn_fast.data.errors import BadLines, DataError
 from fnn_fast.data.parquet import RowGroups, read_arrow_table
@@ -213,8 +213,7 @@ def encode_part(
     bad = BadLines(part.path, skip_bad_lines, keep_all=True)
     newlines = 0
     if part.kind == "cache":
-        cached = open_rows(part.path)
-        rows = _slice_rows(cached, part.start, part.stop)
+        rows = read_row_range(part.path, part.start, part.stop)
     elif part.kind == "parquet":
         groups = RowGroups(list(range(part.start, part.stop)), part.first_row)
         rows = read_rows(part.path, schema, bad=bad, part=groups, progress=False, labelled=False)
@@ -251,19 +250,6 @@ def encode_part(
         row_ids=row_ids,
         rejects=sorted(bad.rejected),
         newlines=newlines,
-    )
-
-
-def _slice_rows(rows: ParsedRows, start: int, stop: int) -> ParsedRows:
-    return ParsedRows(
-        labels=np.asarray(rows.labels[start:stop]),
-        keys=np.asarray(rows.keys[start:stop]),
-        values=np.asarray(rows.values[start:stop]),
-        slot_fields=rows.slot_fields,
-        field_names=rows.field_names,
-        row_ids=None if rows.row_ids is None else np.asarray(rows.row_ids[start:stop]),
-        lines=np.asarray(rows.lines[start:stop]),
-        source=rows.source,
     )
 
 
