@@ -8,6 +8,8 @@ through the ops.
 """
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -331,6 +333,71 @@ def test_gpu_dispatch_matches_cpu_ops(monkeypatch):
     for cpu, gpu in zip(*results, strict=True):
         torch.testing.assert_close(gpu, cpu, atol=2e-5, rtol=1e-4)
     assert int(results[1][-1]) == 4
+
+
+def test_package_works_without_triton():
+    script = """
+import sys
+sys.modules["triton"] = None  # as if triton were not installed
+import torch, fnn_fast
+from fnn_fast.ops import triton as triton_ops
+assert not triton_ops.available() and "not installed" in triton_ops.UNAVAILABLE_REASON
+assert "triton" not in fnn_fast.backends()["available"]
+try:
+    triton_ops.fm_forward(torch.zeros(3, 2), torch.zeros(1, 1, dtype=torch.int64), None, None)
+except RuntimeError as error:
+    assert "unavailable" in str(error)
+else:
+    raise AssertionError("no error")
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+COMPILE_FOR_SM90 = """
+import os
+os.environ.pop("TRITON_INTERPRET", None)  # compiled kernels, not interpreted ones
+from triton import compile
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from fnn_fast.ops.triton import fm, gather, sparse_update
+
+INTS = {"keys_ptr": "*i32", "order_ptr": "*i64", "ids_ptr": "*i64", "slot_fields_ptr": "*i64",
+        "field_slots_ptr": "*i64", "field_starts_ptr": "*i64", "field_counts_ptr": "*i64"}
+FLOATS = {"lr", "weight_decay", "eps", "beta1", "beta2", "step_size"}
+
+def sm90(kernel, num_warps, **constexprs):
+    signature = {
+        name: "constexpr" if name in constexprs
+        else INTS.get(name, "*fp32") if name.endswith("_ptr")
+        else "fp32" if name in FLOATS
+        else "i32"
+        for name in kernel.arg_names
+    }
+    compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32),
+            options={"num_warps": num_warps})
+
+sm90(fm._fm_forward_kernel, 4, HAS_VALUES=True, STORE_SUMS=True, BLOCK_B=4, BLOCK_S=32,
+     BLOCK_D=16)
+sm90(gather._fnn_gather_kernel, 4, HAS_VALUES=True, GROUPED=True, BLOCK_B=4, BLOCK_F=32,
+     BLOCK_D=16)
+sm90(sparse_update._window_update_kernel, 8, FM=True, HAS_VALUES=True, HAS_SLOT_FIELDS=False,
+     RULE=3, WINDOW=128, BLOCK_D=16)
+sm90(sparse_update._window_update_kernel, 8, FM=False, HAS_VALUES=False, HAS_SLOT_FIELDS=True,
+     RULE=2, WINDOW=128, BLOCK_D=16)
+sm90(sparse_update._combine_kernel, 1, FM=True, RULE=3, WINDOW=128, BLOCK_W=64, BLOCK_D=16)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests run the compiled kernels")
+def test_kernels_compile_for_the_h200():
+    """The interpreter does not lower kernels: compile them for sm_90 (Triton ships ptxas, no
+    GPU needed) so that a construct the GPU compiler rejects fails here, not on the GPU."""
+    command = [sys.executable, "-c", COMPILE_FOR_SM90]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
 def test_backends_report():

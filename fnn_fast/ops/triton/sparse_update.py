@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fnn_fast.ops.triton._common import adam_step_size, multiprocessors, next_power_of_2
+from fnn_fast.ops.triton._common import adam_step_size, next_power_of_2
 
 SGD, ADAGRAD, ROWWISE_ADAGRAD, ADAM = 0, 1, 2, 3
 
@@ -309,9 +309,10 @@ def _combine_kernel(
 
 
 def window_size(dim: int) -> int:
-    """Lookups per program: about 4096 gradient elements (a 16-float row: 256 lookups), so a
-    window's tile stays in registers and a hot row leaves few partials."""
-    return max(16, min(256, 4096 // next_power_of_2(dim)))
+    """Lookups per program: about 2048 gradient elements (a 16-float row: 128 lookups), 8 per
+    thread of 8 warps. Compiled for sm_90 the Adam kernel then takes about 130 registers (80
+    for row-wise Adagrad), so 4 programs fit on a multiprocessor; 4096 took 255."""
+    return max(16, min(128, 2048 // next_power_of_2(dim)))
 
 
 def sparse_update(
@@ -359,8 +360,6 @@ def sparse_update(
     lr, weight_decay, eps, beta1, beta2 = hparams
     step_size = adam_step_size(lr, beta1, beta2, step) if rule == ADAM else 0.0
     scalars = (lr, weight_decay, eps, beta1, beta2, step_size)
-    tile = window * block_d
-    on_gpu = multiprocessors(table.device) > 1
     _window_update_kernel[(windows,)](
         keys, order, values if values is not None else grad, grad,
         sums if sums is not None else grad, slot_fields if slot_fields is not None else order,
@@ -368,7 +367,7 @@ def sparse_update(
         lookups, slots, dim, num_rows, grad.shape[1] if grad.dim() == 2 else 0, *scalars,
         FM=fm, HAS_VALUES=values is not None, HAS_SLOT_FIELDS=slot_fields is not None,
         RULE=rule, WINDOW=window, BLOCK_D=block_d,
-        num_warps=(8 if tile >= 4096 else 4) if on_gpu else 1,
+        num_warps=8 if window * block_d >= 2048 else 4,
     )  # fmt: skip
     if windows > 1:
         _combine_kernel[(windows - 1,)](
