@@ -413,7 +413,7 @@ def test_backends_report():
 
 def train_modules(make_model, rule, device, backend, steps=3):
     torch.manual_seed(0)
-    model = make_model().to(device).fuse_update(rule)
+    model = make_model().fuse_update(rule).to(device)  # the state moves, step and hparams not
     fnn_fast.set_backend(backend)
     try:
         dense = torch.optim.SGD([p for n, p in model.named_parameters() if n != "table"], 0.05)

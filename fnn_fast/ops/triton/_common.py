@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import struct
@@ -48,3 +49,10 @@ def adam_step_size(lr: float, beta1: float, beta2: float, step: int) -> float:
     csrc/cpu/row_update.h computes it."""
     lr, beta1, beta2 = float32(lr), float32(beta1), float32(beta2)
     return float32(lr * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step))
+
+
+def on_device(table: torch.Tensor):
+    """Triton launches on the current CUDA device: make it the table's (several GPUs)."""
+    if table.device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.cuda.device(table.device)

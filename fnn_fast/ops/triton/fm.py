@@ -15,7 +15,12 @@ import torch
 import triton
 import triton.language as tl
 
-from fnn_fast.ops.triton._common import check_device, multiprocessors, next_power_of_2
+from fnn_fast.ops.triton._common import (
+    check_device,
+    multiprocessors,
+    next_power_of_2,
+    on_device,
+)
 from fnn_fast.ops.triton.sparse_update import sparse_update
 
 
@@ -102,12 +107,13 @@ def fm_forward(
     if batch == 0:
         return logits
     block_b, block_s, block_d = lookup_blocks(batch, slots, table.shape[1], table.device)
-    _fm_forward_kernel[(triton.cdiv(batch, block_b),)](
-        table, ids, values if values is not None else table, logits,
-        sums if sums is not None else logits, batch, slots, table.shape[1], table.shape[0],
-        HAS_VALUES=values is not None, STORE_SUMS=sums is not None,
-        BLOCK_B=block_b, BLOCK_S=block_s, BLOCK_D=block_d, num_warps=4,
-    )  # fmt: skip
+    with on_device(table):
+        _fm_forward_kernel[(triton.cdiv(batch, block_b),)](
+            table, ids, values if values is not None else table, logits,
+            sums if sums is not None else logits, batch, slots, table.shape[1], table.shape[0],
+            HAS_VALUES=values is not None, STORE_SUMS=sums is not None,
+            BLOCK_B=block_b, BLOCK_S=block_s, BLOCK_D=block_d, num_warps=4,
+        )  # fmt: skip
     return logits
 
 

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fnn_fast.ops.triton._common import check_device
+from fnn_fast.ops.triton._common import check_device, on_device
 from fnn_fast.ops.triton.fm import lookup_blocks
 from fnn_fast.ops.triton.sparse_update import sparse_update
 
@@ -103,12 +103,13 @@ def fnn_gather(
         field_slots = starts = counts = ids
     block_b, block_f, block_d = lookup_blocks(batch, num_fields, dim, table.device, True)
     grid = (triton.cdiv(batch, block_b), triton.cdiv(num_fields, block_f))
-    _fnn_gather_kernel[grid](
-        table, ids, values if values is not None else table, field_slots, starts, counts, z,
-        batch, slots, num_fields, dim, table.shape[0],
-        HAS_VALUES=values is not None, GROUPED=slot_fields is not None,
-        BLOCK_B=block_b, BLOCK_F=block_f, BLOCK_D=block_d, num_warps=4,
-    )  # fmt: skip
+    with on_device(table):
+        _fnn_gather_kernel[grid](
+            table, ids, values if values is not None else table, field_slots, starts, counts,
+            z, batch, slots, num_fields, dim, table.shape[0],
+            HAS_VALUES=values is not None, GROUPED=slot_fields is not None,
+            BLOCK_B=block_b, BLOCK_F=block_f, BLOCK_D=block_d, num_warps=4,
+        )  # fmt: skip
     return z
 
 

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fnn_fast.ops.triton._common import adam_step_size, next_power_of_2
+from fnn_fast.ops.triton._common import adam_step_size, next_power_of_2, on_device
 
 SGD, ADAGRAD, ROWWISE_ADAGRAD, ADAM = 0, 1, 2, 3
 
@@ -360,18 +360,19 @@ def sparse_update(
     lr, weight_decay, eps, beta1, beta2 = hparams
     step_size = adam_step_size(lr, beta1, beta2, step) if rule == ADAM else 0.0
     scalars = (lr, weight_decay, eps, beta1, beta2, step_size)
-    _window_update_kernel[(windows,)](
-        keys, order, values if values is not None else grad, grad,
-        sums if sums is not None else grad, slot_fields if slot_fields is not None else order,
-        table, state1, state2, partial, partial_c,
-        lookups, slots, dim, num_rows, grad.shape[1] if grad.dim() == 2 else 0, *scalars,
-        FM=fm, HAS_VALUES=values is not None, HAS_SLOT_FIELDS=slot_fields is not None,
-        RULE=rule, WINDOW=window, BLOCK_D=block_d,
-        num_warps=8 if window * block_d >= 2048 else 4,
-    )  # fmt: skip
-    if windows > 1:
-        _combine_kernel[(windows - 1,)](
-            keys, table, state1, state2, partial, partial_c, lookups, dim, num_rows, *scalars,
-            FM=fm, RULE=rule, WINDOW=window, BLOCK_W=min(64, next_power_of_2(windows)),
-            BLOCK_D=block_d, num_warps=1,
+    with on_device(table):
+        _window_update_kernel[(windows,)](
+            keys, order, values if values is not None else grad, grad,
+            sums if sums is not None else grad, slot_fields if slot_fields is not None else order,
+            table, state1, state2, partial, partial_c,
+            lookups, slots, dim, num_rows, grad.shape[1] if grad.dim() == 2 else 0, *scalars,
+            FM=fm, HAS_VALUES=values is not None, HAS_SLOT_FIELDS=slot_fields is not None,
+            RULE=rule, WINDOW=window, BLOCK_D=block_d,
+            num_warps=8 if window * block_d >= 2048 else 4,
         )  # fmt: skip
+        if windows > 1:
+            _combine_kernel[(windows - 1,)](
+                keys, table, state1, state2, partial, partial_c, lookups, dim, num_rows, *scalars,
+                FM=fm, RULE=rule, WINDOW=window, BLOCK_W=min(64, next_power_of_2(windows)),
+                BLOCK_D=block_d, num_warps=1,
+            )  # fmt: skip
