@@ -368,7 +368,7 @@ def sparse_update(
             lookups, slots, dim, num_rows, grad.shape[1] if grad.dim() == 2 else 0, *scalars,
             FM=fm, HAS_VALUES=values is not None, HAS_SLOT_FIELDS=slot_fields is not None,
             RULE=rule, WINDOW=window, BLOCK_D=block_d,
-            num_warps=8 if window * block_d >= 2048 else 4,
+            num_warps=max(1, min(8, window * block_d // 256)),  # 8 elements per thread
         )  # fmt: skip
         if windows > 1:
             _combine_kernel[(windows - 1,)](
