@@ -55,6 +55,16 @@ class _FusedUpdate:
         self.update_step, self.update_hparams = step, hparams
         return self
 
+    def _apply(self, fn, recurse=True):
+        # The step count and the hyperparameters are read by the host to launch the kernels:
+        # kept on the CPU when the module moves to a GPU, reading them costs no device sync.
+        host = self.update_step, self.update_hparams
+        self.update_step = self.update_hparams = None
+        try:
+            return super()._apply(fn, recurse)
+        finally:
+            self.update_step, self.update_hparams = host
+
     def _fused_args(self):
         if self.row_update is None:
             return None

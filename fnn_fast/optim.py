@@ -65,7 +65,8 @@ class SparseRowOptimizer(torch.optim.Optimizer):
     @staticmethod
     def _as_rows(t: torch.Tensor) -> torch.Tensor:
         """A [rows, width] view: a table keeps its rows, anything smaller is one row."""
-        return t.view(t.shape[0], -1) if t.dim() >= 2 else t.view(1, -1)
+        # An explicit width: -1 is ambiguous for the empty gradient of an empty batch.
+        return t.view(t.shape[0], math.prod(t.shape[1:])) if t.dim() >= 2 else t.view(1, -1)
 
     def _state_for(self, p: torch.Tensor, group: dict) -> dict:
         state = self.state[p]

@@ -1,6 +1,14 @@
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without a GPU the Triton kernels run on CPU tensors through Triton's interpreter. Triton picks
+# compiled or interpreted when a kernel is defined, so this must precede any import of
+# fnn_fast.ops.triton; it changes nothing else (no other code here runs Triton on the CPU).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 

@@ -1,7 +1,10 @@
 """fnn_fast ops: one public function per op, several implementations behind it.
 
-The reference (pure PyTorch) always works; the native C++ kernels (fnn_fast._C) are used where
-they apply. ``FNN_FAST_BACKEND=reference`` or :func:`set_backend` forces the reference.
+The reference (pure PyTorch) always works. CPU tensors run on the native C++ kernels
+(fnn_fast._C) where they apply; CUDA tensors on the GPU kernels, CUDA C++ (``fnn_fast.ops.cuda``)
+or Triton (``fnn_fast.ops.triton``). ``FNN_FAST_BACKEND`` or :func:`set_backend` chooses:
+'reference' forces the reference everywhere, 'native' requires the C++ CPU kernels, 'cuda' or
+'triton' picks the kernels for CUDA tensors (CPU tensors then run as under 'auto').
 """
 
 from __future__ import annotations
@@ -13,29 +16,39 @@ import torch
 
 from fnn_fast.ops import native, reference
 
-_BACKENDS = ("auto", "reference", "native")
+_BACKENDS = ("auto", "reference", "native", *native.GPU_BACKENDS)
 _forced = os.environ.get("FNN_FAST_BACKEND", "auto")
 if _forced not in _BACKENDS:
     raise ValueError(f"FNN_FAST_BACKEND={_forced!r}; choose one of {', '.join(_BACKENDS)}")
+# Checked when a CUDA tensor first needs it: importing fnn_fast never imports triton.
+native.set_gpu_backend(_forced if _forced in native.GPU_BACKENDS else "auto", check=False)
 
 
 def set_backend(name: str) -> None:
-    """Choose the backend: 'auto' (fastest available), 'reference' or 'native'."""
+    """Choose the backend: 'auto' (fastest available), 'reference', 'native' (C++ CPU kernels),
+    or 'cuda' / 'triton' (the kernels for CUDA tensors)."""
     global _forced
     if name not in _BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(_BACKENDS)}")
     if name == "native" and not native.available():
         raise RuntimeError(f"native backend unavailable: {native.IMPORT_ERROR}")
+    native.set_gpu_backend(name if name in native.GPU_BACKENDS else "auto")
     _forced = name
 
 
 def backends() -> dict:
-    """Which backends exist here and which one runs."""
+    """Which backends exist here and which ones run: ``active`` for CPU tensors,
+    ``cuda_tensors`` for CUDA tensors ('reference' where no GPU kernels can run them)."""
+    gpu = {name: native.gpu_module(name) for name in native.GPU_BACKENDS}
     return {
-        "available": ["reference"] + (["native"] if native.available() else []),
+        "available": ["reference"]
+        + (["native"] if native.available() else [])
+        + [name for name, (module, _) in gpu.items() if module is not None],
         "selected": _forced,
         "active": "native" if _use_native() else "reference",
+        "cuda_tensors": (_forced != "reference" and native.gpu_backend()) or "reference",
         "native_error": native.IMPORT_ERROR,
+        "gpu_errors": {name: reason for name, (_, reason) in gpu.items()},
     }
 
 
@@ -72,9 +85,18 @@ class FusedArgs(NamedTuple):
     kind: str
 
 
+def _fused_kernels_apply(table) -> bool:
+    if _forced == "reference" or table.dtype != torch.float32:
+        return False
+    if table.device.type == "cpu":
+        return native.available()
+    return table.device.type == "cuda" and native.gpu_backend() is not None
+
+
 def _native_inputs(table, ids, values):
-    """Contiguous int64 ids and float32 values; None when the native kernels do not apply."""
-    if not _use_native() or table.device.type != "cpu" or table.dtype != torch.float32:
+    """Contiguous int64 ids and float32 values; None when no fused kernels apply (then the
+    reference runs)."""
+    if not _fused_kernels_apply(table):
         return None
     ids = ids.to(torch.int64).contiguous()
     if values is not None:

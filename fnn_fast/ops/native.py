@@ -1,8 +1,10 @@
-"""The native CPU kernels of fnn_fast._C as PyTorch custom ops.
+"""The fused kernels as PyTorch custom ops: the C++ CPU kernels of fnn_fast._C for CPU tensors,
+and for CUDA tensors the GPU kernels of ``fnn_fast.ops.cuda`` (CUDA C++) or
+``fnn_fast.ops.triton`` (Triton), whichever :func:`set_gpu_backend` chose.
 
 Each op is registered with ``torch.library`` (a fake implementation for tracing, and autograd
 where it has a backward), so ``torch.compile(fullgraph=True)`` and ``opcheck`` work through them.
-Every check happens here, before a raw address crosses into C++.
+Every check happens here, before a raw address crosses into a kernel.
 
 The training ops fuse the optimizer into backward, following FBGEMM: the forward op takes the
 table *and its optimizer state*; its backward calls an op declared as mutating them, which
@@ -12,7 +14,10 @@ table's ``.grad`` stays None: no gradient the size of the table, nor of the batc
 
 from __future__ import annotations
 
+import importlib
+import os
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from torch import Tensor
@@ -37,8 +42,11 @@ def available() -> bool:
 
 def check_inputs(table: Tensor, ids: Tensor, values: Tensor | None) -> None:
     """What the kernels assume; ids must already be range-checked (see ops.check_ids)."""
-    if table.device.type != "cpu" or ids.device.type != "cpu":
-        raise ValueError("the native CPU kernels need CPU tensors")
+    if table.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"the fused kernels need CPU or CUDA tensors, got {table.device}")
+    for name, tensor in (("ids", ids), ("values", values)):
+        if tensor is not None and tensor.device != table.device:
+            raise ValueError(f"{name} is on {tensor.device} but the table on {table.device}")
     if table.dtype != torch.float32 or table.dim() != 2 or not table.is_contiguous():
         raise ValueError(
             f"table must be a contiguous float32 [rows, 1 + K] tensor, got {table.dtype} "
@@ -263,3 +271,132 @@ def _gather_backward(ctx, grad_z):
 
 
 fnn_gather_train.register_autograd(_gather_backward, setup_context=_gather_setup_context)
+
+
+# --- CUDA tensors ------------------------------------------------------------------------------
+# The same ops, for CUDA tensors, call one of two modules with one interface (plain functions;
+# see fnn_fast/ops/triton/__init__.py): CUDA C++ kernels or Triton ones.
+
+GPU_BACKENDS = ("cuda", "triton")  # "auto" takes the first that can run
+_gpu_modules: dict[str, tuple[ModuleType | None, str | None]] = {}
+_gpu_choice = "auto"
+
+# An id range check costs a device-to-host sync per forward. The kernels never touch memory
+# outside the table whatever the ids (a bad id adds nothing), so FNN_FAST_GPU_BOUNDS_CHECK=0
+# trades the clear error for that sync; ops.check_ids (eager modules) still checks.
+GPU_BOUNDS_CHECK = os.environ.get("FNN_FAST_GPU_BOUNDS_CHECK", "1") != "0"
+
+
+def gpu_module(name: str) -> tuple[ModuleType | None, str | None]:
+    """(module, None) when the GPU backend ``name`` can run CUDA tensors here, else
+    (None, why not). Imported on first use: neither triton nor the CUDA build is needed to
+    import fnn_fast."""
+    if name not in GPU_BACKENDS:
+        raise ValueError(f"unknown GPU backend {name!r}; choose one of {', '.join(GPU_BACKENDS)}")
+    if name not in _gpu_modules:
+        try:
+            module = importlib.import_module(f"fnn_fast.ops.{name}")
+        except ImportError as error:
+            _gpu_modules[name] = (None, f"fnn_fast.ops.{name} cannot be imported: {error}")
+        else:
+            if not torch.cuda.is_available():
+                reason = "no CUDA device"
+            else:
+                reason = None if module.available() else module.UNAVAILABLE_REASON or "unavailable"
+            _gpu_modules[name] = (None if reason else module, reason)
+    return _gpu_modules[name]
+
+
+def set_gpu_backend(name: str, check: bool = True) -> None:
+    """Which kernels run CUDA tensors: 'auto' (CUDA C++ if built, else Triton), 'cuda' or
+    'triton'. With ``check``, a backend that cannot run here raises at once."""
+    global _gpu_choice
+    if name != "auto":
+        module, reason = gpu_module(name)
+        if check and module is None:
+            raise RuntimeError(f"{name} backend unavailable: {reason}")
+    _gpu_choice = name
+
+
+def gpu_backend() -> str | None:
+    """The backend that runs CUDA tensors, None when none can."""
+    if _gpu_choice != "auto":
+        return _gpu_choice if gpu_module(_gpu_choice)[0] is not None else None
+    return next((name for name in GPU_BACKENDS if gpu_module(name)[0] is not None), None)
+
+
+def _gpu() -> ModuleType:
+    name = gpu_backend()
+    if name is None:
+        names = GPU_BACKENDS if _gpu_choice == "auto" else (_gpu_choice,)
+        reasons = "; ".join(f"{n}: {gpu_module(n)[1]}" for n in names)
+        raise RuntimeError(f"no GPU kernels can run CUDA tensors here ({reasons})")
+    return _gpu_modules[name][0]
+
+
+def _check_gpu_bounds(ids: Tensor, num_rows: int) -> None:
+    if GPU_BOUNDS_CHECK:
+        _check_bounds(ids, num_rows)
+
+
+def _check_states(table: Tensor, *states: Tensor) -> None:
+    for state in states:
+        if state.numel() and state.device != table.device:
+            raise ValueError(
+                f"optimizer state on {state.device} but the table on {table.device}: move the "
+                "module after fuse_update, or call fuse_update again"
+            )
+
+
+def _gpu_fm_scores(table, ids, values):
+    _check_gpu_bounds(ids, table.shape[0])
+    return _gpu().fm_forward(table, ids, values, None)
+
+
+def _gpu_fm_train_forward(table, ids, values, state1, state2, step, hparams, rule):
+    _check_gpu_bounds(ids, table.shape[0])
+    _check_states(table, state1, state2)
+    sums = torch.empty(ids.shape[0], table.shape[1] - 1, dtype=torch.float32, device=table.device)
+    return _gpu().fm_forward(table, ids, values, sums), sums
+
+
+def _gpu_fm_backward_update(
+    table, ids, values, sums, grad_logits, state1, state2, step, hparams, rule
+):  # fmt: skip
+    step.add_(1)  # step and hparams normally live on the CPU (FM/FNN keep them there): no sync
+    if ids.numel():
+        _gpu().fm_backward_update(
+            table, ids, values, sums, grad_logits.to(torch.float32).contiguous(), state1,
+            state2, _hyper(hparams), rule, int(step),
+        )  # fmt: skip
+
+
+def _gpu_fnn_gather(table, ids, values, slot_fields, num_fields):
+    _check_gpu_bounds(ids, table.shape[0])
+    return _gpu().fnn_gather(table, ids, values, slot_fields, num_fields)
+
+
+def _gpu_fnn_gather_train(
+    table, ids, values, slot_fields, num_fields, state1, state2, step, hparams, rule
+):  # fmt: skip
+    _check_states(table, state1, state2)
+    return _gpu_fnn_gather(table, ids, values, slot_fields, num_fields)
+
+
+def _gpu_fnn_gather_backward_update(
+    table, ids, values, slot_fields, num_fields, grad_z, state1, state2, step, hparams, rule
+):  # fmt: skip
+    step.add_(1)
+    if ids.numel():
+        _gpu().fnn_gather_backward_update(
+            table, ids, values, slot_fields, num_fields, grad_z.to(torch.float32).contiguous(),
+            state1, state2, _hyper(hparams), rule, int(step),
+        )  # fmt: skip
+
+
+fm_scores.register_kernel("cuda")(_gpu_fm_scores)
+fm_train_forward.register_kernel("cuda")(_gpu_fm_train_forward)
+fm_backward_update.register_kernel("cuda")(_gpu_fm_backward_update)
+fnn_gather.register_kernel("cuda")(_gpu_fnn_gather)
+fnn_gather_train.register_kernel("cuda")(_gpu_fnn_gather_train)
+fnn_gather_backward_update.register_kernel("cuda")(_gpu_fnn_gather_backward_update)
