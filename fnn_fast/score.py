@@ -49,6 +49,7 @@ from fnn_fast.data.parts import (
     plan_parts,
 )
 from fnn_fast.data.tokens import NumericKeys, TokenKeys
+from fnn_fast.ops import check_ids
 from fnn_fast.saved import SavedModel, load_model
 from fnn_fast.train import Split, predict_probabilities
 
@@ -108,6 +109,8 @@ class Scorer:
     def _logits(self, ids: torch.Tensor, values: torch.Tensor | None) -> torch.Tensor:
         if self.device.type == "cpu":
             return self.model(ids, values)
+        # checked here, on the host: a captured graph cannot check (nor sync) on the device
+        check_ids(ids, self.model.num_features, getattr(self.model, "slot_names", None))
         ids = ids.pin_memory().to(self.device, non_blocking=True)
         if values is not None:
             values = values.pin_memory().to(self.device, non_blocking=True)

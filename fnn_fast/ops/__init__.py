@@ -56,14 +56,19 @@ def _use_native() -> bool:
     return _forced != "reference" and native.available()
 
 
+def _capturing(ids: torch.Tensor) -> bool:
+    """Inside CUDA graph capture no host sync may happen (the scorer checks ids beforehand)."""
+    return ids.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def check_ids(ids: torch.Tensor, num_features: int, slot_names=None) -> None:
     """Raise a clear error for ids outside [0, num_features), naming the offending field."""
     if ids.dim() != 2:
         raise ValueError(f"ids must be an int tensor [batch, fields], got shape {tuple(ids.shape)}")
     if ids.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"ids must be int32 or int64, got {ids.dtype}")
-    if ids.numel() == 0 or torch.compiler.is_compiling():
-        return  # under torch.compile the kernels check bounds themselves
+    if ids.numel() == 0 or torch.compiler.is_compiling() or _capturing(ids):
+        return  # under torch.compile the kernels check bounds; a CUDA graph's caller checks
     low, high = (int(v) for v in ids.aminmax())  # one pass; locate the culprit only on error
     if low < 0 or high >= num_features:
         bad = (ids < 0) | (ids >= num_features)

@@ -335,7 +335,7 @@ def _gpu() -> ModuleType:
 
 
 def _check_gpu_bounds(ids: Tensor, num_rows: int) -> None:
-    if GPU_BOUNDS_CHECK:
+    if GPU_BOUNDS_CHECK and not (ids.is_cuda and torch.cuda.is_current_stream_capturing()):
         _check_bounds(ids, num_rows)
 
 
