@@ -137,14 +137,14 @@ def _quick(device: str) -> list[Case]:
     sweep = [replace(base, batch=512), replace(base, batch=16384), replace(base, rows=100_000)]
     cases += _op_cases(sweep, ("fm_train_step",))
     cases += _model_cases([base])
-    cases += _quality_cases(replace(base, batch=1024), QualitySpec(20_000, 10_000, 1))
+    cases += _quality_cases(replace(base, batch=1024), QualitySpec(20_000, 10_000, 2))
     return cases
 
 
 def _full(device: str) -> list[Case]:
     base = Shape("criteo", factors=10, rows=1_000_000, batch=4096)
     tables = [100_000, 10_000_000] + ([100_000_000] if device == "cuda" else [])
-    batch_sweep = [replace(base, batch=b) for b in (512, 65536)]
+    batch_sweep = [replace(base, batch=b) for b in (512, 16384, 65536)]
     table_sweep = [replace(base, rows=r) for r in tables]
     variants = [
         replace(base, dataset="avazu"),
@@ -164,7 +164,8 @@ def _cpu_kernels(device: str) -> list[Case]:
     cases = []
     for rows in (1_000_000, 10_000_000):
         shape = Shape("criteo", factors=10, rows=rows, batch=4096, ids="zipf-clipped")
-        cases += [Case(op, shape, pool=1) for op in ("fm_train_step", "fnn_score", "fnn_train")]
+        ops = ("fm_forward", "fm_train_step", "fnn_score", "fnn_train")
+        cases += [Case(op, shape, pool=1) for op in ops]
     return cases
 
 
@@ -190,8 +191,9 @@ PRESETS = {
         ),
         Preset(
             "cpu-kernels",
-            "the CPU-kernel comparison of RESULTS.md (2026-11-28): FM train step native vs "
-            "FBGEMM vs reference vs the gather bound, FNN scoring and training vs the bare MLP, "
+            "the CPU-kernel comparison of RESULTS.md (2026-11-28): FM forward and train step "
+            "native vs FBGEMM vs reference vs the gather bound, FNN scoring and training vs the "
+            "bare MLP, "
             "Criteo-like, tables 1e6 and 1e7, one batch of zipf-clipped ids",
             _cpu_kernels,
             Timing(min_repeats=10, min_time=1.0, max_time=10.0, warmup=1),
