@@ -26,6 +26,7 @@ path would cost).
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -352,6 +353,20 @@ def _compile(fn: Callable) -> Callable:
     return _compiled[fn]
 
 
+@contextmanager
+def _quiet_compiler():
+    """The compiler logs its own tracebacks as warnings when it fails; the record says why."""
+    loggers = [logging.getLogger(f"torch.{n}") for n in ("_functorch", "_dynamo", "_inductor")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def _fm_loss(table, w0, ids, labels):
     return _bce(reference.fm_forward(table, w0, ids, None, True), labels)
 
@@ -377,7 +392,8 @@ class CompiledReference(Contender):
         if case.op in _compile_failures:
             raise SkipCase(_compile_failures[case.op])
         try:
-            step()
+            with _quiet_compiler():
+                step()
         except Exception as error:  # noqa: BLE001 - any compiler failure is a reason to skip
             first = (str(error).strip().splitlines() or [""])[0][:160]
             reason = f"torch.compile cannot run it: {type(error).__name__}: {first}"

@@ -58,9 +58,15 @@ def format_table(result: BenchResult) -> str:
         "",
         _row(HEADER),
     ]
+    # A contender skipped everywhere for one reason is named once, not on every case.
+    reasons: dict[str, set] = defaultdict(set)
+    for r in result.records:
+        reasons[r["backend"]].add(r["reason"] if r["status"] == "skipped" else None)
+    not_run = {b: next(iter(rs)) for b, rs in reasons.items() if len(rs) == 1 and None not in rs}
     by_case: dict[str, list[dict]] = defaultdict(list)
     for r in result.records:
-        by_case[r["case"]].append(r)
+        if r["backend"] not in not_run:
+            by_case[r["case"]].append(r)
     for case, records in by_case.items():
         lines.append(case)
         lines += [_row(_cells(r)) for r in records]
@@ -69,6 +75,8 @@ def format_table(result: BenchResult) -> str:
             lines.append(_row(["(Bayes-optimal)", "", "", "", "", f"{bayes:.4f}", ""]))
     skipped = sum(r["status"] == "skipped" for r in result.records)
     errors = sum(r["status"] == "error" for r in result.records)
+    if not_run:
+        lines += ["", "not run:"] + [f"  {b}: {reason}" for b, reason in not_run.items()]
     lines += [
         "",
         f"{len(result.records)} records ({skipped} skipped, {errors} errors) in "

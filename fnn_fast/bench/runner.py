@@ -3,6 +3,8 @@
 A record is a plain dict (the JSON schema, see RECORD_FIELDS): ``status`` is ``ok``,
 ``skipped`` (with the ``reason``: not installed, wrong device, a case it cannot express, not
 enough memory, left out of the preset) or ``error`` (the exception; the run goes on).
+``median_s`` is the median step, ``seconds`` a quality run's training time, ``wall_s`` all the
+time a record took (batches, setup, warmup and timed calls, or training and scoring).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ RECORD_FIELDS = (
     "case", "level", "op", "dataset", "fields", "factors", "rows", "batch", "ids", "rule",
     "device", "backend", "kind", "optimizer", "status", "reason", "samples_per_s", "median_s",
     "repeats", "bytes", "gb_per_s", "speedup", "auc", "logloss", "bayes_auc", "epochs", "seconds",
+    "wall_s",
 )  # fmt: skip
 MAX_REPEATS = 1000
 MEMORY_HEADROOM = 0.8  # skip a contender whose tables would need more of the free memory
@@ -224,8 +227,10 @@ def run(
             if reason is not None:
                 record.update(status="skipped", reason=reason)
             else:
+                started_case = time.perf_counter()
                 data = workspace.data_for(case)
                 record.update(_run_one(contender, case, data, preset.timing, device, log))
+                record["wall_s"] = time.perf_counter() - started_case
             result.records.append(record)
             log(_progress_line(record))
     _add_speedups(result.records)
