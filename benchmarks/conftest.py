@@ -1,43 +1,98 @@
-"""Shared benchmark inputs: Criteo-like shapes (F = 39, K = 10, batch 4096) with Zipf ids.
+"""pytest-benchmark over the cases of ``fnn-fast bench`` (fnn_fast/bench): one benchmark per
+case and contender of a preset, the same setup as the command, timed by pytest-benchmark.
 
-Each benchmark records samples/s in extra_info; `--benchmark-json` keeps them.
+    pytest benchmarks/ --bench-preset quick [--bench-device cpu] [--bench-backends native,fbgemm]
+        [--benchmark-json out.json]
+
+extra_info holds the record fields of ``fnn-fast bench --json`` (samples_per_s, gb_per_s, auc).
 """
 
-import numpy as np
 import pytest
 import torch
 
-FIELDS, FACTORS, BATCH = 39, 10, 4096
+from fnn_fast.bench.cases import PRESETS
+from fnn_fast.bench.contenders import SkipCase
+from fnn_fast.bench.runner import (
+    Workspace,
+    bytes_moved,
+    chosen_contenders,
+    device_sync,
+    skip_reason,
+)
 
 
-def zipf_ids(num_rows: int, batch: int, fields: int, exponent: float = 1.1, seed: int = 0):
-    """Ids [batch, fields] whose popularity follows a Zipf law, hot ids spread over the table."""
-    rng = np.random.default_rng(seed)
-    ranks = rng.zipf(exponent, size=(batch, fields)) - 1
-    permutation = rng.permutation(num_rows)
-    return torch.from_numpy(permutation[np.minimum(ranks, num_rows - 1)])
+def pytest_addoption(parser):
+    group = parser.getgroup("fnn-fast bench")
+    group.addoption("--bench-preset", default="quick", choices=sorted(PRESETS))
+    group.addoption("--bench-device", choices=("cpu", "cuda"), help="default: cuda if available")
+    group.addoption("--bench-backends", help="comma-separated contenders (default: the preset's)")
 
 
-@pytest.fixture(scope="session", params=[1_000_000, 10_000_000], ids=lambda n: f"rows={n:.0e}")
-def table_rows(request):
-    return request.param
+def _settings(config):
+    preset = PRESETS[config.getoption("--bench-preset")]
+    device = config.getoption("--bench-device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    named = [n for n in (config.getoption("--bench-backends") or "").split(",") if n]
+    return preset, device, named or None
+
+
+def pytest_generate_tests(metafunc):
+    """Parametrize ``bench_case`` with (case, contender) pairs of the module's LEVEL."""
+    if "bench_case" not in metafunc.fixturenames:
+        return
+    preset, device, named = _settings(metafunc.config)
+    contenders = chosen_contenders(preset, named)
+    pairs = [
+        (case, contender)
+        for case in preset.cases(device)
+        if case.level == metafunc.module.LEVEL
+        for contender in contenders
+        if contender.supports(case)
+    ]
+    metafunc.parametrize("bench_case", pairs, ids=[f"{c.name}[{k.name}]" for c, k in pairs])
 
 
 @pytest.fixture(scope="session")
-def criteo_batch(table_rows):
-    torch.manual_seed(0)
-    ids = zipf_ids(table_rows, BATCH, FIELDS)
-    labels = torch.randint(0, 2, (BATCH,)).float()
-    return table_rows, ids, labels
+def bench_settings(pytestconfig):
+    preset, device, named = _settings(pytestconfig)
+    return preset, device, named, Workspace(device)
 
 
 @pytest.fixture
-def measure(benchmark):
-    """benchmark(fn) that also records samples/s (BATCH per call) from the median time."""
+def bench_prepare(bench_case, bench_settings):
+    """(case, contender, data, device) after skipping what cannot run here."""
+    case, contender = bench_case
+    preset, device, named, workspace = bench_settings
+    reason = skip_reason(contender, case, preset, device, named=bool(named))
+    if reason:
+        pytest.skip(reason)
+    return case, contender, workspace.data_for(case), device
 
-    def run(fn, *args):
-        result = benchmark(fn, *args)
-        benchmark.extra_info["samples_per_s"] = BATCH / benchmark.stats.stats.median
-        return result
 
-    return run
+def time_case(benchmark, prepared) -> dict:
+    """Time the contender's step on the case with pytest-benchmark; record samples/s (and GB/s)
+    in extra_info, which it returns. A forward's or scoring's output must be finite."""
+    case, contender, data, device = prepared
+    sync = device_sync(device)
+    with contender.active():
+        try:
+            step = contender.setup(case, data)
+        except SkipCase as skip:
+            pytest.skip(str(skip))
+
+        def timed():
+            out = step()
+            sync()
+            return out
+
+        out = benchmark(timed)
+    if isinstance(out, torch.Tensor):  # forward ops, scoring, the gather bound
+        assert out.numel() and bool(torch.isfinite(out).all())
+    benchmark.extra_info.update(case=case.name, backend=contender.name, kind=contender.kind)
+    if not benchmark.disabled:  # --benchmark-disable: one untimed call, nothing to record
+        median = benchmark.stats.stats.median
+        moved = bytes_moved(case, contender, data)
+        benchmark.extra_info.update(
+            samples_per_s=case.shape.batch / median,
+            gb_per_s=None if moved is None else moved / median / 1e9,
+        )
+    return benchmark.extra_info

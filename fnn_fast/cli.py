@@ -1,4 +1,4 @@
-"""The ``fnn-fast`` command: train | evaluate | score | demo."""
+"""The ``fnn-fast`` command: train | evaluate | score | demo | bench."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fnn_fast.bench import command as bench_command
 from fnn_fast.data import DataError, FeatureEncoder, ParsedRows, Schema, load_rows
 from fnn_fast.saved import save_run
 from fnn_fast.train import Split, TrainConfig, train_two_stage
@@ -436,6 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="time the ops and models: backends, peers, AUC; table, JSON")
+    bench_command.add_arguments(p)
+    p.set_defaults(func=bench_command.run)
     return parser
 
 

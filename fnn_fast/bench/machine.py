@@ -1,0 +1,83 @@
+"""The machine a run was measured on: processor, cores, memory, GPU, versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+_PACKAGES = ("fnn-fast", "torch", "numpy", "triton", "torchfm", "fbgemm-gpu-cpu", "fbgemm-gpu")
+
+
+def _meminfo(key: str) -> int | None:
+    """A /proc/meminfo entry in bytes (Linux), else None."""
+    path = Path("/proc/meminfo")
+    if not path.exists():
+        return None
+    for line in path.read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def _cpu_model() -> str:
+    path = Path("/proc/cpuinfo")
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def available_memory(device: str) -> int | None:
+    """Bytes free for a new table on the device, or None when unknown."""
+    if device == "cuda":
+        return torch.cuda.mem_get_info()[0]
+    return _meminfo("MemAvailable")
+
+
+def machine_info(device: str) -> dict:
+    import fnn_fast
+
+    versions = {"python": sys.version.split()[0]}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    if torch.version.cuda:
+        versions["cuda"] = torch.version.cuda
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        usable = os.cpu_count()
+    info = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "torch_threads": torch.get_num_threads(),
+        "memory_gb": round((_meminfo("MemTotal") or 0) / 2**30, 1) or None,
+        "platform": platform.platform(),
+        "device": device,
+        "gpu": None,
+        "versions": versions,
+        "fnn_fast_backends": fnn_fast.backends(),
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info["gpu"] = {"name": props.name, "memory_gb": round(props.total_memory / 2**30, 1)}
+    return info
+
+
+def describe(info: dict) -> str:
+    """One line: processor, cores, memory, GPU, torch."""
+    gpu = info["gpu"]["name"] if info["gpu"] else "no GPU"
+    return (
+        f"{info['cpu']}, {info['usable_cores']} cores ({info['torch_threads']} torch threads), "
+        f"{info['memory_gb']} GB, {gpu}; torch {info['versions'].get('torch')}, "
+        f"Python {info['versions']['python']}"
+    )

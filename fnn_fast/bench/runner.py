@@ -1,0 +1,271 @@
+"""The runner: each contender on each case, timed the same way, one record per measurement.
+
+A record is a plain dict (the JSON schema, see RECORD_FIELDS): ``status`` is ``ok``,
+``skipped`` (with the ``reason``: not installed, wrong device, a case it cannot express, not
+enough memory, left out of the preset) or ``error`` (the exception; the run goes on).
+``median_s`` is the median step, ``seconds`` a quality run's training time, ``wall_s`` all the
+time a record took (batches, setup, warmup and timed calls, or training and scoring).
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from fnmatch import fnmatch
+
+import torch
+
+from fnn_fast.bench.cases import Case, Preset, Timing
+from fnn_fast.bench.contenders import CONTENDER_NAMES, Contender, SkipCase, all_contenders
+from fnn_fast.bench.machine import available_memory, machine_info
+from fnn_fast.bench.shapes import CaseData
+from fnn_fast.bench.traffic import op_bytes
+
+SCHEMA = "fnn-fast-bench/1"
+RECORD_FIELDS = (
+    "case", "level", "op", "dataset", "fields", "factors", "rows", "batch", "ids", "rule",
+    "device", "backend", "kind", "optimizer", "status", "reason", "samples_per_s", "median_s",
+    "repeats", "bytes", "gb_per_s", "speedup", "auc", "logloss", "bayes_auc", "epochs", "seconds",
+    "wall_s",
+)  # fmt: skip
+MAX_REPEATS = 1000
+MEMORY_HEADROOM = 0.8  # skip a contender whose tables would need more of the free memory
+
+
+@dataclass
+class BenchResult:
+    preset: str
+    device: str
+    command: str
+    started: str
+    machine: dict
+    records: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def errors(self) -> list[dict]:
+        return [r for r in self.records if r["status"] == "error"]
+
+    def to_json(self) -> dict:
+        from fnn_fast.bench import traffic
+
+        return {
+            "schema": SCHEMA,
+            "command": self.command,
+            "preset": self.preset,
+            "device": self.device,
+            "date": self.started,
+            "seconds": round(self.seconds, 1),
+            "machine": self.machine,
+            "byte_model": traffic.__doc__.strip(),
+            "records": self.records,
+        }
+
+
+def measure(step: Callable[[], object], timing: Timing, sync: Callable[[], None]):
+    """(median seconds per call, timed calls): warmup calls, then calls until both minimums
+    are met, the budget would be overrun, or MAX_REPEATS."""
+    for _ in range(timing.warmup):
+        started = time.perf_counter()
+        step()
+        sync()
+        if time.perf_counter() - started > timing.max_time:
+            break  # a call slower than the whole budget: one warmup is enough
+    times: list[float] = []
+    total = 0.0
+    while len(times) < MAX_REPEATS:
+        started = time.perf_counter()
+        step()
+        sync()
+        elapsed = time.perf_counter() - started
+        times.append(elapsed)
+        total += elapsed
+        if len(times) >= timing.min_repeats and total >= timing.min_time:
+            break
+        if total + elapsed > timing.max_time:
+            break
+    return statistics.median(times), len(times)
+
+
+def select_cases(cases: Iterable[Case], patterns: list[str] | None) -> list[Case]:
+    """Cases whose name contains a pattern (or matches it, with * or ?); all when None."""
+    if not patterns:
+        return list(cases)
+
+    def matches(name: str, pattern: str) -> bool:
+        return fnmatch(name, pattern) if any(c in pattern for c in "*?[") else pattern in name
+
+    return [c for c in cases if any(matches(c.name, p) for p in patterns)]
+
+
+def _base_record(case: Case, contender: Contender, device: str) -> dict:
+    s = case.shape
+    record = dict.fromkeys(RECORD_FIELDS)
+    record.update(
+        case=case.name, level=case.level, op=case.op, dataset=s.dataset, fields=s.fields,
+        factors=s.factors, rows=s.rows, batch=s.batch, ids=s.ids, rule=case.rule, device=device,
+        backend=contender.name, kind=contender.kind, optimizer=contender.optimizer(case),
+    )  # fmt: skip
+    if case.quality is not None:
+        record.update(ids="planted", epochs=case.quality.epochs, rows=None)
+    return record
+
+
+def _add_speedups(records: list[dict]) -> None:
+    """Each ok record's samples/s over the eager reference's in the same case."""
+    reference = {
+        r["case"]: r["samples_per_s"]
+        for r in records
+        if r["backend"] == "reference" and r["status"] == "ok"
+    }
+    for r in records:
+        if r["status"] == "ok" and reference.get(r["case"]):
+            r["speedup"] = r["samples_per_s"] / reference[r["case"]]
+
+
+def _progress_line(r: dict) -> str:
+    if r["status"] != "ok":
+        return f"{r['case']}  {r['backend']}: {r['status']}: {r['reason']}"
+    auc = f", AUC {r['auc']:.4f}" if r["auc"] is not None else ""
+    return f"{r['case']}  {r['backend']}: {r['samples_per_s']:,.0f} samples/s{auc}"
+
+
+class Workspace:
+    """The data a case runs on, kept while consecutive cases share it: the batches of a shape
+    (op and model cases) or the planted splits (quality cases)."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self._key, self._data = None, None
+
+    def data_for(self, case: Case):
+        if case.level == "quality":
+            key = ("planted", case.quality, case.shape.fields)
+        else:
+            key = (case.shape, case.pool)
+        if key != self._key:
+            self._key, self._data = None, None  # free the previous data first
+            if case.level == "quality":
+                from fnn_fast.bench.quality import planted_data
+
+                self._data = planted_data(case.quality, case.shape.fields)
+            else:
+                self._data = CaseData(case.shape, case.pool, self.device)
+            self._key = key
+        return self._data
+
+
+def skip_reason(
+    contender: Contender, case: Case, preset: Preset, device: str, named: bool = False
+) -> str | None:
+    """Why this contender does not run this case here (None: it runs). ``named``: the user
+    asked for it, so a preset's leaving it out does not apply."""
+    left_out = None if named else preset.left_out.get(contender.name)
+    reason = left_out or contender.unavailable(device) or contender.why_not(case)
+    if reason is None and case.level != "quality":
+        free = available_memory(device)
+        needed = contender.memory_bytes(case)
+        if free is not None and needed > MEMORY_HEADROOM * free:
+            reason = f"needs about {needed / 2**30:.1f} GB, {free / 2**30:.1f} GB free"
+    return reason
+
+
+def bytes_moved(case: Case, contender: Contender, data: CaseData) -> int | None:
+    """What the op must move per step (fnn_fast.bench.traffic); None above op level."""
+    if case.level != "op":
+        return None
+    s = case.shape
+    op = "index_select" if contender.name == "index_select" else case.op
+    return op_bytes(op, s.batch, s.fields, s.dim, data.distinct_rows, case.rule)
+
+
+def chosen_contenders(preset: Preset, backends: list[str] | None) -> list[Contender]:
+    """Those named in backends (any the preset has, when None)."""
+    if backends:
+        unknown = sorted(set(backends) - set(CONTENDER_NAMES))
+        if unknown:
+            raise ValueError(f"unknown backend(s) {unknown}; choose from {list(CONTENDER_NAMES)}")
+        return [c for c in all_contenders() if c.name in backends]
+    return [c for c in all_contenders() if preset.only is None or c.name in preset.only]
+
+
+def device_sync(device: str) -> Callable[[], None]:
+    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+
+def run(
+    preset: Preset,
+    device: str = "cpu",
+    backends: list[str] | None = None,
+    case_patterns: list[str] | None = None,
+    command: str = "",
+    log: Callable[[str], None] | None = None,
+) -> BenchResult:
+    """Run the preset's cases (those matching case_patterns) with every contender that can do
+    them (those named in backends, when given)."""
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    contenders = chosen_contenders(preset, backends)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: CUDA is not available here")
+    started = time.perf_counter()
+    result = BenchResult(
+        preset.name, device, command,
+        datetime.now(timezone.utc).isoformat(timespec="seconds"), machine_info(device),
+    )  # fmt: skip
+    workspace = Workspace(device)
+    for case in select_cases(preset.cases(device), case_patterns):
+        for contender in contenders:
+            if not contender.supports(case):
+                continue
+            record = _base_record(case, contender, device)
+            reason = skip_reason(contender, case, preset, device, named=bool(backends))
+            if reason is not None:
+                record.update(status="skipped", reason=reason)
+            else:
+                started_case = time.perf_counter()
+                data = workspace.data_for(case)
+                record.update(_run_one(contender, case, data, preset.timing, device, log))
+                record["wall_s"] = time.perf_counter() - started_case
+            result.records.append(record)
+            log(_progress_line(record))
+    _add_speedups(result.records)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _run_one(contender, case, data, timing, device, log) -> dict:
+    sync = device_sync(device)
+    step = None
+    try:
+        with contender.active():
+            if case.level == "quality":
+                from fnn_fast.bench.quality import train_and_test
+
+                return {"status": "ok", **train_and_test(contender, case, data, device, sync)}
+            step = contender.setup(case, data)
+            median, repeats = measure(step, timing, sync)
+        moved = bytes_moved(case, contender, data)
+        return {
+            "status": "ok",
+            "samples_per_s": case.shape.batch / median,
+            "median_s": median,
+            "repeats": repeats,
+            "bytes": moved,
+            "gb_per_s": None if moved is None else moved / median / 1e9,
+        }
+    except SkipCase as skip:
+        return {"status": "skipped", "reason": str(skip)}
+    except Exception as error:  # noqa: BLE001 - one failure must not end the whole run
+        log("".join(traceback.format_exception(error)).rstrip())
+        first = (str(error).strip().splitlines() or [""])[0][:200]
+        return {"status": "error", "reason": f"{type(error).__name__}: {first}"}
+    finally:
+        del step
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
