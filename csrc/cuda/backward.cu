@@ -29,8 +29,11 @@ using Key = uint32_t;  // rows below 2^32: half the sort traffic of 64-bit keys
 // Counters in the workspace, zeroed by the prepare kernel.
 enum Counter { kRuns = 0, kLongRuns = 1, kSegments = 2, kCounters = 3 };
 
-// Occurrences whose loads a lane issues before summing any.
-constexpr int kOccurrencesInFlight = 4;
+// Occurrences whose loads a lane issues before summing any: more when a lane holds few columns.
+template <class Cols>
+struct OccurrencesInFlight {
+  static constexpr int value = Cols::kPerLane <= 2 ? 8 : 4;
+};
 
 // --- Where each occurrence's gradient comes from -----------------------------------------------
 
@@ -99,7 +102,7 @@ __device__ __forceinline__ void accumulate(const Source& source,
                                            const int32_t* __restrict__ positions, int32_t begin,
                                            int32_t end, const Group& g,
                                            float (&acc)[Source::kN], float& row_term) {
-  constexpr int kAhead = kOccurrencesInFlight;
+  constexpr int kAhead = OccurrencesInFlight<typename Source::Columns>::value;
   int32_t i = begin;
   for (; i + kAhead <= end; i += kAhead) {
     int32_t position[kAhead];
@@ -177,12 +180,14 @@ __global__ void __launch_bounds__(kThreads)
       for (int32_t p = g.lane; p < pieces; p += g.size) segments[first + p] = make_int2(run, p);
       continue;
     }
+    const int64_t row = sorted_keys[begin];
+    RowState<typename Source::Columns> state;
+    load_row_state(update, table, row, dim, g, state);
     float acc[Source::kN], row_term = 0.0f;
 #pragma unroll
     for (int i = 0; i < Source::kN; ++i) acc[i] = 0.0f;
     accumulate(source, sorted_positions, begin, end, g, acc, row_term);
-    update_row<typename Source::Columns>(update, table, sorted_keys[begin], dim, g, acc,
-                                         row_term);
+    update_row(update, table, row, dim, g, state, acc, row_term);
   }
 }
 
@@ -245,7 +250,8 @@ __global__ void __launch_bounds__(kThreads)
     float acc[kN], row_term = 0.0f;
 #pragma unroll
     for (int i = 0; i < kN; ++i) acc[i] = 0.0f;
-    for (int32_t p = slice; p < pieces; p += slices) {
+#pragma unroll 4
+    for (int32_t p = slice; p < pieces; p += slices) {  // unrolled: several loads in flight
       const float* part = partials + static_cast<int64_t>(entry.y + p) * width;
 #pragma unroll
       for (int i = 0; i < kN; ++i) {
@@ -269,13 +275,16 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
     if (slice == 0) {
+      const int64_t row = sorted_keys[begin];
+      RowState<Cols> state;
+      load_row_state(update, table, row, dim, g, state);
       float grad[kN];
 #pragma unroll
       for (int i = 0; i < kN; ++i) {
         const int col = Cols::column(i, g);
         grad[i] = col < dim ? total[col] : 0.0f;
       }
-      update_row<Cols>(update, table, sorted_keys[begin], dim, g, grad, total[dim]);
+      update_row(update, table, row, dim, g, state, grad, total[dim]);
     }
     __syncthreads();  // before the next run overwrites shared memory
   }

@@ -158,73 +158,92 @@ struct RowUpdate {
   float adam_step_size;  // computed once on the host
 };
 
+// A row and its optimizer state as the lanes of a group hold them: loaded before the row's
+// gradient is summed, so these loads overlap the gradient's instead of following them.
+template <class Cols>
+struct RowState {
+  float w[Cols::kPerLane];
+  float s1[Cols::kPerLane];  // Adagrad's sums, Adam's first moment
+  float s2[Cols::kPerLane];  // Adam's second moment
+  float row_sum;             // row-wise Adagrad's state (lane 0)
+};
+
+template <class Cols>
+__device__ __forceinline__ void load_row_state(const RowUpdate& u, const float* table,
+                                               int64_t row, int dim, const Group& g,
+                                               RowState<Cols>& r) {
+  Cols::load(table + row * dim, dim, g, r.w);
+  r.row_sum = 0.0f;
+  switch (u.params.rule) {
+    case Rule::kSGD:
+      break;
+    case Rule::kAdagrad:
+      Cols::load(u.state.state1 + row * dim, dim, g, r.s1);
+      break;
+    case Rule::kRowwiseAdagrad:
+      if (g.lane == 0) r.row_sum = u.state.state1[row];
+      break;
+    case Rule::kAdam:
+      Cols::load(u.state.state1 + row * dim, dim, g, r.s1);
+      Cols::load(u.state.state2 + row * dim, dim, g, r.s2);
+      break;
+  }
+}
+
 // grad: the lane's columns of the row's summed gradient (overwritten). row_term: for the FM,
 // sum over occurrences of g x^2, whose product with v completes the gradient of columns 1..
-// (see fm.h); 0 elsewhere. Applies the rule to table[row] and its state, in place.
+// (see fm.h); 0 elsewhere. Applies the rule to the row r holds (table[row]) and stores it and
+// its state.
 template <class Cols>
 __device__ __forceinline__ void update_row(const RowUpdate& u, float* table, int64_t row, int dim,
-                                           const Group& g, float (&grad)[Cols::kPerLane],
-                                           float row_term) {
+                                           const Group& g, RowState<Cols>& r,
+                                           float (&grad)[Cols::kPerLane], float row_term) {
   constexpr int kN = Cols::kPerLane;
   const UpdateParams& p = u.params;
-  float* weights = table + row * dim;
-  float w[kN];
-  Cols::load(weights, dim, g, w);
   if (row_term != 0.0f) {
 #pragma unroll
     for (int i = 0; i < kN; ++i) {
-      if (Cols::column(i, g) >= 1) grad[i] -= row_term * w[i];
+      if (Cols::column(i, g) >= 1) grad[i] -= row_term * r.w[i];
     }
   }
   if (p.weight_decay != 0.0f) {
 #pragma unroll
-    for (int i = 0; i < kN; ++i) grad[i] = decayed(p, grad[i], w[i]);
+    for (int i = 0; i < kN; ++i) grad[i] = decayed(p, grad[i], r.w[i]);
   }
   switch (p.rule) {
     case Rule::kSGD:
 #pragma unroll
-      for (int i = 0; i < kN; ++i) sgd_step(p, w[i], grad[i]);
+      for (int i = 0; i < kN; ++i) sgd_step(p, r.w[i], grad[i]);
       break;
-    case Rule::kAdagrad: {
-      float* sums = u.state.state1 + row * dim;
-      float sum[kN];
-      Cols::load(sums, dim, g, sum);
+    case Rule::kAdagrad:
 #pragma unroll
-      for (int i = 0; i < kN; ++i) adagrad_step(p, w[i], sum[i], grad[i]);
-      Cols::store(sums, dim, g, sum);
+      for (int i = 0; i < kN; ++i) adagrad_step(p, r.w[i], r.s1[i], grad[i]);
+      Cols::store(u.state.state1 + row * dim, dim, g, r.s1);
       break;
-    }
     case Rule::kRowwiseAdagrad: {
       float squares = 0.0f;
 #pragma unroll
       for (int i = 0; i < kN; ++i) squares += grad[i] * grad[i];
       squares = group_sum(squares, g);
-      // One lane reads and writes the row's state, then hands the scale to the others.
+      // Lane 0 holds and writes the row's state, then hands the scale to the others.
       float scale = 0.0f;
       if (g.lane == 0) {
-        float sum = u.state.state1[row];
-        scale = rowwise_adagrad_scale(p, sum, squares, dim);
-        u.state.state1[row] = sum;
+        scale = rowwise_adagrad_scale(p, r.row_sum, squares, dim);
+        u.state.state1[row] = r.row_sum;
       }
       scale = __shfl_sync(g.mask, scale, 0, g.size);
 #pragma unroll
-      for (int i = 0; i < kN; ++i) w[i] -= scale * grad[i];
+      for (int i = 0; i < kN; ++i) r.w[i] -= scale * grad[i];
       break;
     }
-    case Rule::kAdam: {
-      float* m_row = u.state.state1 + row * dim;
-      float* v_row = u.state.state2 + row * dim;
-      float m[kN], v[kN];
-      Cols::load(m_row, dim, g, m);
-      Cols::load(v_row, dim, g, v);
+    case Rule::kAdam:
 #pragma unroll
-      for (int i = 0; i < kN; ++i) adam_step(p, u.adam_step_size, w[i], m[i], v[i], grad[i]);
-      Cols::store(m_row, dim, g, m);
-      Cols::store(v_row, dim, g, v);
+      for (int i = 0; i < kN; ++i) adam_step(p, u.adam_step_size, r.w[i], r.s1[i], r.s2[i], grad[i]);
+      Cols::store(u.state.state1 + row * dim, dim, g, r.s1);
+      Cols::store(u.state.state2 + row * dim, dim, g, r.s2);
       break;
-    }
   }
-  Cols::store(weights, dim, g, w);
+  Cols::store(table + row * dim, dim, g, r.w);
 }
 
 }  // namespace fnn_fast::cuda
