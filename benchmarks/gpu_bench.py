@@ -40,6 +40,12 @@ from fnn_fast.optim import RowUpdate
 
 RULE = RowUpdate("rowwise_adagrad", lr=0.05)
 BATCHES = 4  # distinct id batches, used in turn
+KERNEL_CASES = ("fm_forward", "fm_forward+sums", "fnn_gather", "fm_backward_update",
+                "fnn_gather_backward_update")  # fmt: skip
+# Settings of the CUDA kernels' knobs (fnn_fast.ops.cuda) timed besides the defaults, on the
+# first table size: lanes per row, and the run length beyond which a hot row is split.
+TUNING = [("lanes=4", {"ROW_LANES": 4}), ("lanes=16", {"ROW_LANES": 16}),
+          ("long_run=16", {"LONG_RUN": 16}), ("long_run=256", {"LONG_RUN": 256})]  # fmt: skip
 
 
 @dataclass
@@ -176,6 +182,8 @@ class NativeCpuKernels:
     """The native CPU ops behind the GPU kernel interface: lets --dry-run exercise the
     kernel-level timing and byte accounting on a machine without a GPU."""
 
+    ROW_LANES, LONG_RUN = 0, 64  # the CUDA module's knobs, here without effect
+
     def available(self):
         return native.available()
 
@@ -275,66 +283,78 @@ class Bench:
     # -- kernels, through the shared interface --
 
     def kernel_cases(self, rows, batches, unique):
+        """The five fused kernels of each kernel module, on one table of `rows` rows; for the
+        first table size also under each TUNING setting of the modules that have the knobs."""
+        a, dim = self.args, self.dim
+        table = torch.randn(rows, dim, device=self.device) * 0.01
+        for name, module in kernel_modules(self.device).items():
+            if isinstance(module, str):
+                for case in KERNEL_CASES:
+                    self.skip(rows, "kernel " + case, name, module)
+                continue
+            self.time_kernels(rows, batches, unique, table, name, module)
+            if rows != a.rows[0] or not all(hasattr(module, k) for k in ("ROW_LANES", "LONG_RUN")):
+                continue
+            for label, settings in TUNING:
+                saved = {key: getattr(module, key) for key in settings}
+                try:
+                    for key, value in settings.items():
+                        setattr(module, key, value)
+                    self.time_kernels(rows, batches, unique, table, f"{name}[{label}]", module)
+                finally:
+                    for key, value in saved.items():
+                        setattr(module, key, value)
+        self.cases_left -= len(KERNEL_CASES)
+
+    def time_kernels(self, rows, batches, unique, table, name, module):
         a, dim = self.args, self.dim
         n = a.batch * a.fields
-        table = torch.randn(rows, dim, device=self.device) * 0.01
         state1, state2 = RULE.new_state(table)
         hparams, code = tuple(RULE.hparams().tolist()), 2  # rowwise_adagrad
         grad_logits = torch.randn(a.batch, device=self.device) * 1e-3
         grad_z = torch.randn(a.batch, a.fields * dim, device=self.device) * 1e-3
         sums = torch.empty(a.batch, dim - 1, device=self.device)
-        fm_fwd = fm_forward_bytes(a.batch, a.fields, dim, with_sums=False)
-        fm_train_fwd = fm_forward_bytes(a.batch, a.fields, dim, with_sums=True)
-        gather = fnn_gather_bytes(a.batch, a.fields, dim)
-        fm_upstream = 4 * a.batch + 4 * a.batch * (dim - 1)
-        fnn_upstream = 4 * a.batch * a.fields * dim
-        fm_update = update_bytes(n, unique, rows, dim, fm_upstream, ROWWISE_STATE_BYTES)
-        fnn_update = update_bytes(n, unique, rows, dim, fnn_upstream, ROWWISE_STATE_BYTES)
+        # Each batch's sums, for the update to read (from its own forward, as in training).
+        batch_sums = [torch.empty_like(sums) for _ in batches]
+        for b, s in zip(batches, batch_sums, strict=True):
+            module.fm_forward(table, b, None, s)
         turn = [0]
 
         def ids():
             turn[0] += 1
             return batches[turn[0] % BATCHES]
 
-        modules = kernel_modules(self.device)
-        for name, module in modules.items():
-            if isinstance(module, str):
-                for case in ("fm_forward", "fm_forward+sums", "fm_backward_update",
-                             "fnn_gather", "fnn_gather_backward_update"):  # fmt: skip
-                    self.skip(rows, "kernel " + case, name, module)
-                continue
-            step = [0]
-            # Each batch's sums, for the update to read (from its own forward, as in training).
-            batch_sums = [torch.empty_like(sums) for _ in batches]
-            for b, s in zip(batches, batch_sums, strict=True):
-                module.fm_forward(table, b, None, s)
+        def fm_update():
+            turn[0] += 1
+            i = turn[0] % BATCHES
+            module.fm_backward_update(table, batches[i], None, batch_sums[i], grad_logits,
+                                      state1, state2, hparams, code, turn[0])  # fmt: skip
 
-            def fm_update_call(module=module, batch_sums=batch_sums, step=step):
-                step[0] += 1
-                i = step[0] % BATCHES
-                module.fm_backward_update(table, batches[i], None, batch_sums[i], grad_logits,
-                                          state1, state2, hparams, code, step[0])  # fmt: skip
+        def fnn_update():
+            turn[0] += 1
+            module.fnn_gather_backward_update(
+                table, batches[turn[0] % BATCHES], None, None, a.fields, grad_z, state1, state2,
+                hparams, code, turn[0],
+            )  # fmt: skip
 
-            def fnn_update_call(module=module, step=step):
-                step[0] += 1
-                module.fnn_gather_backward_update(
-                    table, batches[step[0] % BATCHES], None, None, a.fields, grad_z, state1,
-                    state2, hparams, code, step[0],
-                )  # fmt: skip
-
-            cases = [
-                ("fm_forward", lambda m=module: m.fm_forward(table, ids(), None, None), fm_fwd),
-                ("fm_forward+sums", lambda m=module: m.fm_forward(table, ids(), None, sums),
-                 fm_train_fwd),
-                ("fnn_gather", lambda m=module: m.fnn_gather(table, ids(), None, None, a.fields),
-                 gather),
-                ("fm_backward_update", fm_update_call, fm_update),
-                ("fnn_gather_backward_update", fnn_update_call, fnn_update),
-            ]  # fmt: skip
-            for i, (case, fn, nbytes) in enumerate(cases):
-                self.run_case(rows, "kernel " + case, name, fn, self.cases_left - i, inner=10,
-                              nbytes=nbytes, extra={"unique_rows": unique})  # fmt: skip
-        self.cases_left -= 5
+        fm_upstream = 4 * a.batch + 4 * a.batch * (dim - 1)
+        fnn_upstream = 4 * a.batch * a.fields * dim
+        cases = {
+            "fm_forward": (lambda: module.fm_forward(table, ids(), None, None),
+                           fm_forward_bytes(a.batch, a.fields, dim, with_sums=False)),
+            "fm_forward+sums": (lambda: module.fm_forward(table, ids(), None, sums),
+                                fm_forward_bytes(a.batch, a.fields, dim, with_sums=True)),
+            "fnn_gather": (lambda: module.fnn_gather(table, ids(), None, None, a.fields),
+                           fnn_gather_bytes(a.batch, a.fields, dim)),
+            "fm_backward_update": (fm_update, update_bytes(n, unique, rows, dim, fm_upstream,
+                                                           ROWWISE_STATE_BYTES)),
+            "fnn_gather_backward_update": (fnn_update, update_bytes(
+                n, unique, rows, dim, fnn_upstream, ROWWISE_STATE_BYTES)),
+        }  # fmt: skip
+        for i, case in enumerate(KERNEL_CASES):
+            fn, nbytes = cases[case]
+            self.run_case(rows, "kernel " + case, name, fn, self.cases_left - i, inner=10,
+                          nbytes=nbytes, extra={"unique_rows": unique})  # fmt: skip
 
     def check_cases(self, rows, batches, unique):
         """At this scale, hot rows included: each kernel module's FM forward and one fused
@@ -528,6 +548,7 @@ class Bench:
                              f"{r.status}, {r.reason[:100]}")  # fmt: skip
         for rows in a.rows:
             lines += self.targets(rows, ok)
+        lines += self.tuning(ok)
         backends = [b for b in ["reference", "compiled", *a.backends, *self.kernel_names()]
                     if any(key[2] == b for key in ok)]  # fmt: skip
         backends = list(dict.fromkeys(backends))
@@ -548,7 +569,31 @@ class Bench:
         return "\n".join(lines)
 
     def kernel_names(self):
-        return sorted({r.backend for r in self.results if r.case.startswith("kernel ")})
+        """Kernel modules timed with their default settings."""
+        return sorted(
+            {
+                r.backend
+                for r in self.results
+                if r.case.startswith("kernel ") and "[" not in r.backend
+            }
+        )
+
+    def tuning(self, ok):
+        """For the first table size, one line per TUNING setting beside the default: each
+        kernel's % of the copy bandwidth."""
+        rows = self.args.rows[0]
+        variants = sorted({backend for _, _, backend in ok if "[" in backend})
+        lines = []
+        for name in self.kernel_names():
+            mine = [v for v in variants if v.startswith(name + "[")]
+            for backend in [name, *mine] if mine else []:
+                cells = [
+                    f"{case} {100 * ok[(rows, 'kernel ' + case, backend)].fraction_of_copy:.0f}%"
+                    for case in KERNEL_CASES
+                    if (rows, "kernel " + case, backend) in ok
+                ]
+                lines.append(f"- tuning @ {rows:.0e}, {backend}: " + ", ".join(cells))
+        return lines
 
     def targets(self, rows, ok):
         """The acceptance figures: fused forward >= 70 % and fused backward + update >= 40 % of

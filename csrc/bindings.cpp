@@ -34,8 +34,9 @@ static fnn_fast::UpdateParams update_params(int64_t rule, float lr, float weight
 #ifdef FNN_FAST_CUDA
 namespace cuda = fnn_fast::cuda;
 
-static cuda::Launch launch_on(int device, Address stream) {
-  return {device, reinterpret_cast<void*>(stream)};
+// row_lanes: lanes per row, 0 for the kernels' own choice (see cuda/common.cuh).
+static cuda::Launch launch_on(int device, Address stream, int row_lanes) {
+  return {device, reinterpret_cast<void*>(stream), row_lanes};
 }
 
 // Launches are asynchronous and cheap: the GIL stays held (no thread could use the time).
@@ -45,10 +46,10 @@ static void add_cuda_functions(py::module_ m) {
   m.def(
       "fm_forward",
       [](Address table, int64_t dim, Address ids, Address values, int64_t batch, int64_t slots,
-         Address logits, Address sums, int device, Address stream) {
+         Address logits, Address sums, int device, Address stream, int row_lanes) {
         cuda::fm_forward(ptr<const float>(table), dim, ptr<const int64_t>(ids),
                          ptr<const float>(values), batch, slots, ptr<float>(logits),
-                         ptr<float>(sums), launch_on(device, stream));
+                         ptr<float>(sums), launch_on(device, stream, row_lanes));
       },
       "FM logits without bias; also sum_s x v per sample when sums != 0.");
 
@@ -56,20 +57,20 @@ static void add_cuda_functions(py::module_ m) {
       "fnn_gather",
       [](Address table, int64_t dim, Address ids, Address values, int64_t batch, int64_t slots,
          Address field_slots, Address field_offsets, int64_t num_fields, Address z, int device,
-         Address stream) {
+         Address stream, int row_lanes) {
         cuda::fnn_gather(ptr<const float>(table), dim, ptr<const int64_t>(ids),
                          ptr<const float>(values), batch, slots, ptr<const int64_t>(field_slots),
                          ptr<const int64_t>(field_offsets), num_fields, ptr<float>(z),
-                         launch_on(device, stream));
+                         launch_on(device, stream, row_lanes));
       },
       "The FNN input [batch, fields * dim] (without w0); fields given as slots ordered by field.");
 
   m.def(
       "backward_workspace_bytes",
       [](int64_t items, int64_t num_rows, int64_t dim, int64_t long_run, int device,
-         Address stream) {
+         Address stream, int row_lanes) {
         return cuda::backward_workspace_bytes(items, num_rows, dim, long_run,
-                                              launch_on(device, stream));
+                                              launch_on(device, stream, row_lanes));
       },
       "Device bytes the fused backward needs for batch * slots lookups.");
 
@@ -79,13 +80,13 @@ static void add_cuda_functions(py::module_ m) {
          int64_t batch, int64_t slots, Address sums, Address grad_logits, int64_t rule, float lr,
          float weight_decay, float eps, float beta1, float beta2, int64_t step, Address state1,
          Address state2, Address workspace, std::size_t workspace_bytes, int64_t long_run,
-         int device, Address stream) {
+         int device, Address stream, int row_lanes) {
         cuda::fm_backward_update(
             ptr<float>(table), num_rows, dim, ptr<const int64_t>(ids), ptr<const float>(values),
             batch, slots, ptr<const float>(sums), ptr<const float>(grad_logits),
             update_params(rule, lr, weight_decay, eps, beta1, beta2, step),
             {ptr<float>(state1), ptr<float>(state2)}, ptr<void>(workspace), workspace_bytes,
-            long_run, launch_on(device, stream));
+            long_run, launch_on(device, stream, row_lanes));
       },
       "FM backward fused with the sparse update of the rows present in the batch.");
 
@@ -95,13 +96,14 @@ static void add_cuda_functions(py::module_ m) {
          int64_t batch, int64_t slots, Address slot_fields, int64_t num_fields, Address grad_z,
          int64_t rule, float lr, float weight_decay, float eps, float beta1, float beta2,
          int64_t step, Address state1, Address state2, Address workspace,
-         std::size_t workspace_bytes, int64_t long_run, int device, Address stream) {
+         std::size_t workspace_bytes, int64_t long_run, int device, Address stream,
+         int row_lanes) {
         cuda::fnn_gather_backward_update(
             ptr<float>(table), num_rows, dim, ptr<const int64_t>(ids), ptr<const float>(values),
             batch, slots, ptr<const int64_t>(slot_fields), num_fields, ptr<const float>(grad_z),
             update_params(rule, lr, weight_decay, eps, beta1, beta2, step),
             {ptr<float>(state1), ptr<float>(state2)}, ptr<void>(workspace), workspace_bytes,
-            long_run, launch_on(device, stream));
+            long_run, launch_on(device, stream, row_lanes));
       },
       "FNN gather backward fused with the sparse update of the rows present in the batch.");
 }

@@ -235,6 +235,25 @@ def test_hot_rows_split_across_segments(monkeypatch, model, kind, long_run, fact
 
 
 @requires_cuda
+@pytest.mark.parametrize("factors,lanes", [(10, 4), (10, 16), (10, 32), (15, 1), (15, 32)])
+def test_lanes_per_row_set_by_hand(monkeypatch, factors, lanes):
+    """The tuning knob: any power of two of lanes per row that fits gives the same results."""
+    monkeypatch.setattr(cuda, "ROW_LANES", lanes)
+    table = torch.randn(200, 1 + factors, device=DEVICE)
+    ids, values = batch_of(45, 7, 200, seed=3)
+    sums = torch.empty(45, factors, device=DEVICE)
+    logits = cuda.fm_forward(table, ids, values, sums)
+    assert_close_to_reference(logits, table, ids, values, reference.fm_forward)
+    torch.testing.assert_close(cuda.fnn_gather(table, ids, values, None, 7),
+                               fnn_reference(table, ids, values))  # fmt: skip
+    for model in ("fm", "fnn"):
+        trainer = Trainer(model, "rowwise_adagrad", rows=200, factors=factors)
+        for s in range(2):
+            trainer.train(*batch_of(300, 7, 200, seed=s), seed=s)
+        trainer.check()
+
+
+@requires_cuda
 @pytest.mark.parametrize("model", ["fm", "fnn"])
 def test_update_is_deterministic(monkeypatch, model):
     monkeypatch.setattr(cuda, "LONG_RUN", 4)

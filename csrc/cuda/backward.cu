@@ -327,7 +327,8 @@ Workspace carve(char* base, int32_t n, int64_t dim, int32_t long_run, std::size_
   // A long run has more than long_run occurrences and at most length / long_run + 1 segments,
   // so there are at most n / (long_run + 1) long runs and 2 n / long_run segments.
   w.max_long_runs = n / (long_run + 1) + 1;
-  w.max_segments = static_cast<int32_t>(std::min<int64_t>(2 * static_cast<int64_t>(n) / long_run + 1, n));
+  w.max_segments =
+      static_cast<int32_t>(std::min<int64_t>(2 * static_cast<int64_t>(n) / long_run + 1, n));
   w.keys = static_cast<Key*>(take(sizeof(Key) * n));
   w.sorted_keys = static_cast<Key*>(take(sizeof(Key) * n));
   w.positions = static_cast<int32_t*>(take(sizeof(int32_t) * n));
@@ -397,10 +398,11 @@ void backward_update(float* table, int64_t num_rows, int64_t dim, const int64_t*
   }
   const int idim = static_cast<int>(dim);
   const int groups_per_block = kThreads / group;
+  // Enough blocks for the work, at most a few per multiprocessor: the kernels loop over the rest.
   auto persistent_blocks = [&](int64_t work, int per_block, int per_multiprocessor) {
     const int64_t wanted = (work + per_block - 1) / per_block;
-    return static_cast<unsigned>(
-        std::max<int64_t>(1, std::min<int64_t>(wanted, int64_t{multiprocessors} * per_multiprocessor)));
+    const int64_t most = int64_t{multiprocessors} * per_multiprocessor;
+    return static_cast<unsigned>(std::max<int64_t>(1, std::min(wanted, most)));
   };
 
   prepare_sort<<<persistent_blocks(n, kThreads, 8), kThreads, 0, stream>>>(
@@ -458,7 +460,8 @@ void fm_backward_update(float* table, int64_t num_rows, int64_t dim, const int64
                         const float* grad_logits, const UpdateParams& params,
                         const OptimizerState& state, void* workspace,
                         std::size_t workspace_bytes, int64_t long_run, Launch launch) {
-  const ColumnPlan plan = plan_columns(dim, rows_aligned(table, params, state));
+  const ColumnPlan plan =
+      plan_columns(dim, rows_aligned(table, params, state), launch.row_lanes);
   check_sizes(batch * slots, num_rows, long_run);
   if (batch * slots == 0) return;
   with_columns(plan, [&](auto cols) {
@@ -476,8 +479,8 @@ void fnn_gather_backward_update(float* table, int64_t num_rows, int64_t dim, con
                                 const float* grad_z, const UpdateParams& params,
                                 const OptimizerState& state, void* workspace,
                                 std::size_t workspace_bytes, int64_t long_run, Launch launch) {
-  const ColumnPlan plan =
-      plan_columns(dim, rows_aligned(table, params, state) && aligned16(grad_z));
+  const bool aligned = rows_aligned(table, params, state) && aligned16(grad_z);
+  const ColumnPlan plan = plan_columns(dim, aligned, launch.row_lanes);
   check_sizes(batch * slots, num_rows, long_run);
   if (batch * slots == 0) return;
   with_columns(plan, [&](auto cols) {

@@ -123,16 +123,23 @@ struct ColumnPlan {
   int chunks;  // 1, 2 or 4
 };
 
-inline ColumnPlan plan_columns(int64_t dim, bool vec4_allowed) {
+// By default a lane holds one 16-byte vector of a row, or two scalar columns: for the narrow rows
+// of CTR models (K = 10: 11 floats) a warp then works on four rows at once rather than two, and
+// more rows in flight hide more of the latency of their scattered loads. row_lanes > 0 sets the
+// lanes per row instead (rounded down to a power of two), for tuning.
+inline ColumnPlan plan_columns(int64_t dim, bool vec4_allowed, int row_lanes) {
   const bool vec4 = vec4_allowed && dim % 4 == 0;
   const int64_t lanes = vec4 ? dim / 4 : dim;
+  const int64_t wanted = row_lanes > 0 ? row_lanes : vec4 ? lanes : (lanes + 1) / 2;
   int group = 1;
-  while (group < 32 && group < lanes) group *= 2;
+  while (group < 32 && group * 2 <= wanted) group *= 2;
+  if (row_lanes <= 0 && group < wanted && group < 32) group *= 2;  // round the default up
   const int64_t chunks = (lanes + group - 1) / group;
   if (dim < 1 || chunks > 4) {
-    throw std::invalid_argument("fnn_fast CUDA: rows of " + std::to_string(dim) +
-                                " floats are not supported (at most 128, or 512 when a "
-                                "multiple of 4)");
+    throw std::invalid_argument(
+        "fnn_fast CUDA: rows of " + std::to_string(dim) + " floats are not supported with " +
+        std::to_string(group) + " lanes a row: a lane holds at most 4 columns, or 4 vectors of "
+        "4 floats when rows are a multiple of 4 floats and 16-byte aligned");
   }
   return {vec4, group, chunks <= 1 ? 1 : chunks <= 2 ? 2 : 4};
 }
@@ -238,7 +245,9 @@ __device__ __forceinline__ void update_row(const RowUpdate& u, float* table, int
     }
     case Rule::kAdam:
 #pragma unroll
-      for (int i = 0; i < kN; ++i) adam_step(p, u.adam_step_size, r.w[i], r.s1[i], r.s2[i], grad[i]);
+      for (int i = 0; i < kN; ++i) {
+        adam_step(p, u.adam_step_size, r.w[i], r.s1[i], r.s2[i], grad[i]);
+      }
       Cols::store(u.state.state1 + row * dim, dim, g, r.s1);
       Cols::store(u.state.state2 + row * dim, dim, g, r.s2);
       break;

@@ -177,12 +177,13 @@ int use_device(const Launch& launch) {
 
 void fm_forward(const float* table, int64_t dim, const int64_t* ids, const float* values,
                 int64_t batch, int64_t slots, float* logits, float* sums, Launch launch) {
-  const ColumnPlan plan = plan_columns(dim, aligned16(table));
+  const ColumnPlan plan = plan_columns(dim, aligned16(table), launch.row_lanes);
   if (batch == 0) return;
   use_device(launch);
   const int64_t blocks = (batch + kThreads / plan.group - 1) / (kThreads / plan.group);
   with_columns(plan, [&](auto cols) {
-    fm_forward_kernel<decltype(cols)><<<static_cast<unsigned>(blocks), kThreads, 0, stream_of(launch)>>>(
+    fm_forward_kernel<decltype(cols)>
+        <<<static_cast<unsigned>(blocks), kThreads, 0, stream_of(launch)>>>(
         table, static_cast<int>(dim), ids, values, batch, static_cast<int>(slots), logits, sums,
         plan.group);
   });
@@ -192,12 +193,14 @@ void fm_forward(const float* table, int64_t dim, const int64_t* ids, const float
 void fnn_gather(const float* table, int64_t dim, const int64_t* ids, const float* values,
                 int64_t batch, int64_t slots, const int64_t* field_slots,
                 const int64_t* field_offsets, int64_t num_fields, float* z, Launch launch) {
-  const ColumnPlan plan = plan_columns(dim, aligned16(table) && aligned16(z));
+  const ColumnPlan plan =
+      plan_columns(dim, aligned16(table) && aligned16(z), launch.row_lanes);
   if (batch == 0) return;
   use_device(launch);
   const int64_t blocks = (batch + kThreads / plan.group - 1) / (kThreads / plan.group);
   with_columns(plan, [&](auto cols) {
-    fnn_gather_kernel<decltype(cols)><<<static_cast<unsigned>(blocks), kThreads, 0, stream_of(launch)>>>(
+    fnn_gather_kernel<decltype(cols)>
+        <<<static_cast<unsigned>(blocks), kThreads, 0, stream_of(launch)>>>(
         table, static_cast<int>(dim), ids, values, batch, static_cast<int>(slots), field_slots,
         field_offsets, static_cast<int>(num_fields), z, plan.group);
   });

@@ -3,9 +3,9 @@
 // tables row-major float32 [num_rows, dim], dim = 1 + K; ids int64 [batch, slots], already
 // range-checked; values float32 [batch, slots] or nullptr (all ones). Every pointer is device
 // memory. dim is at most 128 (512 when a multiple of 4); the backward needs batch * slots < 2^31
-// and num_rows <= 2^32. Work is queued on `stream` (a cudaStream_t, e.g. torch's current stream) of `device`;
-// nothing here synchronizes. Errors (a bad launch, an unsupported dim) throw std::runtime_error
-// or std::invalid_argument.
+// and num_rows <= 2^32. Work is queued on `stream` (a cudaStream_t, e.g. torch's current stream)
+// of `device`; nothing here synchronizes. Errors (a bad launch, an unsupported dim) throw
+// std::runtime_error or std::invalid_argument.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -16,7 +16,8 @@ namespace fnn_fast::cuda {
 
 struct Launch {
   int device;
-  void* stream;  // cudaStream_t
+  void* stream;       // cudaStream_t
+  int row_lanes = 0;  // lanes that share a row (a power of two up to 32); 0: the default plan
 };
 
 // Devices the CUDA runtime linked into fnn_fast._C sees (0 without a driver or a GPU).

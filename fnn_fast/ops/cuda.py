@@ -31,6 +31,10 @@ RULES = {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 2, "adam": 3}
 # are summed by one group each. Tests lower it to push small batches through the long path.
 LONG_RUN = 64
 
+# Lanes of a warp that share one row (a power of two up to 32); 0 lets the kernels choose (a lane
+# per 16-byte vector, or per two scalar columns). For tuning: the GPU benchmark times a few.
+ROW_LANES = 0
+
 _reason: list[str | None] = []  # computed on first use: probing the GPU initializes the driver
 
 
@@ -116,10 +120,10 @@ def _address(t: Tensor | None) -> int:
     return 0 if t is None or t.numel() == 0 else t.data_ptr()
 
 
-def _launch(t: Tensor) -> tuple[int, int]:
-    """(device index, current stream of that device as an integer cudaStream_t)."""
+def _launch(t: Tensor) -> tuple[int, int, int]:
+    """(device index, current stream of that device as an integer cudaStream_t, ROW_LANES)."""
     device = t.device.index if t.device.index is not None else torch.cuda.current_device()
-    return device, torch.cuda.current_stream(device).cuda_stream
+    return device, torch.cuda.current_stream(device).cuda_stream, ROW_LANES
 
 
 def _workspace(table: Tensor, items: int, launch) -> tuple[Tensor, int]:

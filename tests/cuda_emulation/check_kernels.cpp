@@ -28,7 +28,7 @@ namespace {
 
 int failures = 0;
 std::mt19937_64 rng(1);
-const cuda::Launch kLaunch{0, nullptr};
+cuda::Launch kLaunch{0, nullptr};  // row_lanes varies in main
 
 std::vector<float> randn(size_t n, float scale = 1.0f) {
   std::normal_distribution<float> normal(0.0f, scale);
@@ -217,6 +217,16 @@ int main(int argc, char** argv) {
     }
     std::printf("backward %s: %d failures\n", fm ? "fm" : "fnn", failures);
   }
+  // Lanes per row set by hand: narrower and wider groups than the default plan.
+  for (int lanes : {4, 16, 32}) {
+    kLaunch.row_lanes = lanes;
+    test_forward(37, 7, 11, true, 0);
+    test_forward(21, 5, 16, false, 0);
+    test_backward(true, Rule::kRowwiseAdagrad, 150, 5, 11, true, 3, false);
+    test_backward(false, Rule::kAdam, 150, 5, 16, true, 64, false);
+  }
+  kLaunch.row_lanes = 0;
+  std::printf("row lanes set by hand: %d failures\n", failures);
   // A hot row with far more segments than the combining block has slices; an empty batch.
   test_backward(true, Rule::kRowwiseAdagrad, 1200, 4, 11, true, 2, false, 2);
   test_backward(false, Rule::kAdam, 1200, 4, 8, true, 2, false, 2);
