@@ -20,6 +20,12 @@ start=$SECONDS
 status=0
 elapsed() { echo $((SECONDS - start)); }
 
+# CMake looks for nvcc on PATH; the CUDA toolkit's usual home may not be on it.
+if ! command -v nvcc >/dev/null 2>&1 && [[ -x /usr/local/cuda/bin/nvcc ]]; then
+  export PATH="/usr/local/cuda/bin:$PATH"
+fi
+command -v nvcc >/dev/null 2>&1 && nvcc --version | tail -n 1
+
 echo "== build: pip install --no-build-isolation --no-deps -e ."
 build_log=$(mktemp)
 if ! "$python" -m pip install --no-build-isolation --no-deps -v -e . >"$build_log" 2>&1; then

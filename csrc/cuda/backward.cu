@@ -125,11 +125,11 @@ __device__ __forceinline__ void accumulate(const Source& source,
 
 __global__ void prepare_sort(const int64_t* __restrict__ ids, int32_t n, Key* __restrict__ keys,
                              int32_t* __restrict__ positions, int32_t* __restrict__ counters) {
-  int32_t i = static_cast<int32_t>(blockIdx.x * blockDim.x + threadIdx.x);
-  if (i < kCounters) counters[i] = 0;
-  for (; i < n; i += static_cast<int32_t>(gridDim.x * blockDim.x)) {
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (first < kCounters) counters[first] = 0;
+  for (int64_t i = first; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     keys[i] = static_cast<Key>(ids[i]);
-    positions[i] = i;
+    positions[i] = static_cast<int32_t>(i);
   }
 }
 
