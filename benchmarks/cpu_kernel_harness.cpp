@@ -18,6 +18,7 @@
 #define ROWS 1000000
 #endif
 
+using namespace fnn_fast;
 using namespace fnn_fast::cpu;
 
 int main() {

@@ -1,12 +1,17 @@
 // pybind11 module fnn_fast._C. Kernels take raw addresses (Tensor.data_ptr()) and sizes; the
-// Python side (fnn_fast/ops/native.py) checks dtype, device, shape, contiguity and id range
-// before any address crosses over. The GIL is released while a kernel runs.
+// Python side (fnn_fast/ops/native.py, fnn_fast/ops/cuda.py) checks dtype, device, shape,
+// contiguity and id range before any address crosses over. The GIL is released while a CPU
+// kernel runs. The submodule _C.cuda exists when the CUDA kernels were compiled in
+// (FNN_FAST_CUDA): its functions queue work on a stream given as an integer (a cudaStream_t).
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
 
 #include "cpu/encode.h"
 #include "cpu/fm.h"
+#ifdef FNN_FAST_CUDA
+#include "cuda/kernels.h"
+#endif
 
 #ifdef FNN_FAST_OPENMP
 #include <omp.h>
@@ -21,14 +26,95 @@ static T* ptr(Address address) {
   return reinterpret_cast<T*>(address);
 }
 
-static cpu::UpdateParams update_params(int64_t rule, float lr, float weight_decay, float eps,
+static fnn_fast::UpdateParams update_params(int64_t rule, float lr, float weight_decay, float eps,
                                        float beta1, float beta2, int64_t step) {
   if (rule < 0 || rule > 3) throw py::value_error("unknown update rule");
-  return {static_cast<cpu::Rule>(rule), lr, weight_decay, eps, beta1, beta2, step};
+  return {static_cast<fnn_fast::Rule>(rule), lr, weight_decay, eps, beta1, beta2, step};
 }
 
+#ifdef FNN_FAST_CUDA
+namespace cuda = fnn_fast::cuda;
+
+// row_lanes: lanes per row, 0 for the kernels' own choice (see cuda/common.cuh).
+static cuda::Launch launch_on(int device, Address stream, int row_lanes) {
+  return {device, reinterpret_cast<void*>(stream), row_lanes};
+}
+
+// Launches are asynchronous and cheap: the GIL stays held (no thread could use the time).
+static void add_cuda_functions(py::module_ m) {
+  m.def("device_count", &cuda::device_count, "GPUs the linked CUDA runtime sees (0 without).");
+
+  m.def(
+      "fm_forward",
+      [](Address table, int64_t dim, Address ids, Address values, int64_t batch, int64_t slots,
+         Address logits, Address sums, int device, Address stream, int row_lanes) {
+        cuda::fm_forward(ptr<const float>(table), dim, ptr<const int64_t>(ids),
+                         ptr<const float>(values), batch, slots, ptr<float>(logits),
+                         ptr<float>(sums), launch_on(device, stream, row_lanes));
+      },
+      "FM logits without bias; also sum_s x v per sample when sums != 0.");
+
+  m.def(
+      "fnn_gather",
+      [](Address table, int64_t dim, Address ids, Address values, int64_t batch, int64_t slots,
+         Address field_slots, Address field_offsets, int64_t num_fields, Address z, int device,
+         Address stream, int row_lanes) {
+        cuda::fnn_gather(ptr<const float>(table), dim, ptr<const int64_t>(ids),
+                         ptr<const float>(values), batch, slots, ptr<const int64_t>(field_slots),
+                         ptr<const int64_t>(field_offsets), num_fields, ptr<float>(z),
+                         launch_on(device, stream, row_lanes));
+      },
+      "The FNN input [batch, fields * dim] (without w0); fields given as slots ordered by field.");
+
+  m.def(
+      "backward_workspace_bytes",
+      [](int64_t items, int64_t num_rows, int64_t dim, int64_t long_run, int device,
+         Address stream, int row_lanes) {
+        return cuda::backward_workspace_bytes(items, num_rows, dim, long_run,
+                                              launch_on(device, stream, row_lanes));
+      },
+      "Device bytes the fused backward needs for batch * slots lookups.");
+
+  m.def(
+      "fm_backward_update",
+      [](Address table, int64_t num_rows, int64_t dim, Address ids, Address values,
+         int64_t batch, int64_t slots, Address sums, Address grad_logits, int64_t rule, float lr,
+         float weight_decay, float eps, float beta1, float beta2, int64_t step, Address state1,
+         Address state2, Address workspace, std::size_t workspace_bytes, int64_t long_run,
+         int device, Address stream, int row_lanes) {
+        cuda::fm_backward_update(
+            ptr<float>(table), num_rows, dim, ptr<const int64_t>(ids), ptr<const float>(values),
+            batch, slots, ptr<const float>(sums), ptr<const float>(grad_logits),
+            update_params(rule, lr, weight_decay, eps, beta1, beta2, step),
+            {ptr<float>(state1), ptr<float>(state2)}, ptr<void>(workspace), workspace_bytes,
+            long_run, launch_on(device, stream, row_lanes));
+      },
+      "FM backward fused with the sparse update of the rows present in the batch.");
+
+  m.def(
+      "fnn_gather_backward_update",
+      [](Address table, int64_t num_rows, int64_t dim, Address ids, Address values,
+         int64_t batch, int64_t slots, Address slot_fields, int64_t num_fields, Address grad_z,
+         int64_t rule, float lr, float weight_decay, float eps, float beta1, float beta2,
+         int64_t step, Address state1, Address state2, Address workspace,
+         std::size_t workspace_bytes, int64_t long_run, int device, Address stream,
+         int row_lanes) {
+        cuda::fnn_gather_backward_update(
+            ptr<float>(table), num_rows, dim, ptr<const int64_t>(ids), ptr<const float>(values),
+            batch, slots, ptr<const int64_t>(slot_fields), num_fields, ptr<const float>(grad_z),
+            update_params(rule, lr, weight_decay, eps, beta1, beta2, step),
+            {ptr<float>(state1), ptr<float>(state2)}, ptr<void>(workspace), workspace_bytes,
+            long_run, launch_on(device, stream, row_lanes));
+      },
+      "FNN gather backward fused with the sparse update of the rows present in the batch.");
+}
+#endif
+
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "fnn_fast native CPU kernels (torch-free)";
+  m.doc() = "fnn_fast native kernels (torch-free): CPU, and CUDA in _C.cuda when compiled in";
+#ifndef FNN_FAST_CUDA
+  m.attr("cuda_unavailable_reason") = FNN_FAST_NO_CUDA_REASON;
+#endif
 
   m.def(
       "fm_forward",
@@ -110,6 +196,10 @@ PYBIND11_MODULE(_C, m) {
             ptr<float>(out_values));
       },
       "Keys [rows, slots] -> feature ids and values (0 for PAD slots).");
+
+#ifdef FNN_FAST_CUDA
+  add_cuda_functions(m.def_submodule("cuda", "fnn_fast CUDA kernels (torch-free)"));
+#endif
 
   m.def("num_threads", []() {
 #ifdef FNN_FAST_OPENMP

@@ -171,7 +171,7 @@ class RowUpdate:
         )
 
     def new_state(self, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Zeroed optimizer state laid out as the kernels expect (see csrc/cpu/row_update.h)."""
+        """Zeroed optimizer state laid out as the kernels expect (see csrc/row_update.h)."""
         empty = table.new_zeros(0)
         if self.kind == "adagrad":
             return torch.zeros_like(table), empty

@@ -5,7 +5,7 @@
 #pragma once
 #include <cstdint>
 
-#include "cpu/row_update.h"
+#include "row_update.h"
 
 namespace fnn_fast::cpu {
 
