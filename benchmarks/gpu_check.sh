@@ -83,6 +83,14 @@ for test_file in tests/test_cuda_ops.py tests/test_triton_ops.py tests/test_gpu_
   echo "$test_file: $result ($(elapsed) s elapsed)"
 done
 
+echo "== scoring on the GPU (pinned copies, CUDA graphs, bf16) against the CPU"
+score_status=0
+timeout --kill-after=5 "${FNN_FAST_GPU_SCORING_SECONDS:-45}" "$python" \
+  benchmarks/gpu_scoring_check.py --rows 200000 --json "${json%.json}-scoring.json" \
+  || score_status=$?
+[[ $score_status == 0 ]] || status=1
+tests_summary+="scoring check: exit $score_status; "
+
 echo "== benchmark"
 budget=$((limit - $(elapsed) - 20))  # 20 s for start-up, the report and the JSON
 if ((budget < 60)); then
