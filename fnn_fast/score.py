@@ -400,7 +400,9 @@ def _encode_in_worker(part: Part) -> EncodedPart:
 
 
 class _Reader:
-    """Parts read and encoded in order, ``workers`` processes ahead of the caller (0: inline)."""
+    """Parts read and encoded in order, ahead of the caller: by ``workers`` processes, or with
+    workers=0 by one thread of this process (reading a cache entry and the C++ encoder release
+    the GIL, so the next part's I/O hides behind the model's compute)."""
 
     def __init__(self, schema, encoder, skip_bad_lines, headers, workers):
         self.args = (schema, encoder, skip_bad_lines, headers)
@@ -409,10 +411,10 @@ class _Reader:
         self.staging = None
 
     def __enter__(self):
+        schema, encoder, skip, headers = self.args
         if self.workers > 0:
             import tempfile
 
-            schema, encoder, skip, headers = self.args
             self.staging = tempfile.mkdtemp(prefix="fnn-fast-encoder-")
             encoder.save(self.staging)  # workers load the vocabularies from disk, not a pickle
             self.pool = futures.ProcessPoolExecutor(
@@ -421,34 +423,36 @@ class _Reader:
                 initializer=_init_worker,
                 initargs=(schema.to_dict(), self.staging, skip, headers),
             )
+        else:
+            self.pool = futures.ThreadPoolExecutor(1, thread_name_prefix="fnn-fast-reader")
         return self
 
     def __exit__(self, *exc):
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.staging is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
 
-    def read(self, parts: list[Part]):
+    def _submit(self, part: Part) -> futures.Future:
+        if self.workers > 0:
+            return self.pool.submit(_encode_in_worker, part)
         schema, encoder, skip, headers = self.args
-        if self.pool is None:
-            for part in parts:
-                header = headers.get(part.file_index)
-                yield _located(
-                    part, lambda p=part, h=header: encode_part(p, schema, encoder, skip, h)
-                )
-            return
+        header = headers.get(part.file_index)
+        return self.pool.submit(encode_part, part, schema, encoder, skip, header)
+
+    def read(self, parts: list[Part]):
+        # a bounded window keeps memory flat: at most two parts per worker in flight
+        window = 2 * max(self.workers, 1)
         ahead = deque()
         pending = iter(parts)
-        # a bounded window keeps memory flat: at most two parts per worker in flight
         for part in pending:
-            ahead.append((part, self.pool.submit(_encode_in_worker, part)))
-            if len(ahead) >= 2 * self.workers:
+            ahead.append((part, self._submit(part)))
+            if len(ahead) >= window:
                 break
         while ahead:
             part, future = ahead.popleft()
             nxt = next(pending, None)
             if nxt is not None:
-                ahead.append((nxt, self.pool.submit(_encode_in_worker, nxt)))
+                ahead.append((nxt, self._submit(nxt)))
             yield _located(part, future.result)
 
 
