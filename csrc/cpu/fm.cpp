@@ -127,15 +127,21 @@ void fm_backward_update(float* table, int64_t num_rows, int64_t dim, const int64
       });
 }
 
+constexpr int64_t kGatherAhead = 16;  // lookups; enough misses in flight, few wasted at the end
+
 void fnn_gather(const float* table, int64_t dim, const int64_t* ids, const float* values,
                 int64_t batch, int64_t slots, const int64_t* slot_fields, int64_t num_fields,
                 float* z) {
   const int64_t width = num_fields * dim;
+  const int64_t lookups = batch * slots;
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < batch; ++b) {
     float* out = z + b * width;
     if (slot_fields) std::fill(out, out + width, 0.0f);
     for (int64_t s = 0; s < slots; ++s) {
+      // Random rows miss the cache: ask for a later lookup's row while this one is copied.
+      const int64_t ahead = b * slots + s + kGatherAhead;
+      if (ahead < lookups) prefetch_row(table + ids[ahead] * dim, dim);
       const float x = values ? values[b * slots + s] : 1.0f;
       const float* row = table + ids[b * slots + s] * dim;
       float* field = out + (slot_fields ? slot_fields[s] : s) * dim;
