@@ -4,6 +4,7 @@
 // kernel runs. The submodule _C.cuda exists when the CUDA kernels were compiled in
 // (FNN_FAST_CUDA): its functions queue work on a stream given as an integer (a cudaStream_t).
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cstdint>
 
@@ -168,34 +169,52 @@ PYBIND11_MODULE(_C, m) {
       },
       "FNN gather backward fused with the sparse update of the rows present in the batch.");
 
-  m.def(
-      "build_vocab_table",
-      [](Address table_keys, Address table_fields, Address table_ids, int64_t capacity,
-         Address keys, Address fields, Address ids, int64_t n) {
-        if (capacity <= n || (capacity & (capacity - 1)) != 0)
-          throw py::value_error("capacity must be a power of two above the vocabulary size");
-        py::gil_scoped_release release;
-        cpu::build_vocab_table(
-            {ptr<int64_t>(table_keys), ptr<int32_t>(table_fields), ptr<int64_t>(table_ids),
-             capacity},
-            ptr<const int64_t>(keys), ptr<const int64_t>(fields), ptr<const int64_t>(ids), n);
-      },
-      "Fill an open-addressing table of (key, field) -> feature id.");
+  py::class_<cpu::Vocabulary>(m, "Vocabulary",
+                              "A FeatureEncoder's (key, field) -> feature id, as one hash table.")
+      .def(py::init([](Address keys, Address fields, Address ids, int64_t n, Address field_begin,
+                       Address field_end, int64_t num_fields) {
+             py::gil_scoped_release release;
+             return new cpu::Vocabulary(ptr<const int64_t>(keys), ptr<const int64_t>(fields),
+                                        ptr<const int64_t>(ids), n,
+                                        ptr<const int64_t>(field_begin),
+                                        ptr<const int64_t>(field_end), num_fields);
+           }),
+           "n (key, field, id) triples; field f owns the ids (begin[f], end[f]).")
+      .def("find", &cpu::Vocabulary::find, "The id of (key, field), or the field's OOV id.")
+      .def(
+          "encode_keys",
+          [](const cpu::Vocabulary& vocabulary, Address keys, Address values, int64_t rows,
+             int64_t slots, Address slot_fields, Address out_ids, Address out_values,
+             int threads) {
+            py::gil_scoped_release release;
+            vocabulary.encode_keys(ptr<const int64_t>(keys), ptr<const float>(values), rows,
+                                   slots, ptr<const int64_t>(slot_fields), ptr<int64_t>(out_ids),
+                                   ptr<float>(out_values), threads);
+          },
+          "Keys [rows, slots] -> feature ids and values (0 for PAD slots).");
 
-  m.def(
-      "encode_keys",
-      [](Address table_keys, Address table_fields, Address table_ids, int64_t capacity,
-         Address keys, Address values, int64_t rows, int64_t slots, Address slot_fields,
-         Address oov_ids, Address out_ids, Address out_values) {
-        py::gil_scoped_release release;
-        cpu::encode_keys(
-            {ptr<int64_t>(table_keys), ptr<int32_t>(table_fields), ptr<int64_t>(table_ids),
-             capacity},
-            ptr<const int64_t>(keys), ptr<const float>(values), rows, slots,
-            ptr<const int64_t>(slot_fields), ptr<const int64_t>(oov_ids), ptr<int64_t>(out_ids),
-            ptr<float>(out_values));
-      },
-      "Keys [rows, slots] -> feature ids and values (0 for PAD slots).");
+  py::class_<cpu::DelimitedEncoder>(m, "DelimitedEncoder",
+                                    "Delimited lines straight to feature ids (one thread).")
+      .def(py::init<const cpu::Vocabulary&, char, std::vector<int32_t>, std::vector<int32_t>,
+                    std::vector<int64_t>, bool, int>(),
+           py::arg("vocabulary"), py::arg("delimiter"), py::arg("column_slots"),
+           py::arg("column_kinds"), py::arg("slot_fields"), py::arg("label_optional"),
+           py::arg("memo_bits"), py::keep_alive<1, 2>())
+      .def(
+          "encode",
+          [](cpu::DelimitedEncoder& encoder, py::buffer data, int64_t skip_lines,
+             int64_t max_rows, Address out_ids, Address out_values) {
+            py::buffer_info bytes = data.request();
+            cpu::DelimitedEncoder::Result result;
+            {
+              py::gil_scoped_release release;
+              result = encoder.encode(static_cast<const char*>(bytes.ptr),
+                                      bytes.size * bytes.itemsize, skip_lines, max_rows,
+                                      ptr<int64_t>(out_ids), ptr<float>(out_values));
+            }
+            return py::make_tuple(result.rows, result.ok, result.all_ones, result.reason);
+          },
+          "(rows, ok, all_ones, reason): ok is False at the first line it does not handle.");
 
 #ifdef FNN_FAST_CUDA
   add_cuda_functions(m.def_submodule("cuda", "fnn_fast CUDA kernels (torch-free)"));

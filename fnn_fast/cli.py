@@ -420,7 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--which", choices=("fnn", "fm"), default="fnn")
     p.add_argument("--batch-size", type=int, default=8192)
     p.add_argument(
-        "--workers", type=int, help="processes reading ahead (default: cores - 1; 0: none)"
+        "--workers", type=int,
+        help="processes parsing ahead (default: none where C++ code reads the input, a cache "
+        "entry or plain Criteo/CSV text, in threads of this process; else cores - 1)",
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")

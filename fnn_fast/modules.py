@@ -211,4 +211,15 @@ class FNN(_FusedUpdate, nn.Module):
         )  # fmt: skip
 
     def forward(self, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
-        return self.output(self.hidden_layers(self.input(ids, values))).squeeze(-1)
+        first = self.hidden_layers[0] if len(self.hidden_layers) else None
+        if torch.is_grad_enabled() or not isinstance(first, nn.Linear):
+            return self.output(self.hidden_layers(self.input(ids, values))).squeeze(-1)
+        # Inference: w0 is a constant input, so its column of the first layer folds into that
+        # layer's bias, and z is used without it (no pass to prepend the column).
+        ops.check_ids(ids, self.num_features, self.slot_names)
+        fields = ops.fnn_fields(self.table, ids, values, self.slot_fields, self.num_fields)
+        bias = first.weight[:, 0] * self.w0
+        if first.bias is not None:
+            bias = bias + first.bias
+        hidden = nn.functional.linear(fields, first.weight[:, 1:], bias)
+        return self.output(self.hidden_layers[1:](hidden)).squeeze(-1)

@@ -120,7 +120,7 @@ def test_native_hash_table_encodes_like_the_binary_search():
     )
     keys[rng.random(keys.shape) < 0.1] = PAD_KEY
     native = FeatureEncoder.fit(keys[:3000], slot_fields, ["a", "b", "c", "d"], min_count=2)
-    assert native._native_table() is not None
+    assert native.native_vocabulary() is not None
     numpy_only = FeatureEncoder.fit(keys[:3000], slot_fields, ["a", "b", "c", "d"], min_count=2)
     numpy_only._table = False
     values = rng.random(keys.shape).astype(np.float32)

@@ -301,11 +301,17 @@ def test_arrow_and_pandas_api(model_dir, data):
     assert np.isnan(scored[3]) and np.isfinite(np.delete(scored, 3)).all()
 
 
+@pytest.mark.parametrize("reader", ["native", "arrow"])
 @pytest.mark.parametrize("fmt", ["csv", "criteo"])
-def test_arrow_fast_path_reads_what_the_line_reader_reads(tmp_path, fmt):
-    """Parts go through pyarrow's CSV parser when rows map to lines exactly; the keys must be
-    those of the line-by-line reader, numeric cells and missing ones included."""
+def test_arrow_fast_path_reads_what_the_line_reader_reads(tmp_path, monkeypatch, fmt, reader):
+    """Parts go through the C++ reader, else pyarrow's CSV parser when rows map to lines
+    exactly; the keys must be those of the line-by-line reader, numeric cells and missing ones
+    included."""
+    from fnn_fast.data import parts as parts_module
     from fnn_fast.data.synthetic import criteo_like_cardinalities, plant_model, write_criteo
+
+    if reader == "arrow":
+        monkeypatch.setattr(parts_module, "_native_text_part", lambda *args: None)
 
     if fmt == "criteo":
         path, schema = tmp_path / "c.txt", Schema.criteo()

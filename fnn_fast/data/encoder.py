@@ -8,6 +8,7 @@ order. Arrays are processed in row chunks, so memmapped inputs never have to fit
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -72,9 +73,10 @@ class FeatureEncoder:
     def fit_rows(cls, rows: ParsedRows, min_count: int = 1) -> FeatureEncoder:
         return cls.fit(rows.keys, rows.slot_fields, rows.field_names, min_count)
 
-    def transform(self, keys, values, *, chunk_rows: int = _CHUNK_ROWS):
+    def transform(self, keys, values, *, chunk_rows: int = _CHUNK_ROWS, threads: int = 0):
         """(ids int64 [N, S], values float32 [N, S]). An unseen key gets its field's OOV id and
-        keeps its value; a PAD slot gets the OOV id and value 0."""
+        keeps its value; a PAD slot gets the OOV id and value 0. ``threads``: of the native
+        encoder (0: all cores; 1 where the caller already runs beside other work)."""
         keys = keys if hasattr(keys, "shape") else np.asarray(keys)
         values = values if hasattr(values, "shape") else np.asarray(values)
         if keys.shape != values.shape or keys.ndim != 2 or keys.shape[1] != len(self.slot_fields):
@@ -84,10 +86,11 @@ class FeatureEncoder:
             )
         ids = np.empty(keys.shape, dtype=np.int64)
         out_values = np.empty(keys.shape, dtype=np.float32)
-        if self._native_table() is not None:
+        if self.native_vocabulary() is not None:
+            threads = threads or os.cpu_count() or 1
             for start in range(0, len(keys), chunk_rows):
                 rows = slice(start, start + chunk_rows)
-                self._encode_native(keys[rows], values[rows], ids[rows], out_values[rows])
+                self._encode_native(keys[rows], values[rows], ids[rows], out_values[rows], threads)
             return ids, out_values
         for start in range(0, len(keys), chunk_rows):
             rows = slice(start, start + chunk_rows)
@@ -97,9 +100,9 @@ class FeatureEncoder:
             out_values[rows] = np.where(chunk == PAD_KEY, 0.0, np.asarray(values[rows]))
         return ids, out_values
 
-    def _native_table(self):
-        """The C++ hash table of every (key, field) -> id (fnn_fast._C), built on first use;
-        None without the native module (the numpy binary search then serves)."""
+    def native_vocabulary(self):
+        """The C++ hash table of every (key, field) -> id (fnn_fast._C.Vocabulary), built on
+        first use; None without the native module (a numpy binary search then serves)."""
         if getattr(self, "_table", None) is None:
             try:
                 from fnn_fast import _C
@@ -114,31 +117,25 @@ class FeatureEncoder:
                 [np.zeros(0, np.int64)]
                 + [self.offsets[f] + 1 + np.arange(len(v)) for f, v in enumerate(self.vocabs)]
             ).astype(np.int64)
-            capacity = 1 << max(4, int(2 * len(vocab_keys) + 1).bit_length())  # load <= 1/2
-            table = (
-                np.empty(capacity, np.int64), np.empty(capacity, np.int32),
-                np.empty(capacity, np.int64),
+            begin = np.ascontiguousarray(self.offsets, dtype=np.int64)
+            end = np.ascontiguousarray(self.offsets + self.sizes, dtype=np.int64)
+            self._table = _C.Vocabulary(
+                vocab_keys.ctypes.data, fields.ctypes.data, ids.ctypes.data, len(vocab_keys),
+                begin.ctypes.data, end.ctypes.data, len(self.vocabs),
             )  # fmt: skip
-            _C.build_vocab_table(
-                *(a.ctypes.data for a in table), capacity, vocab_keys.ctypes.data,
-                fields.ctypes.data, ids.ctypes.data, len(vocab_keys),
-            )  # fmt: skip
-            self._table = (_C, table, capacity)
         return self._table or None
 
-    def _encode_native(self, keys, values, out_ids, out_values) -> None:
-        _C, table, capacity = self._table
+    def _encode_native(self, keys, values, out_ids, out_values, threads: int) -> None:
         keys = np.ascontiguousarray(keys, dtype=np.int64)
         values = np.ascontiguousarray(values, dtype=np.float32)
         assert out_ids.flags.c_contiguous and out_values.flags.c_contiguous
-        _C.encode_keys(
-            *(a.ctypes.data for a in table), capacity, keys.ctypes.data, values.ctypes.data,
-            len(keys), keys.shape[1], self.slot_fields.ctypes.data, self.offsets.ctypes.data,
-            out_ids.ctypes.data, out_values.ctypes.data,
+        self._table.encode_keys(
+            keys.ctypes.data, values.ctypes.data, len(keys), keys.shape[1],
+            self.slot_fields.ctypes.data, out_ids.ctypes.data, out_values.ctypes.data, threads,
         )  # fmt: skip
 
     def __getstate__(self):  # the native table is rebuilt where the encoder lands
-        return {k: v for k, v in self.__dict__.items() if k != "_table"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_table", "_delimited")}
 
     def transform_rows(self, rows: ParsedRows):
         return self.transform(rows.keys, rows.values)

@@ -17,6 +17,7 @@ import csv
 import glob
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,21 +206,37 @@ def csv_header(path, schema: Schema) -> list[str] | None:
     return header
 
 
+def load_part(part: Part):
+    """The I/O of reading a part, without parsing: a cache part's rows, a text part's (bytes,
+    line count); None for Parquet (read while parsing)."""
+    if part.kind == "cache":
+        return read_row_range(part.path, part.start, part.stop)
+    if part.kind == "text":
+        return read_text_part(part)
+    return None
+
+
 def encode_part(
     part: Part, schema: Schema, encoder: FeatureEncoder, skip_bad_lines: bool,
-    header: list[str] | None = None,
+    header: list[str] | None = None, loaded=None, threads: int = 1,
 ) -> EncodedPart:  # fmt: skip
-    """Read and encode one part. Without ``skip_bad_lines`` a malformed line raises DataError,
-    its line counted from the part's first line for text parts."""
+    """Read (or take from ``loaded``, see load_part) and encode one part. Without
+    ``skip_bad_lines`` a malformed line raises DataError, its line counted from the part's first
+    line for text parts. ``threads``: for encoding cached keys (1: others use the cores)."""
     bad = BadLines(part.path, skip_bad_lines, keep_all=True)
     newlines = 0
+    if loaded is None:
+        loaded = load_part(part)
     if part.kind == "cache":
-        rows = read_row_range(part.path, part.start, part.stop)
+        rows = loaded
     elif part.kind == "parquet":
         groups = RowGroups(list(range(part.start, part.stop)), part.first_row)
         rows = read_rows(part.path, schema, bad=bad, part=groups, progress=False, labelled=False)
     else:
-        data, newlines = read_text_part(part)
+        data, newlines = loaded
+        encoded = _native_text_part(part, data, newlines, schema, encoder, header)
+        if encoded is not None:
+            return encoded
         rows = None
         if schema.format in ("criteo", "csv"):
             rows = _arrow_rows(part, data, newlines, schema, header, bad)
@@ -227,10 +244,22 @@ def encode_part(
             text = text_part(data, part.index == 0, header if part.index > 0 else None)
             rows = read_rows(part.path, schema, bad=bad, part=text, progress=False, labelled=False)
     keys, values, overflow = conform_slots(rows, encoder)
+    if not bad.rejected and not overflow.any():  # every row kept, in order: nothing to merge
+        ids, values = encoder.transform(keys, values, threads=threads)
+        return EncodedPart(
+            part=part,
+            good=np.ones(len(rows), dtype=bool),
+            ids=ids,
+            values=values if not np.all(values == 1) else None,
+            lines=np.asarray(rows.lines, dtype=np.int64),
+            row_ids=None if rows.row_ids is None else np.asarray(rows.row_ids).astype(object),
+            rejects=[],
+            newlines=newlines,
+        )
     for row in np.flatnonzero(overflow):
         bad.report(int(rows.lines[row]), overflow_reason(rows, encoder, row))
     kept = ~overflow
-    ids, values = encoder.transform(keys[kept], values[kept])
+    ids, values = encoder.transform(keys[kept], values[kept], threads=threads)
     values = values if not np.all(values == 1) else None
 
     # Output rows: the kept rows and the rejected lines (overflowing rows among them), in order.
@@ -252,6 +281,99 @@ def encode_part(
         rejects=sorted(bad.rejected),
         newlines=newlines,
     )
+
+
+_MEMO_BITS = 14  # per field at most 2^14 recent cells (512 kB), fewer for a small vocabulary
+_BYTE_ORDER_MARK = b"\xef\xbb\xbf"
+
+
+def native_text_layout(schema: Schema, encoder: FeatureEncoder, header: list[str] | None):
+    """(delimiter, column slots, column kinds, label optional) for fnn_fast._C.DelimitedEncoder,
+    or None where its fast path does not apply (not Criteo or CSV, an id column to pass through,
+    a model whose slots are not one per column, no native module)."""
+    if schema.format not in ("criteo", "csv") or schema.id_column is not None:
+        return None
+    if encoder.native_vocabulary() is None:
+        return None
+    fields = list(schema.field_names)
+    if fields != list(encoder.field_names) or not np.array_equal(
+        encoder.slot_fields, np.arange(len(fields))
+    ):
+        return None
+    delimiter = "\t" if schema.format == "criteo" else schema.delimiter or ","
+    columns = CRITEO_COLUMNS if schema.format == "criteo" else header
+    if columns is None or len(delimiter) != 1:
+        return None
+    position: dict[str, int] = {}
+    for i, name in enumerate(columns):
+        position.setdefault(name, i)
+    if any(name not in position for name in fields):
+        return None  # the Python reader names the missing columns
+    slots, kinds = [-1] * len(columns), [0] * len(columns)
+    numeric_kind = 2 if schema.numeric_mode == "bucketize" else 3
+    for slot, name in enumerate(fields):
+        slots[position[name]] = slot
+        kinds[position[name]] = numeric_kind if name in schema.numeric else 1
+    return delimiter, slots, kinds, schema.format == "criteo"
+
+
+def _native_text_part(
+    part: Part, data: bytes, newlines: int, schema: Schema, encoder: FeatureEncoder, header
+) -> EncodedPart | None:
+    """A text part encoded by the C++ reader (cells straight to ids, see csrc/cpu/encode.h);
+    None when it does not apply or meets a line it leaves to the Python readers."""
+    csv_header = header if part.index > 0 else _first_line_cells(data, schema)
+    layout = native_text_layout(schema, encoder, csv_header)
+    if layout is None or (part.index == 0 and data.startswith(_BYTE_ORDER_MARK)):
+        return None
+    if schema.format == "csv" and b'"' in data:  # quoting: csv.reader's rules apply
+        return None
+    skip = 1 if schema.format == "csv" and part.index == 0 else 0
+    native = _delimited_encoder(encoder, layout)
+    rows = max(newlines - skip, 0)
+    ids = np.empty((rows, len(encoder.slot_fields)), dtype=np.int64)
+    values = np.empty(ids.shape, dtype=np.float32)
+    done, ok, all_ones, _ = native.encode(data, skip, rows, ids.ctypes.data, values.ctypes.data)
+    if not ok or done != rows:
+        return None
+    return EncodedPart(
+        part=part,
+        good=np.ones(rows, dtype=bool),
+        ids=ids,
+        values=None if all_ones else values,
+        lines=np.arange(1 + skip, 1 + skip + rows, dtype=np.int64),
+        row_ids=None,
+        rejects=[],
+        newlines=newlines,
+    )
+
+
+def _first_line_cells(data: bytes, schema: Schema) -> list[str] | None:
+    """The header cells of a CSV file's first part (without quotes: else no fast path)."""
+    if schema.format != "csv":
+        return None
+    line = data[: data.find(b"\n")] if b"\n" in data else data
+    if b'"' in line or b"\r" in line:
+        return None
+    return line.decode("utf-8", "surrogateescape").split(schema.delimiter or ",")
+
+
+def _delimited_encoder(encoder: FeatureEncoder, layout):
+    """This thread's DelimitedEncoder for ``layout`` (its cell memo is not shared)."""
+    local = encoder.__dict__.setdefault("_delimited", threading.local())
+    cached = getattr(local, "encoders", None)
+    if cached is None:
+        cached = local.encoders = {}
+    key = repr(layout)
+    if key not in cached:
+        from fnn_fast import _C
+
+        delimiter, slots, kinds, label_optional = layout
+        cached[key] = _C.DelimitedEncoder(
+            encoder.native_vocabulary(), delimiter, slots, kinds,
+            encoder.slot_fields.tolist(), label_optional, _MEMO_BITS,
+        )  # fmt: skip
+    return cached[key]
 
 
 def conform_slots(rows: ParsedRows, encoder: FeatureEncoder):

@@ -147,3 +147,13 @@ def fnn_input(
         if z is not None:
             return torch.cat([w0.reshape(1, 1).expand(z.shape[0], 1), z], dim=1)
     return reference.fnn_input(table, w0, ids, values, slot_fields, num_fields, sparse)
+
+
+def fnn_fields(table, ids, values=None, slot_fields=None, num_fields=None):
+    """z without its w0 column, [B, F (1 + K)], for inference (no gradient)."""
+    inputs = _native_inputs(table, ids, values)
+    if inputs is not None:
+        fields = num_fields if num_fields is not None else ids.shape[1]
+        return native.fnn_gather(table.detach(), *inputs, slot_fields, fields)
+    w0 = table.new_zeros(())
+    return reference.fnn_input(table, w0, ids, values, slot_fields, num_fields)[:, 1:]
