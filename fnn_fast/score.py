@@ -307,7 +307,8 @@ def score_files(
         # worker processes.
         native = all(_reads_natively(p, schema, scorer.encoder, headers) for p in todo)
         workers = 0 if native else max(1, (os.cpu_count() or 2) - 1)
-    with bar, _Reader(schema, scorer.encoder, skip_bad_lines, headers, workers) as reader:
+    staging = out.parts_dir / ".encoder"  # in the output: a killed run leaves nothing elsewhere
+    with bar, _Reader(schema, scorer.encoder, skip_bad_lines, headers, workers, staging) as reader:
         try:
             for encoded in reader.read(todo):
                 part = encoded.part
@@ -425,27 +426,24 @@ class _Reader:
     reading and encoding worth 15 % of its time), so encoding in turn costs less than
     overlapping it."""
 
-    def __init__(self, schema, encoder, skip_bad_lines, headers, workers):
+    def __init__(self, schema, encoder, skip_bad_lines, headers, workers, staging: Path):
         self.args = (schema, encoder, skip_bad_lines, headers)
         self.workers = workers
+        self.staging = staging
         cores = os.cpu_count() or 1
         self.threads = max(1, cores // 4)
         self.encode_in_caller = workers == 0 and cores < _OVERLAP_CORES
         self.pool = None
-        self.staging = None
 
     def __enter__(self):
         schema, encoder, skip, headers = self.args
         if self.workers > 0:
-            import tempfile
-
-            self.staging = tempfile.mkdtemp(prefix="fnn-fast-encoder-")
             encoder.save(self.staging)  # workers load the vocabularies from disk, not a pickle
             self.pool = futures.ProcessPoolExecutor(
                 self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_worker,
-                initargs=(schema.to_dict(), self.staging, skip, headers),
+                initargs=(schema.to_dict(), str(self.staging), skip, headers),
             )
         else:
             self.pool = futures.ThreadPoolExecutor(self.threads, thread_name_prefix="fnn-fast-reader")
@@ -453,7 +451,7 @@ class _Reader:
 
     def __exit__(self, *exc):
         self.pool.shutdown(wait=True, cancel_futures=True)
-        if self.staging is not None:
+        if self.workers > 0:
             shutil.rmtree(self.staging, ignore_errors=True)
 
     def _submit(self, part: Part) -> futures.Future:
