@@ -340,3 +340,26 @@ def test_part_lines_are_local_until_numbered(data):
 
 def load_model_encoder(data):
     return FeatureEncoder.fit_rows(read_rows(data[0], SCHEMA, progress=False))
+
+
+def test_every_reading_mode_gives_the_same_bytes(tmp_path, monkeypatch):
+    """Criteo text read by the C++ reader, encoded between batches (few cores) or by the reader
+    threads (many cores), or in a worker process: the same output bytes."""
+    import fnn_fast.score as score_module
+    from fnn_fast.data.synthetic import criteo_like_cardinalities, plant_model, write_criteo
+
+    path, schema = tmp_path / "day.txt", Schema.criteo()
+    write_criteo(path, plant_model(criteo_like_cardinalities(39, 300), seed=1), 3000, seed=2)
+    encoder = FeatureEncoder.fit_rows(read_rows(path, schema, progress=False))
+    fm = FM(encoder.num_features, 4)
+    save_model(tmp_path / "model", fm, FNN.from_fm(fm, num_fields=39), encoder, schema)
+    outputs = {}
+    for mode, overlap_cores, workers in (("between", 64, None), ("beside", 1, None),
+                                         ("worker", 64, 1)):  # fmt: skip
+        monkeypatch.setattr(score_module, "_OVERLAP_CORES", overlap_cores)
+        out = tmp_path / f"{mode}.csv"
+        score_files(tmp_path / "model", path, out, part_bytes=50_000, workers=workers,
+                    progress=False)  # fmt: skip
+        outputs[mode] = out.read_bytes()
+    assert outputs["between"] == outputs["beside"] == outputs["worker"]
+    assert outputs["between"].count(b"\n") == 3001
