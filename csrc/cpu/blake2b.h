@@ -30,22 +30,12 @@ constexpr uint8_t kSigma[12][16] = {
     {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
 };
 
-inline uint64_t rotr(uint64_t x, int n) { return (x >> n) | (x << (64 - n)); }
-
-inline void compress(uint64_t h[8], const uint8_t block[128], uint64_t bytes, bool last) {
-  uint64_t m[16], v[16];
-  for (int i = 0; i < 16; ++i) {
-    uint64_t word = 0;
-    for (int b = 7; b >= 0; --b) word = (word << 8) | block[8 * i + b];  // little-endian
-    m[i] = word;
-  }
-  for (int i = 0; i < 8; ++i) {
-    v[i] = h[i];
-    v[i + 8] = kIV[i];
-  }
-  v[12] ^= bytes;  // the byte counter's high word stays 0: a token is far below 2^64 bytes
-  if (last) v[14] = ~v[14];
-  auto g = [&v](int a, int b, int c, int d, uint64_t x, uint64_t y) {
+// The twelve rounds of the compression function on the work vector v and message m. Word is
+// uint64_t, or a GCC vector of them for several messages side by side (one per lane).
+template <typename Word>
+inline void rounds(Word v[16], const Word m[16]) {
+  auto rotr = [](Word x, int n) { return (x >> n) | (x << (64 - n)); };
+  auto g = [&](int a, int b, int c, int d, const Word& x, const Word& y) {
     v[a] = v[a] + v[b] + x;
     v[d] = rotr(v[d] ^ v[a], 32);
     v[c] = v[c] + v[d];
@@ -65,6 +55,22 @@ inline void compress(uint64_t h[8], const uint8_t block[128], uint64_t bytes, bo
     g(2, 7, 8, 13, m[s[12]], m[s[13]]);
     g(3, 4, 9, 14, m[s[14]], m[s[15]]);
   }
+}
+
+inline void compress(uint64_t h[8], const uint8_t block[128], uint64_t bytes, bool last) {
+  uint64_t m[16], v[16];
+  for (int i = 0; i < 16; ++i) {
+    uint64_t word = 0;
+    for (int b = 7; b >= 0; --b) word = (word << 8) | block[8 * i + b];  // little-endian
+    m[i] = word;
+  }
+  for (int i = 0; i < 8; ++i) {
+    v[i] = h[i];
+    v[i + 8] = kIV[i];
+  }
+  v[12] ^= bytes;  // the byte counter's high word stays 0: a token is far below 2^64 bytes
+  if (last) v[14] = ~v[14];
+  rounds(v, m);
   for (int i = 0; i < 8; ++i) h[i] ^= v[i] ^ v[i + 8];
 }
 
@@ -112,7 +118,6 @@ inline void blake2b_64_lanes(const char* const* data, const int64_t* sizes, int 
       m[word][lane] = value;
     }
   }
-  auto rotr_lanes = [](Lanes x, int n) { return (x >> n) | (x << (64 - n)); };
   Lanes v[16];
   for (int i = 0; i < 8; ++i) {
     v[i] = Lanes{} + kIV[i];
@@ -121,26 +126,7 @@ inline void blake2b_64_lanes(const char* const* data, const int64_t* sizes, int 
   v[0] ^= 0x01010000ull ^ 8;
   v[12] ^= counted;
   v[14] = ~v[14];
-  auto g = [&](int a, int b, int c, int d, const Lanes& x, const Lanes& y) {
-    v[a] = v[a] + v[b] + x;
-    v[d] = rotr_lanes(v[d] ^ v[a], 32);
-    v[c] = v[c] + v[d];
-    v[b] = rotr_lanes(v[b] ^ v[c], 24);
-    v[a] = v[a] + v[b] + y;
-    v[d] = rotr_lanes(v[d] ^ v[a], 16);
-    v[c] = v[c] + v[d];
-    v[b] = rotr_lanes(v[b] ^ v[c], 63);
-  };
-  for (const auto& s : kSigma) {
-    g(0, 4, 8, 12, m[s[0]], m[s[1]]);
-    g(1, 5, 9, 13, m[s[2]], m[s[3]]);
-    g(2, 6, 10, 14, m[s[4]], m[s[5]]);
-    g(3, 7, 11, 15, m[s[6]], m[s[7]]);
-    g(0, 5, 10, 15, m[s[8]], m[s[9]]);
-    g(1, 6, 11, 12, m[s[10]], m[s[11]]);
-    g(2, 7, 8, 13, m[s[12]], m[s[13]]);
-    g(3, 4, 9, 14, m[s[14]], m[s[15]]);
-  }
+  rounds(v, m);
   const Lanes h0 = (Lanes{} + (kIV[0] ^ 0x01010000ull ^ 8)) ^ v[0] ^ v[8];
   for (int lane = 0; lane < count; ++lane) out[lane] = h0[lane];
 }
