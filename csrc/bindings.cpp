@@ -227,4 +227,14 @@ PYBIND11_MODULE(_C, m) {
     return 1;
 #endif
   });
+  m.def(
+      "set_num_threads",
+      [](int threads) {
+#ifdef FNN_FAST_OPENMP
+        if (threads > 0) omp_set_num_threads(threads);
+#else
+        (void)threads;
+#endif
+      },
+      "Threads the CPU kernels use from now on (OpenMP's count; torch's own is separate).");
 }

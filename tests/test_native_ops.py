@@ -204,3 +204,26 @@ def test_torch_compile_fullgraph_matches_eager(model_kind):
             results[-1] += (model(batches[0][0], batches[0][1]),)
     for eager, compiled in zip(results[0], results[1], strict=True):
         torch.testing.assert_close(compiled, eager, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["rowwise_adagrad", "adam"])
+def test_large_batch_update_is_the_reference_and_thread_independent(kind):
+    """Batches past the size where grouping by row runs on every thread: same tables as the
+    reference, and bit for bit the same whatever the thread count."""
+    from fnn_fast import _C
+
+    rule = RowUpdate(kind, lr=0.05 if kind != "adam" else 0.01)
+    batches = [batch_of(700, 39, 5000, seed=s, with_values=False) for s in range(2)]
+    models = train_pair(lambda: FM(5000, 10, init_std=0.3), rule, 2, batches)
+    compare_states(models, rule)
+    threads = _C.num_threads()
+    tables = []
+    try:
+        for count in (1, 2, 3):
+            _C.set_num_threads(count)
+            tables.append(train_pair(lambda: FM(5000, 10, init_std=0.3), rule, 2, batches))
+    finally:
+        _C.set_num_threads(threads)
+    for other in tables[1:]:
+        assert torch.equal(other["native"][0].table, tables[0]["native"][0].table)
+        assert torch.equal(other["native"][0].update_state1, tables[0]["native"][0].update_state1)

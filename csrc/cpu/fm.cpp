@@ -5,6 +5,10 @@
 
 #include "cpu/group_by_row.h"
 
+#ifdef FNN_FAST_OPENMP
+#include <omp.h>
+#endif
+
 namespace fnn_fast::cpu {
 
 namespace {
@@ -20,13 +24,15 @@ inline void prefetch_row(const float* row, int64_t dim) {
   __builtin_prefetch(row + dim - 1);
 }
 
-inline void prefetch_state(const UpdateParams& p, const OptimizerState& s, int64_t row,
+// Takes the rule and the state's addresses by value: GCC drops a prefetch guarded by a field read
+// through a reference that the loop's stores might alias (the state was never prefetched).
+inline void prefetch_state(Rule rule, const float* state1, const float* state2, int64_t row,
                            int64_t dim) {
-  if (p.rule == Rule::kRowwiseAdagrad) {
-    __builtin_prefetch(s.state1 + row);
-  } else if (p.rule != Rule::kSGD) {
-    prefetch_row(s.state1 + row * dim, dim);
-    if (p.rule == Rule::kAdam) prefetch_row(s.state2 + row * dim, dim);
+  if (rule == Rule::kRowwiseAdagrad) {
+    __builtin_prefetch(state1 + row);
+  } else if (rule != Rule::kSGD) {
+    prefetch_row(state1 + row * dim, dim);
+    if (rule == Rule::kAdam) prefetch_row(state2 + row * dim, dim);
   }
 }
 
@@ -45,15 +51,32 @@ void update_grouped_rows(float* table, int64_t num_rows, int64_t dim, const int6
   const int64_t runs = static_cast<int64_t>(groups.rows.size());
   const int slot_bits = groups.slot_bits;
   const int64_t slot_mask = (int64_t{1} << slot_bits) - 1;
+  const Rule rule = params.rule;
+  const float* const state1 = state.state1;
+  const float* const state2 = state.state2;
+  const int64_t lookups = batch * slots;
 #pragma omp parallel
   {
+    // Each thread takes a contiguous stretch of runs holding about its share of the lookups:
+    // a hot row's long run does not leave one thread with most of the work, and the prefetch
+    // below runs ahead within the thread's own rows.
+#ifdef FNN_FAST_OPENMP
+    const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
+#else
+    const int64_t threads = 1, t = 0;
+#endif
+    const auto first_run = [&](int64_t u) {
+      const int64_t* starts = groups.run_starts.data();
+      return static_cast<int64_t>(std::lower_bound(starts, starts + runs, lookups * u / threads) -
+                                  starts);
+    };
+    const int64_t begin = first_run(t), end = t + 1 == threads ? runs : first_run(t + 1);
     std::vector<float> grad(dim + 1);
-#pragma omp for schedule(dynamic, 64)
-    for (int64_t r = 0; r < runs; ++r) {
-      if (r + kPrefetchRuns < runs) {
+    for (int64_t r = begin; r < end; ++r) {
+      if (r + kPrefetchRuns < end) {
         const int64_t ahead = groups.rows[r + kPrefetchRuns];
         prefetch_row(table + ahead * dim, dim);
-        prefetch_state(params, state, ahead, dim);
+        prefetch_state(rule, state1, state2, ahead, dim);
       }
       float* row = table + groups.rows[r] * dim;
       std::fill(grad.begin(), grad.end(), 0.0f);

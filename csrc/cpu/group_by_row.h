@@ -16,11 +16,13 @@ struct RowGroups {
   std::vector<int64_t> rows;        // the row of each run
   // Workspace kept between calls, so a training step does not fault in fresh pages each time.
   std::vector<uint64_t> items, scratch;
+  std::vector<int64_t> counts, thread_runs;  // the radix sort's per-thread histograms, run counts
 };
 
 // ids: [batch, slots] row indices in [0, num_rows). LSD radix sort on only the bits num_rows
-// needs, so the sort is stable and lookups stay in (b, s) order within a row.
-// Fills `groups`, reusing its memory.
+// needs, so the sort is stable and lookups stay in (b, s) order within a row; every OpenMP
+// thread takes part, with the same result for any thread count. Fills `groups`, reusing its
+// memory. Call it from outside a parallel region.
 void group_by_row(const int64_t* ids, int64_t batch, int64_t slots, int64_t num_rows,
                   RowGroups& groups);
 
