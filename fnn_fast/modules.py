@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fnn_fast import ops
+from fnn_fast.memory import table_zeros
 from fnn_fast.optim import RowUpdate
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
@@ -99,7 +100,7 @@ class FM(_FusedUpdate, nn.Module):
         self.sparse = sparse
         self.slot_names = list(slot_names) if slot_names is not None else None
         self.w0 = nn.Parameter(torch.zeros(()))
-        table = torch.zeros(num_features, 1 + num_factors)
+        table = table_zeros(num_features, 1 + num_factors)
         table[:, 1:].normal_(0.0, init_std)
         self.table = nn.Parameter(table)
         self._init_fused_update()
@@ -147,7 +148,8 @@ class FNN(_FusedUpdate, nn.Module):
         slot_fields, self.num_fields = _as_slot_fields(slot_fields, num_fields)
         self.register_buffer("slot_fields", slot_fields, persistent=False)
         self.w0 = nn.Parameter(torch.zeros(()))
-        self.table = nn.Parameter(torch.randn(num_features, 1 + num_factors) * init_std)
+        table = table_zeros(num_features, 1 + num_factors)
+        self.table = nn.Parameter(torch.randn(table.shape, out=table).mul_(init_std))
         self._init_fused_update()
         layers: list[nn.Module] = []
         width = 1 + self.num_fields * (1 + num_factors)

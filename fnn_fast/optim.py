@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from fnn_fast.memory import zeros_like_table
+
 OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
 
 
@@ -174,9 +176,9 @@ class RowUpdate:
         """Zeroed optimizer state laid out as the kernels expect (see csrc/row_update.h)."""
         empty = table.new_zeros(0)
         if self.kind == "adagrad":
-            return torch.zeros_like(table), empty
+            return zeros_like_table(table), empty
         if self.kind == "rowwise_adagrad":
-            return table.new_zeros(table.shape[0]), empty
+            return zeros_like_table(table[:, 0]), empty
         if self.kind == "adam":
-            return torch.zeros_like(table), torch.zeros_like(table)
+            return zeros_like_table(table), zeros_like_table(table)
         return empty, empty
