@@ -119,7 +119,7 @@ def fm_forward(table, w0, ids, values=None, sparse=True, fused: FusedArgs | None
         if not needs_grad:
             return w0 + native.fm_scores(table.detach(), *inputs)
         if fused is not None:
-            logits, _ = native.fm_train_forward(
+            logits, _ = native.fm_train(
                 table, *inputs, fused.state1, fused.state2, fused.step, fused.hparams,
                 native.RULES[fused.kind],
             )  # fmt: skip
@@ -140,7 +140,7 @@ def fnn_input(
         if not needs_grad:
             z = native.fnn_gather(table.detach(), *inputs, slot_fields, fields)
         elif fused is not None:
-            z = native.fnn_gather_train(
+            z = native.gather_train(
                 table, *inputs, slot_fields, fields, fused.state1, fused.state2, fused.step,
                 fused.hparams, native.RULES[fused.kind],
             )  # fmt: skip
