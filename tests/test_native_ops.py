@@ -34,7 +34,8 @@ def assert_close_to_reference(got, table, w0, ids, values, op=reference.fm_forwa
         assert error.max() <= 2 * ref_error.max() + 1e-5
 
 
-SHAPES = [(1, 1, 1), (0, 4, 3), (33, 7, 5), (64, 39, 10), (17, 16, 16)]
+# factors 4, 8, 10, 16, 32 run the kernels compiled for their row width, the others the generic ones
+SHAPES = [(1, 1, 1), (0, 4, 3), (33, 7, 5), (64, 39, 10), (17, 16, 16), (9, 5, 4), (5, 3, 8), (6, 4, 32)]
 
 
 @pytest.mark.parametrize("batch,slots,factors", SHAPES)
@@ -117,7 +118,10 @@ def compare_states(models, rule):
 
 
 @pytest.mark.parametrize("kind", OPTIMIZERS)
-@pytest.mark.parametrize("slots,factors,with_values", [(5, 3, True), (7, 10, False), (1, 1, True)])
+@pytest.mark.parametrize(
+    "slots,factors,with_values",
+    [(5, 3, True), (7, 10, False), (1, 1, True), (4, 4, True), (3, 8, False), (6, 16, True), (2, 32, True)],
+)
 def test_fm_fused_update_matches_reference(kind, slots, factors, with_values):
     rule = RowUpdate(kind, lr=0.1 if kind != "adam" else 0.01, weight_decay=0.01)
     batches = [batch_of(24, slots, 60, seed=s, with_values=with_values) for s in range(4)]
@@ -127,12 +131,14 @@ def test_fm_fused_update_matches_reference(kind, slots, factors, with_values):
 
 
 @pytest.mark.parametrize("kind", OPTIMIZERS)
-def test_fnn_fused_update_matches_reference(kind):
+@pytest.mark.parametrize("factors,slot_fields", [(3, [0, 1, 1, 2, 3, 3]), (10, None), (16, None)])
+def test_fnn_fused_update_matches_reference(kind, factors, slot_fields):
     rule = RowUpdate(kind, lr=0.1 if kind != "adam" else 0.01, weight_decay=0.01)
-    batches = [batch_of(20, 6, 40, seed=s) for s in range(4)]
+    slots = len(slot_fields) if slot_fields else 4
+    batches = [batch_of(20, slots, 40, seed=s) for s in range(4)]
 
     def make():
-        return FNN(40, 4, 3, hidden=(8, 5), slot_fields=[0, 1, 1, 2, 3, 3], init_std=0.3)
+        return FNN(40, 4, factors, hidden=(8, 5), slot_fields=slot_fields, init_std=0.3)
 
     compare_states(train_pair(make, rule, 4, batches), rule)
 

@@ -1,6 +1,7 @@
 #include "cpu/fm.h"
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/group_by_row.h"
@@ -36,13 +37,48 @@ inline void prefetch_state(Rule rule, const float* state1, const float* state2, 
   }
 }
 
-// Groups the batch's lookups by row; for each unique row (one thread each), sums the gradient of
-// its occurrences in (b, s) order with accumulate(b, s, grad), completes it with
-// finish(row, grad), then updates the row. grad has one spare element after the row's dim.
-template <typename Accumulate, typename Finish>
-void update_grouped_rows(float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
+// The kernels are compiled for common row widths D = 1 + K (K = 4, 8, 10, 16, 32) so the
+// per-row loops unroll into a few vector operations; kDim = 0 is the generic version, reading
+// the width at run time.
+template <int kDim>
+constexpr int64_t width(int64_t dim) {
+  return kDim ? kDim : dim;
+}
+
+template <typename Kernel>
+void with_dim(int64_t dim, Kernel&& kernel) {
+  switch (dim) {
+    case 5: return kernel(std::integral_constant<int, 5>{});
+    case 9: return kernel(std::integral_constant<int, 9>{});
+    case 11: return kernel(std::integral_constant<int, 11>{});
+    case 17: return kernel(std::integral_constant<int, 17>{});
+    case 33: return kernel(std::integral_constant<int, 33>{});
+    default: return kernel(std::integral_constant<int, 0>{});
+  }
+}
+
+// A row-sized buffer plus one spare float: on the stack for a compile-time width.
+template <int kDim>
+struct RowBuffer {
+  float values[kDim + 1];
+  explicit RowBuffer(int64_t) {}
+  float* data() { return values; }
+};
+template <>
+struct RowBuffer<0> {
+  std::vector<float> values;
+  explicit RowBuffer(int64_t dim) : values(dim + 1) {}
+  float* data() { return values.data(); }
+};
+
+// Groups the batch's lookups by row; for each unique row, sums the gradient of its occurrences
+// in (b, s) order with accumulate(b, s, grad), completes it with finish(row, grad), then updates
+// the row. grad has one spare element after the row's dim.
+template <int kDim, typename Accumulate, typename Finish>
+void update_grouped_rows(float* table, int64_t num_rows, int64_t dim_arg, const int64_t* ids,
                          int64_t batch, int64_t slots, const UpdateParams& params,
                          const OptimizerState& state, Accumulate accumulate, Finish finish) {
+  const int64_t dim = width<kDim>(dim_arg);
   static thread_local RowGroups workspace;
   group_by_row(ids, batch, slots, num_rows, workspace);
   // A plain reference for the OpenMP threads: inside the parallel region, `workspace` would
@@ -71,39 +107,47 @@ void update_grouped_rows(float* table, int64_t num_rows, int64_t dim, const int6
                                   starts);
     };
     const int64_t begin = first_run(t), end = t + 1 == threads ? runs : first_run(t + 1);
-    std::vector<float> grad(dim + 1);
+    // Derived again here: OpenMP outlines this region into its own function, which sees the
+    // captured `dim` as a runtime value; width<kDim> makes it a constant again.
+    const int64_t row_dim = width<kDim>(dim);
+    RowBuffer<kDim> buffer(row_dim);
+    float* grad = buffer.data();
     for (int64_t r = begin; r < end; ++r) {
       if (r + kPrefetchRuns < end) {
         const int64_t ahead = groups.rows[r + kPrefetchRuns];
-        prefetch_row(table + ahead * dim, dim);
-        prefetch_state(rule, state1, state2, ahead, dim);
+        prefetch_row(table + ahead * row_dim, row_dim);
+        prefetch_state(rule, state1, state2, ahead, row_dim);
       }
-      float* row = table + groups.rows[r] * dim;
-      std::fill(grad.begin(), grad.end(), 0.0f);
+      float* row = table + groups.rows[r] * row_dim;
+      std::fill(grad, grad + row_dim + 1, 0.0f);
       for (int64_t i = groups.run_starts[r]; i < groups.run_starts[r + 1]; ++i) {
         const int64_t position = groups.positions[i];
-        accumulate(position >> slot_bits, position & slot_mask, grad.data());
+        accumulate(position >> slot_bits, position & slot_mask, grad);
       }
-      finish(row, grad.data());
-      update_row(params, state, groups.rows[r], row, grad.data(), dim);
+      finish(row, grad);
+      update_row(params, state, groups.rows[r], row, grad, row_dim);
     }
   }
 }
 
-}  // namespace
-
-void fm_forward(const float* table, int64_t dim, const int64_t* ids, const float* values,
-                int64_t batch, int64_t slots, float* logits, float* sums) {
-  const int64_t k = dim - 1;
+template <int kDim>
+void fm_forward_kernel(const float* table, int64_t dim_arg, const int64_t* ids,
+                       const float* values, int64_t batch, int64_t slots, float* logits,
+                       float* sums) {
+  constexpr int kMaxK = kDim ? kDim - 1 : 1;
 #pragma omp parallel
   {
+    const int64_t dim = width<kDim>(dim_arg), k = dim - 1;  // a constant inside the region
     // Per thread: sum_s x v and sum_s (x v)^2, in double: the difference of the two squares
     // cancels, and float32 sums over many fields would lose the digits that remain.
-    std::vector<double> sum(k), sum_sq(k);
+    double fixed_sum[kMaxK], fixed_sum_sq[kMaxK];
+    std::vector<double> dynamic_sum(kDim ? 0 : k), dynamic_sum_sq(kDim ? 0 : k);
+    double* sum = kDim ? fixed_sum : dynamic_sum.data();
+    double* sum_sq = kDim ? fixed_sum_sq : dynamic_sum_sq.data();
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < batch; ++b) {
-      std::fill(sum.begin(), sum.end(), 0.0);
-      std::fill(sum_sq.begin(), sum_sq.end(), 0.0);
+      std::fill(sum, sum + k, 0.0);
+      std::fill(sum_sq, sum_sq + k, 0.0);
       double linear = 0.0;
       for (int64_t s = 0; s < slots; ++s) {
         const int64_t ahead = b * slots + s + kPrefetchDistance;
@@ -127,40 +171,44 @@ void fm_forward(const float* table, int64_t dim, const int64_t* ids, const float
   }
 }
 
-void fm_backward_update(float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
-                        const float* values, int64_t batch, int64_t slots, const float* sums,
-                        const float* grad_logits, const UpdateParams& params,
-                        const OptimizerState& state) {
-  const int64_t k = dim - 1;
+template <int kDim>
+void fm_backward_update_kernel(float* table, int64_t num_rows, int64_t dim_arg,
+                               const int64_t* ids, const float* values, int64_t batch,
+                               int64_t slots, const float* sums, const float* grad_logits,
+                               const UpdateParams& params, const OptimizerState& state) {
+  const int64_t dim = width<kDim>(dim_arg);
   // Summed over a row's occurrences, g x (sums_b - x v) = sum(g x sums_b) - v sum(g x^2): the
   // loop accumulates the first term and the scalar sum(g x^2) (kept in grad[dim]), and the row
   // is read once at the end.
-  update_grouped_rows(
+  update_grouped_rows<kDim>(
       table, num_rows, dim, ids, batch, slots, params, state,
-      [&](int64_t b, int64_t s, float* __restrict grad) {
+      [=](int64_t b, int64_t s, float* __restrict grad) {
+        const int64_t d = width<kDim>(dim), k = d - 1;
         const float x = values ? values[b * slots + s] : 1.0f;
         const float gx = grad_logits[b] * x;
         const float* __restrict sum = sums + b * k;
         grad[0] += gx;
         for (int64_t j = 0; j < k; ++j) grad[1 + j] += gx * sum[j];
-        grad[dim] += gx * x;
+        grad[d] += gx * x;
       },
-      [&](const float* row, float* grad) {
-        for (int64_t j = 0; j < k; ++j) grad[1 + j] -= grad[dim] * row[1 + j];
+      [=](const float* row, float* grad) {
+        const int64_t d = width<kDim>(dim), k = d - 1;
+        for (int64_t j = 0; j < k; ++j) grad[1 + j] -= grad[d] * row[1 + j];
       });
 }
 
 constexpr int64_t kGatherAhead = 16;  // lookups; enough misses in flight, few wasted at the end
 
-void fnn_gather(const float* table, int64_t dim, const int64_t* ids, const float* values,
-                int64_t batch, int64_t slots, const int64_t* slot_fields, int64_t num_fields,
-                float* z) {
-  const int64_t width = num_fields * dim;
+template <int kDim>
+void fnn_gather_kernel(const float* table, int64_t dim_arg, const int64_t* ids,
+                       const float* values, int64_t batch, int64_t slots,
+                       const int64_t* slot_fields, int64_t num_fields, float* z) {
   const int64_t lookups = batch * slots;
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < batch; ++b) {
-    float* out = z + b * width;
-    if (slot_fields) std::fill(out, out + width, 0.0f);
+    const int64_t dim = width<kDim>(dim_arg), row_width = num_fields * dim;
+    float* out = z + b * row_width;
+    if (slot_fields) std::fill(out, out + row_width, 0.0f);
     for (int64_t s = 0; s < slots; ++s) {
       // Random rows miss the cache: ask for a later lookup's row while this one is copied.
       const int64_t ahead = b * slots + s + kGatherAhead;
@@ -177,21 +225,62 @@ void fnn_gather(const float* table, int64_t dim, const int64_t* ids, const float
   }
 }
 
+template <int kDim>
+void fnn_gather_backward_update_kernel(float* table, int64_t num_rows, int64_t dim_arg,
+                                       const int64_t* ids, const float* values, int64_t batch,
+                                       int64_t slots, const int64_t* slot_fields,
+                                       int64_t num_fields, const float* grad_z,
+                                       const UpdateParams& params, const OptimizerState& state) {
+  update_grouped_rows<kDim>(
+      table, num_rows, dim_arg, ids, batch, slots, params, state,
+      [=](int64_t b, int64_t s, float* __restrict grad) {
+        const int64_t dim = width<kDim>(dim_arg);
+        const float x = values ? values[b * slots + s] : 1.0f;
+        const int64_t field = slot_fields ? slot_fields[s] : s;
+        const float* __restrict g = grad_z + (b * num_fields + field) * dim;
+        for (int64_t d = 0; d < dim; ++d) grad[d] += x * g[d];
+      },
+      [](const float*, float*) {});
+}
+
+}  // namespace
+
+void fm_forward(const float* table, int64_t dim, const int64_t* ids, const float* values,
+                int64_t batch, int64_t slots, float* logits, float* sums) {
+  with_dim(dim, [&](auto d) {
+    fm_forward_kernel<decltype(d)::value>(table, dim, ids, values, batch, slots, logits, sums);
+  });
+}
+
+void fm_backward_update(float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
+                        const float* values, int64_t batch, int64_t slots, const float* sums,
+                        const float* grad_logits, const UpdateParams& params,
+                        const OptimizerState& state) {
+  with_dim(dim, [&](auto d) {
+    fm_backward_update_kernel<decltype(d)::value>(table, num_rows, dim, ids, values, batch,
+                                                  slots, sums, grad_logits, params, state);
+  });
+}
+
+void fnn_gather(const float* table, int64_t dim, const int64_t* ids, const float* values,
+                int64_t batch, int64_t slots, const int64_t* slot_fields, int64_t num_fields,
+                float* z) {
+  with_dim(dim, [&](auto d) {
+    fnn_gather_kernel<decltype(d)::value>(table, dim, ids, values, batch, slots, slot_fields,
+                                          num_fields, z);
+  });
+}
+
 void fnn_gather_backward_update(float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
                                 const float* values, int64_t batch, int64_t slots,
                                 const int64_t* slot_fields, int64_t num_fields,
                                 const float* grad_z, const UpdateParams& params,
                                 const OptimizerState& state) {
-  const int64_t width = num_fields * dim;
-  update_grouped_rows(
-      table, num_rows, dim, ids, batch, slots, params, state,
-      [&](int64_t b, int64_t s, float* __restrict grad) {
-        const float x = values ? values[b * slots + s] : 1.0f;
-        const int64_t field = slot_fields ? slot_fields[s] : s;
-        const float* __restrict g = grad_z + b * width + field * dim;
-        for (int64_t d = 0; d < dim; ++d) grad[d] += x * g[d];
-      },
-      [](const float*, float*) {});
+  with_dim(dim, [&](auto d) {
+    fnn_gather_backward_update_kernel<decltype(d)::value>(table, num_rows, dim, ids, values,
+                                                          batch, slots, slot_fields, num_fields,
+                                                          grad_z, params, state);
+  });
 }
 
 }  // namespace fnn_fast::cpu
