@@ -213,15 +213,22 @@ class FNN(_FusedUpdate, nn.Module):
         )  # fmt: skip
 
     def forward(self, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
-        first = self.hidden_layers[0] if len(self.hidden_layers) else None
-        if torch.is_grad_enabled() or not isinstance(first, nn.Linear):
+        # z = [w0, z_1, ..., z_F] feeds the first linear layer; w0's column of that layer folds
+        # into its bias, so z is used without it: no pass to prepend the column, none to slice
+        # its gradient off. The same function of the same parameters.
+        layers = list(self.hidden_layers)
+        first = layers[0] if layers else self.output
+        if not isinstance(first, nn.Linear):
             return self.output(self.hidden_layers(self.input(ids, values))).squeeze(-1)
-        # Inference: w0 is a constant input, so its column of the first layer folds into that
-        # layer's bias, and z is used without it (no pass to prepend the column).
         ops.check_ids(ids, self.num_features, self.slot_names)
-        fields = ops.fnn_fields(self.table, ids, values, self.slot_fields, self.num_fields)
+        fields = ops.fnn_fields(
+            self.table, ids, values, self.slot_fields, self.num_fields, self.sparse,
+            self._fused_args(),
+        )  # fmt: skip
         bias = first.weight[:, 0] * self.w0
         if first.bias is not None:
             bias = bias + first.bias
-        hidden = nn.functional.linear(fields, first.weight[:, 1:], bias)
-        return self.output(self.hidden_layers[1:](hidden)).squeeze(-1)
+        out = nn.functional.linear(fields, first.weight[:, 1:], bias)
+        if layers:
+            out = self.output(self.hidden_layers[1:](out))
+        return out.squeeze(-1)

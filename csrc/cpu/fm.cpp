@@ -18,6 +18,7 @@ namespace {
 // ahead so its cache lines arrive while the current one is being used.
 constexpr int64_t kPrefetchDistance = 16;  // lookups ahead, in the forward
 constexpr int64_t kPrefetchRuns = 24;      // rows ahead, in the update (less work per row)
+constexpr int64_t kPrefetchLookups = 16;   // lookups ahead, for the gradient each one reads
 
 // Every cache line the row touches: a 44-byte row often straddles two.
 inline void prefetch_row(const float* row, int64_t dim) {
@@ -73,11 +74,13 @@ struct RowBuffer<0> {
 
 // Groups the batch's lookups by row; for each unique row, sums the gradient of its occurrences
 // in (b, s) order with accumulate(b, s, grad), completes it with finish(row, grad), then updates
-// the row. grad has one spare element after the row's dim.
-template <int kDim, typename Accumulate, typename Finish>
+// the row. grad has one spare element after the row's dim. source(b, s) is the address
+// accumulate will read for that lookup, fetched kPrefetchLookups lookups ahead.
+template <int kDim, typename Accumulate, typename Finish, typename Source>
 void update_grouped_rows(float* table, int64_t num_rows, int64_t dim_arg, const int64_t* ids,
                          int64_t batch, int64_t slots, const UpdateParams& params,
-                         const OptimizerState& state, Accumulate accumulate, Finish finish) {
+                         const OptimizerState& state, Accumulate accumulate, Finish finish,
+                         Source source) {
   const int64_t dim = width<kDim>(dim_arg);
   static thread_local RowGroups workspace;
   group_by_row(ids, batch, slots, num_rows, workspace);
@@ -107,6 +110,7 @@ void update_grouped_rows(float* table, int64_t num_rows, int64_t dim_arg, const 
                                   starts);
     };
     const int64_t begin = first_run(t), end = t + 1 == threads ? runs : first_run(t + 1);
+    const int64_t last = groups.run_starts[end];  // past this thread's last lookup
     // Derived again here: OpenMP outlines this region into its own function, which sees the
     // captured `dim` as a runtime value; width<kDim> makes it a constant again.
     const int64_t row_dim = width<kDim>(dim);
@@ -121,6 +125,10 @@ void update_grouped_rows(float* table, int64_t num_rows, int64_t dim_arg, const 
       float* row = table + groups.rows[r] * row_dim;
       std::fill(grad, grad + row_dim + 1, 0.0f);
       for (int64_t i = groups.run_starts[r]; i < groups.run_starts[r + 1]; ++i) {
+        if (i + kPrefetchLookups < last) {
+          const int64_t ahead = groups.positions[i + kPrefetchLookups];
+          prefetch_row(source(ahead >> slot_bits, ahead & slot_mask), row_dim);
+        }
         const int64_t position = groups.positions[i];
         accumulate(position >> slot_bits, position & slot_mask, grad);
       }
@@ -194,7 +202,8 @@ void fm_backward_update_kernel(float* table, int64_t num_rows, int64_t dim_arg,
       [=](const float* row, float* grad) {
         const int64_t d = width<kDim>(dim), k = d - 1;
         for (int64_t j = 0; j < k; ++j) grad[1 + j] -= grad[d] * row[1 + j];
-      });
+      },
+      [=](int64_t b, int64_t) { return sums + b * (width<kDim>(dim) - 1); });
 }
 
 constexpr int64_t kGatherAhead = 16;  // lookups; enough misses in flight, few wasted at the end
@@ -240,7 +249,11 @@ void fnn_gather_backward_update_kernel(float* table, int64_t num_rows, int64_t d
         const float* __restrict g = grad_z + (b * num_fields + field) * dim;
         for (int64_t d = 0; d < dim; ++d) grad[d] += x * g[d];
       },
-      [](const float*, float*) {});
+      [](const float*, float*) {},
+      [=](int64_t b, int64_t s) {
+        const int64_t field = slot_fields ? slot_fields[s] : s;
+        return grad_z + (b * num_fields + field) * width<kDim>(dim_arg);
+      });
 }
 
 }  // namespace

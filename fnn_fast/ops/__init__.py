@@ -149,11 +149,20 @@ def fnn_input(
     return reference.fnn_input(table, w0, ids, values, slot_fields, num_fields, sparse)
 
 
-def fnn_fields(table, ids, values=None, slot_fields=None, num_fields=None):
-    """z without its w0 column, [B, F (1 + K)], for inference (no gradient)."""
+def fnn_fields(
+    table, ids, values=None, slot_fields=None, num_fields=None, sparse=True,
+    fused: FusedArgs | None = None,
+):  # fmt: skip
+    """z without its w0 column, [B, F (1 + K)]: the FNN folds w0 into its first layer's bias.
+    As :func:`fnn_input`, native kernels serve inference and training with a fused update."""
     inputs = _native_inputs(table, ids, values)
     if inputs is not None:
         fields = num_fields if num_fields is not None else ids.shape[1]
-        return native.fnn_gather(table.detach(), *inputs, slot_fields, fields)
-    w0 = table.new_zeros(())
-    return reference.fnn_input(table, w0, ids, values, slot_fields, num_fields)[:, 1:]
+        if not (torch.is_grad_enabled() and table.requires_grad):
+            return native.fnn_gather(table.detach(), *inputs, slot_fields, fields)
+        if fused is not None:
+            return native.gather_train(
+                table, *inputs, slot_fields, fields, fused.state1, fused.state2, fused.step,
+                fused.hparams, native.RULES[fused.kind],
+            )  # fmt: skip
+    return reference.fnn_fields(table, ids, values, slot_fields, num_fields, sparse)

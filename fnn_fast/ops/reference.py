@@ -37,6 +37,24 @@ def fm_forward(
     return w0 + linear + pairwise
 
 
+def fnn_fields(
+    table: torch.Tensor,
+    ids: torch.Tensor,
+    values: torch.Tensor | None = None,
+    slot_fields: torch.Tensor | None = None,
+    num_fields: int | None = None,
+    sparse: bool = True,
+) -> torch.Tensor:
+    """z_1, ..., z_F with z_f = sum over slots of field f of x_s [w_s, v_s]: [B, F (1 + K)]."""
+    rows = lookup(table, ids, values, sparse)
+    batch, slots, dim = rows.shape
+    if slot_fields is not None:
+        # Multi-valued fields: several slots share one field, their rows are summed.
+        fields = torch.zeros(batch, num_fields, dim, dtype=rows.dtype, device=rows.device)
+        rows = fields.index_add(1, slot_fields, rows)
+    return rows.reshape(batch, rows.shape[1] * dim)
+
+
 def fnn_input(
     table: torch.Tensor,
     w0: torch.Tensor,
@@ -46,13 +64,6 @@ def fnn_input(
     num_fields: int | None = None,
     sparse: bool = True,
 ) -> torch.Tensor:
-    """The FNN's dense input z = [w0, z_1, ..., z_F], z_f = sum over slots of field f of
-    x_s [w_s, v_s]: [B, 1 + F (1 + K)]."""
-    rows = lookup(table, ids, values, sparse)
-    batch, slots, dim = rows.shape
-    if slot_fields is not None:
-        # Multi-valued fields: several slots share one field, their rows are summed.
-        fields = torch.zeros(batch, num_fields, dim, dtype=rows.dtype, device=rows.device)
-        rows = fields.index_add(1, slot_fields, rows)
-    z = rows.reshape(batch, rows.shape[1] * dim)
-    return torch.cat([w0.reshape(1, 1).expand(batch, 1), z], dim=1)
+    """The FNN's dense input z = [w0, z_1, ..., z_F]: [B, 1 + F (1 + K)]."""
+    z = fnn_fields(table, ids, values, slot_fields, num_fields, sparse)
+    return torch.cat([w0.reshape(1, 1).expand(z.shape[0], 1), z], dim=1)
