@@ -195,6 +195,26 @@ def test_measure_stops_on_repeats_or_budget():
     assert repeats == 1  # a spent budget still times one call
 
 
+def test_measure_together_interleaves_and_isolates_failures():
+    calls = []
+
+    def failing():
+        calls.append("b")
+        if len([c for c in calls if c == "b"]) > 4:
+            raise RuntimeError("broke mid-run")
+
+    entries = [
+        runner._Timed("a", lambda: calls.append("a")),
+        runner._Timed("b", failing),
+        runner._Timed("c", lambda: calls.append("c")),
+    ]
+    results = runner.measure_together(entries, Timing(9, 0.0, 60.0, warmup=1), lambda: None)
+    assert results["a"][1] == 9 and results["c"][1] == 9
+    assert isinstance(results["b"], RuntimeError)
+    timed = [c for c in calls[3:] if c != "b"]  # after the warmups, a and c take turns
+    assert timed[: 2 * runner.BURST] == ["a"] * runner.BURST + ["c"] * runner.BURST
+
+
 def test_case_filter():
     cases = PRESETS["tiny"].cases("cpu")
     assert {c.op for c in runner.select_cases(cases, ["sparse_update"])} == {"sparse_update"}

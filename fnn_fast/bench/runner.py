@@ -4,7 +4,8 @@ A record is a plain dict (the JSON schema, see RECORD_FIELDS): ``status`` is ``o
 ``skipped`` (with the ``reason``: not installed, wrong device, a case it cannot express, not
 enough memory, left out of the preset) or ``error`` (the exception; the run goes on).
 ``median_s`` is the median step, ``seconds`` a quality run's training time, ``wall_s`` all the
-time a record took (batches, setup, warmup and timed calls, or training and scoring).
+time a record took (batches, setup, warmup and timed calls, or training and scoring). Op and
+model cases time their contenders side by side (see :func:`measure_together`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from fnmatch import fnmatch
@@ -35,6 +37,7 @@ RECORD_FIELDS = (
     "wall_s",
 )  # fmt: skip
 MAX_REPEATS = 1000
+BURST = 3  # calls a contender makes in a row, in a side-by-side measurement
 MEMORY_HEADROOM = 0.8  # skip a contender whose tables would need more of the free memory
 
 
@@ -68,28 +71,68 @@ class BenchResult:
 
 
 def measure(step: Callable[[], object], timing: Timing, sync: Callable[[], None]):
-    """(median seconds per call, timed calls): warmup calls, then calls until both minimums
-    are met, the budget would be overrun, or MAX_REPEATS."""
-    for _ in range(timing.warmup):
+    """(median seconds per call, timed calls) of one step alone."""
+    (result,) = measure_together([_Timed("step", step)], timing, sync).values()
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+@dataclass
+class _Timed:
+    name: str
+    step: Callable[[], object]
+    active: Callable[[], object] = nullcontext
+    times: list[float] = field(default_factory=list)
+    total: float = 0.0
+    done: bool = False
+
+    def timed_call(self, sync: Callable[[], None]) -> float:
         started = time.perf_counter()
-        step()
+        self.step()
         sync()
-        if time.perf_counter() - started > timing.max_time:
-            break  # a call slower than the whole budget: one warmup is enough
-    times: list[float] = []
-    total = 0.0
-    while len(times) < MAX_REPEATS:
-        started = time.perf_counter()
-        step()
-        sync()
-        elapsed = time.perf_counter() - started
-        times.append(elapsed)
-        total += elapsed
-        if len(times) >= timing.min_repeats and total >= timing.min_time:
-            break
-        if total + elapsed > timing.max_time:
-            break
-    return statistics.median(times), len(times)
+        return time.perf_counter() - started
+
+
+def measure_together(entries: list[_Timed], timing: Timing, sync: Callable[[], None]) -> dict:
+    """Time several contenders' steps side by side: warmup calls each, then rounds in which
+    each takes BURST calls in turn, until each has met both minimums, would overrun its budget,
+    or reached MAX_REPEATS. The contenders see the same state of the machine (its clock, its
+    neighbours' load) instead of one after the other, so their ratios hold on a noisy host.
+    Returns {name: (median seconds, timed calls)}, or {name: the exception} for a step that
+    failed (the others go on)."""
+    results: dict = {}
+    for entry in entries:
+        try:
+            with entry.active():
+                for _ in range(timing.warmup):
+                    if entry.timed_call(sync) > timing.max_time:
+                        break  # a call slower than the whole budget: one warmup is enough
+        except Exception as error:  # noqa: BLE001 - one failure must not end the others
+            results[entry.name], entry.done = error, True
+    while not all(entry.done for entry in entries):
+        for entry in entries:
+            if entry.done:
+                continue
+            try:
+                with entry.active():
+                    for _ in range(BURST):
+                        elapsed = entry.timed_call(sync)
+                        entry.times.append(elapsed)
+                        entry.total += elapsed
+                        met = len(entry.times) >= timing.min_repeats
+                        if (met and entry.total >= timing.min_time) or (
+                            entry.total + elapsed > timing.max_time
+                            or len(entry.times) >= MAX_REPEATS
+                        ):
+                            entry.done = True
+                            break
+            except Exception as error:  # noqa: BLE001
+                results[entry.name], entry.done = error, True
+    for entry in entries:
+        if entry.name not in results:
+            results[entry.name] = (statistics.median(entry.times), len(entry.times))
+    return results
 
 
 def select_cases(cases: Iterable[Case], patterns: list[str] | None) -> list[Case]:
@@ -219,18 +262,14 @@ def run(
     )  # fmt: skip
     workspace = Workspace(device)
     for case in select_cases(preset.cases(device), case_patterns):
-        for contender in contenders:
-            if not contender.supports(case):
-                continue
-            record = _base_record(case, contender, device)
-            reason = skip_reason(contender, case, preset, device, named=bool(backends))
-            if reason is not None:
-                record.update(status="skipped", reason=reason)
-            else:
-                started_case = time.perf_counter()
-                data = workspace.data_for(case)
-                record.update(_run_one(contender, case, data, preset.timing, device, log))
-                record["wall_s"] = time.perf_counter() - started_case
+        runners = [c for c in contenders if c.supports(case)]
+        if case.level == "quality":
+            records = [_run_quality(c, case, preset, device, workspace, bool(backends), log)
+                       for c in runners]  # fmt: skip
+        else:
+            records = _run_side_by_side(runners, case, preset, device, workspace,
+                                        bool(backends), log)  # fmt: skip
+        for record in records:
             result.records.append(record)
             log(_progress_line(record))
     _add_speedups(result.records)
@@ -238,34 +277,82 @@ def run(
     return result
 
 
-def _run_one(contender, case, data, timing, device, log) -> dict:
-    sync = device_sync(device)
-    step = None
-    try:
-        with contender.active():
-            if case.level == "quality":
-                from fnn_fast.bench.quality import train_and_test
+def _failure(error: BaseException, log) -> dict:
+    if isinstance(error, SkipCase):
+        return {"status": "skipped", "reason": str(error)}
+    log("".join(traceback.format_exception(error)).rstrip())
+    first = (str(error).strip().splitlines() or [""])[0][:200]
+    return {"status": "error", "reason": f"{type(error).__name__}: {first}"}
 
-                return {"status": "ok", **train_and_test(contender, case, data, device, sync)}
-            step = contender.setup(case, data)
-            median, repeats = measure(step, timing, sync)
-        moved = bytes_moved(case, contender, data)
-        return {
-            "status": "ok",
-            "samples_per_s": case.shape.batch / median,
-            "median_s": median,
-            "repeats": repeats,
-            "bytes": moved,
-            "gb_per_s": None if moved is None else moved / median / 1e9,
-        }
-    except SkipCase as skip:
-        return {"status": "skipped", "reason": str(skip)}
-    except Exception as error:  # noqa: BLE001 - one failure must not end the whole run
-        log("".join(traceback.format_exception(error)).rstrip())
-        first = (str(error).strip().splitlines() or [""])[0][:200]
-        return {"status": "error", "reason": f"{type(error).__name__}: {first}"}
+
+def _run_side_by_side(contenders, case, preset, device, workspace, named, log) -> list[dict]:
+    """Every contender's step for an op or model case, set up first, then timed together."""
+    sync = device_sync(device)
+    records, entries = {}, []
+    try:
+        for contender in contenders:
+            record = records[contender.name] = _base_record(case, contender, device)
+            reason = skip_reason(contender, case, preset, device, named=named)
+            if reason is not None:
+                record.update(status="skipped", reason=reason)
+                continue
+            started = time.perf_counter()
+            data = workspace.data_for(case)
+            try:
+                with contender.active():
+                    step = contender.setup(case, data)
+            except Exception as error:  # noqa: BLE001 - one failure must not end the run
+                record.update(_failure(error, log))
+                continue
+            record["wall_s"] = time.perf_counter() - started
+            entries.append(_Timed(contender.name, step, contender.active))
+            step = None
+        started = time.perf_counter()
+        results = measure_together(entries, preset.timing, sync)
+        shared = (time.perf_counter() - started) / max(len(entries), 1)
+        for contender in contenders:
+            result = results.get(contender.name)
+            if result is None:
+                continue
+            record = records[contender.name]
+            if isinstance(result, BaseException):
+                record.update(_failure(result, log))
+                continue
+            median, repeats = result
+            moved = bytes_moved(case, contender, workspace.data_for(case))
+            record.update(
+                status="ok", samples_per_s=case.shape.batch / median, median_s=median,
+                repeats=repeats, bytes=moved,
+                gb_per_s=None if moved is None else moved / median / 1e9,
+                wall_s=record["wall_s"] + shared,
+            )  # fmt: skip
     finally:
-        del step
+        entries.clear()
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
+    return [records[c.name] for c in contenders]
+
+
+def _run_quality(contender, case, preset, device, workspace, named, log) -> dict:
+    record = _base_record(case, contender, device)
+    reason = skip_reason(contender, case, preset, device, named=named)
+    if reason is not None:
+        record.update(status="skipped", reason=reason)
+        return record
+    started = time.perf_counter()
+    data = workspace.data_for(case)
+    try:
+        with contender.active():
+            from fnn_fast.bench.quality import train_and_test
+
+            record.update(status="ok", **train_and_test(contender, case, data, device,
+                                                        device_sync(device)))  # fmt: skip
+    except Exception as error:  # noqa: BLE001 - one failure must not end the whole run
+        record.update(_failure(error, log))
+    finally:
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    record["wall_s"] = time.perf_counter() - started
+    return record
