@@ -119,14 +119,15 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "fm_forward",
-      [](Address table, int64_t dim, Address ids, Address values, int64_t batch, int64_t slots,
-         Address logits, Address sums) {
+      [](Address table, int64_t num_rows, int64_t dim, Address ids, Address values,
+         int64_t batch, int64_t slots, Address logits, Address sums) {
         py::gil_scoped_release release;
-        cpu::fm_forward(ptr<const float>(table), dim, ptr<const int64_t>(ids),
-                        ptr<const float>(values), batch, slots, ptr<float>(logits),
-                        ptr<float>(sums));
+        return cpu::fm_forward(ptr<const float>(table), num_rows, dim, ptr<const int64_t>(ids),
+                               ptr<const float>(values), batch, slots, ptr<float>(logits),
+                               ptr<float>(sums));
       },
-      "FM logits without bias; also sum_s x v per sample when sums != 0.");
+      "FM logits without bias; also sum_s x v per sample when sums != 0. Returns -1, or the "
+      "flat position of the first id outside the table (the outputs are then unusable).");
 
   m.def(
       "fm_backward_update",
@@ -145,14 +146,14 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "fnn_gather",
-      [](Address table, int64_t dim, Address ids, Address values, int64_t batch, int64_t slots,
-         Address slot_fields, int64_t num_fields, Address z) {
+      [](Address table, int64_t num_rows, int64_t dim, Address ids, Address values,
+         int64_t batch, int64_t slots, Address slot_fields, int64_t num_fields, Address z) {
         py::gil_scoped_release release;
-        cpu::fnn_gather(ptr<const float>(table), dim, ptr<const int64_t>(ids),
-                        ptr<const float>(values), batch, slots, ptr<const int64_t>(slot_fields),
-                        num_fields, ptr<float>(z));
+        return cpu::fnn_gather(ptr<const float>(table), num_rows, dim, ptr<const int64_t>(ids),
+                               ptr<const float>(values), batch, slots,
+                               ptr<const int64_t>(slot_fields), num_fields, ptr<float>(z));
       },
-      "The FNN input [batch, fields * dim] (without w0).");
+      "The FNN input [batch, fields * dim] (without w0). Returns as fm_forward does.");
 
   m.def(
       "fnn_gather_backward_update",

@@ -159,6 +159,27 @@ def test_out_of_range_ids_raise_not_crash():
         native.fnn_gather(table, torch.tensor([[-1, 2]]), None, None, 2)
 
 
+@pytest.mark.parametrize("factors", [2, 10])
+def test_kernels_check_ids_as_they_read(factors):
+    """The CPU kernels check the range themselves: an id far outside the table is never read,
+    and the error names the first one, whichever thread met it."""
+    table = torch.randn(1000, 1 + factors)
+    state = RowUpdate("rowwise_adagrad").new_state(table)
+    hparams = RowUpdate("rowwise_adagrad").hparams()
+    step = torch.zeros((), dtype=torch.int64)
+    ids = torch.randint(0, 1000, (3000, 5))
+    ids[2000, 3], ids[2500, 1], ids[10, 4] = 2**40, -3, 1000
+    calls = [
+        lambda: native.fm_scores(table, ids, None),
+        lambda: native.fm_train_forward(table, ids, None, *state, step, hparams, 2),
+        lambda: native.fnn_gather(table, ids, None, None, 5),
+        lambda: native.fnn_gather(table, ids, None, torch.tensor([0, 1, 1, 2, 0]), 3),
+    ]
+    for call in calls:
+        with pytest.raises(IndexError, match="feature id 1000 is outside the table of 1000"):
+            call()
+
+
 def test_opcheck():
     table = torch.randn(30, 4)
     ids, values, _ = batch_of(6, 3, 30, seed=2)

@@ -1,6 +1,7 @@
 #include "cpu/fm.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
 
@@ -138,12 +139,18 @@ void update_grouped_rows(float* table, int64_t num_rows, int64_t dim_arg, const 
   }
 }
 
+// An id outside the table: the lookup is skipped and the first such position kept.
+inline bool out_of_range(int64_t id, int64_t num_rows) {
+  return static_cast<uint64_t>(id) >= static_cast<uint64_t>(num_rows);
+}
+
 template <int kDim>
-void fm_forward_kernel(const float* table, int64_t dim_arg, const int64_t* ids,
-                       const float* values, int64_t batch, int64_t slots, float* logits,
-                       float* sums) {
+int64_t fm_forward_kernel(const float* table, int64_t num_rows, int64_t dim_arg,
+                          const int64_t* ids, const float* values, int64_t batch, int64_t slots,
+                          float* logits, float* sums) {
   constexpr int kMaxK = kDim ? kDim - 1 : 1;
-#pragma omp parallel
+  int64_t first_bad = INT64_MAX;
+#pragma omp parallel reduction(min : first_bad)
   {
     const int64_t dim = width<kDim>(dim_arg), k = dim - 1;  // a constant inside the region
     // Per thread: sum_s x v and sum_s (x v)^2, in double: the difference of the two squares
@@ -160,8 +167,13 @@ void fm_forward_kernel(const float* table, int64_t dim_arg, const int64_t* ids,
       for (int64_t s = 0; s < slots; ++s) {
         const int64_t ahead = b * slots + s + kPrefetchDistance;
         if (ahead < batch * slots) prefetch_row(table + ids[ahead] * dim, dim);
+        const int64_t id = ids[b * slots + s];
+        if (out_of_range(id, num_rows)) {
+          first_bad = std::min(first_bad, b * slots + s);
+          continue;
+        }
         const float x = values ? values[b * slots + s] : 1.0f;
-        const float* row = table + ids[b * slots + s] * dim;
+        const float* row = table + id * dim;
         linear += x * row[0];
         for (int64_t j = 0; j < k; ++j) {
           const double xv = x * row[1 + j];
@@ -177,6 +189,7 @@ void fm_forward_kernel(const float* table, int64_t dim_arg, const int64_t* ids,
       }
     }
   }
+  return first_bad == INT64_MAX ? -1 : first_bad;
 }
 
 template <int kDim>
@@ -209,11 +222,12 @@ void fm_backward_update_kernel(float* table, int64_t num_rows, int64_t dim_arg,
 constexpr int64_t kGatherAhead = 16;  // lookups; enough misses in flight, few wasted at the end
 
 template <int kDim>
-void fnn_gather_kernel(const float* table, int64_t dim_arg, const int64_t* ids,
-                       const float* values, int64_t batch, int64_t slots,
-                       const int64_t* slot_fields, int64_t num_fields, float* z) {
+int64_t fnn_gather_kernel(const float* table, int64_t num_rows, int64_t dim_arg,
+                          const int64_t* ids, const float* values, int64_t batch, int64_t slots,
+                          const int64_t* slot_fields, int64_t num_fields, float* z) {
   const int64_t lookups = batch * slots;
-#pragma omp parallel for schedule(static)
+  int64_t first_bad = INT64_MAX;
+#pragma omp parallel for schedule(static) reduction(min : first_bad)
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t dim = width<kDim>(dim_arg), row_width = num_fields * dim;
     float* out = z + b * row_width;
@@ -222,8 +236,13 @@ void fnn_gather_kernel(const float* table, int64_t dim_arg, const int64_t* ids,
       // Random rows miss the cache: ask for a later lookup's row while this one is copied.
       const int64_t ahead = b * slots + s + kGatherAhead;
       if (ahead < lookups) prefetch_row(table + ids[ahead] * dim, dim);
+      const int64_t id = ids[b * slots + s];
+      if (out_of_range(id, num_rows)) {
+        first_bad = std::min(first_bad, b * slots + s);
+        continue;
+      }
       const float x = values ? values[b * slots + s] : 1.0f;
-      const float* row = table + ids[b * slots + s] * dim;
+      const float* row = table + id * dim;
       float* field = out + (slot_fields ? slot_fields[s] : s) * dim;
       if (slot_fields) {
         for (int64_t d = 0; d < dim; ++d) field[d] += x * row[d];
@@ -232,6 +251,7 @@ void fnn_gather_kernel(const float* table, int64_t dim_arg, const int64_t* ids,
       }
     }
   }
+  return first_bad == INT64_MAX ? -1 : first_bad;
 }
 
 template <int kDim>
@@ -258,11 +278,15 @@ void fnn_gather_backward_update_kernel(float* table, int64_t num_rows, int64_t d
 
 }  // namespace
 
-void fm_forward(const float* table, int64_t dim, const int64_t* ids, const float* values,
-                int64_t batch, int64_t slots, float* logits, float* sums) {
+int64_t fm_forward(const float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
+                   const float* values, int64_t batch, int64_t slots, float* logits,
+                   float* sums) {
+  int64_t first_bad = -1;
   with_dim(dim, [&](auto d) {
-    fm_forward_kernel<decltype(d)::value>(table, dim, ids, values, batch, slots, logits, sums);
+    first_bad = fm_forward_kernel<decltype(d)::value>(table, num_rows, dim, ids, values, batch,
+                                                      slots, logits, sums);
   });
+  return first_bad;
 }
 
 void fm_backward_update(float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
@@ -275,13 +299,15 @@ void fm_backward_update(float* table, int64_t num_rows, int64_t dim, const int64
   });
 }
 
-void fnn_gather(const float* table, int64_t dim, const int64_t* ids, const float* values,
-                int64_t batch, int64_t slots, const int64_t* slot_fields, int64_t num_fields,
-                float* z) {
+int64_t fnn_gather(const float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
+                   const float* values, int64_t batch, int64_t slots, const int64_t* slot_fields,
+                   int64_t num_fields, float* z) {
+  int64_t first_bad = -1;
   with_dim(dim, [&](auto d) {
-    fnn_gather_kernel<decltype(d)::value>(table, dim, ids, values, batch, slots, slot_fields,
-                                          num_fields, z);
+    first_bad = fnn_gather_kernel<decltype(d)::value>(table, num_rows, dim, ids, values, batch,
+                                                      slots, slot_fields, num_fields, z);
   });
+  return first_bad;
 }
 
 void fnn_gather_backward_update(float* table, int64_t num_rows, int64_t dim, const int64_t* ids,

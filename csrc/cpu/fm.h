@@ -1,6 +1,7 @@
 // Torch-free CPU kernels for the factorization machine and the FNN input. Tables are row-major
 // float32 [num_rows, dim], dim = 1 + K: column 0 holds w_i, columns 1..K hold v_i. ids are
-// int64 [batch, slots] and already range-checked; values are float32 [batch, slots] or nullptr
+// int64 [batch, slots]; the forward kernels check their range, the backward ones
+// take the ids their forward checked; values are float32 [batch, slots] or nullptr
 // (all ones). Row offsets are computed in int64, so tables above 2^31 elements work.
 #pragma once
 #include <cstdint>
@@ -11,8 +12,10 @@ namespace fnn_fast::cpu {
 
 // logits[b] = sum_s x w + 1/2 sum_k [(sum_s x v_k)^2 - sum_s (x v_k)^2]   (no bias)
 // sums (optional, [batch, K]): sum_s x v_k, what the backward needs.
-void fm_forward(const float* table, int64_t dim, const int64_t* ids, const float* values,
-                int64_t batch, int64_t slots, float* logits, float* sums);
+// Returns -1, or the flat index b * slots + s of the first id outside [0, num_rows): such a
+// lookup is never read, and the outputs are then not to be used.
+int64_t fm_forward(const float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
+                   const float* values, int64_t batch, int64_t slots, float* logits, float* sums);
 
 // With g_b = dL/dlogit_b, the gradient of row i at slot s of sample b is
 //   g_b x [1, sums_b - x v_i]
@@ -24,10 +27,10 @@ void fm_backward_update(float* table, int64_t num_rows, int64_t dim, const int64
                         const OptimizerState& state);
 
 // z[b, f * dim + d] = sum over slots s of field f of x_bs table[ids_bs, d]   ([batch, F * dim])
-// slot_fields: int64 [slots] or nullptr (slot s is field s).
-void fnn_gather(const float* table, int64_t dim, const int64_t* ids, const float* values,
-                int64_t batch, int64_t slots, const int64_t* slot_fields, int64_t num_fields,
-                float* z);
+// slot_fields: int64 [slots] or nullptr (slot s is field s). Returns as fm_forward does.
+int64_t fnn_gather(const float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
+                   const float* values, int64_t batch, int64_t slots, const int64_t* slot_fields,
+                   int64_t num_fields, float* z);
 
 // Row gradient: sum over occurrences of x_bs grad_z[b, field(s) * dim : ...], then the update.
 void fnn_gather_backward_update(float* table, int64_t num_rows, int64_t dim, const int64_t* ids,

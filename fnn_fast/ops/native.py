@@ -61,15 +61,24 @@ def check_inputs(table: Tensor, ids: Tensor, values: Tensor | None) -> None:
         )
 
 
+def _out_of_range(bad: int, num_rows: int) -> IndexError:
+    return IndexError(f"feature id {bad} is outside the table of {num_rows} rows")
+
+
 def _check_bounds(ids: Tensor, num_rows: int) -> None:
-    """The kernels' last line of defence (module-level checks name the field; under
-    torch.compile those are skipped and this one remains)."""
+    """The GPU kernels' last line of defence (module-level checks name the field; under
+    torch.compile those are skipped and this one remains). The CPU kernels check as they read."""
     if not ids.numel():
         return
     low, high = (int(v) for v in ids.aminmax())
     if low < 0 or high >= num_rows:
-        bad = low if low < 0 else high
-        raise IndexError(f"feature id {bad} is outside the table of {num_rows} rows")
+        raise _out_of_range(low if low < 0 else high, num_rows)
+
+
+def _raise_if_bad(first_bad: int, ids: Tensor, num_rows: int) -> None:
+    """A CPU kernel's report: -1, or the flat position of the first id outside the table."""
+    if first_bad >= 0:
+        raise _out_of_range(int(ids.reshape(-1)[first_bad]), num_rows)
 
 
 def _address(t: Tensor | None) -> int:
@@ -87,13 +96,13 @@ def _hyper(hparams: Tensor) -> tuple[float, float, float, float, float]:
 @torch.library.custom_op("fnn_fast::fm_scores", mutates_args=(), device_types="cpu")
 def fm_scores(table: Tensor, ids: Tensor, values: Tensor | None) -> Tensor:
     """FM logits without the bias w0 (inference: no sums kept for a backward)."""
-    _check_bounds(ids, table.shape[0])
     logits = torch.empty(ids.shape[0], dtype=torch.float32)
     if ids.numel():
-        _C.fm_forward(
-            table.data_ptr(), table.shape[1], ids.data_ptr(), _address(values),
+        bad = _C.fm_forward(
+            table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
             ids.shape[0], ids.shape[1], logits.data_ptr(), 0,
         )  # fmt: skip
+        _raise_if_bad(bad, ids, table.shape[0])
     return logits
 
 
@@ -113,15 +122,15 @@ def _cpu_fm_train_forward(
     rule: int,
 ) -> tuple[Tensor, Tensor]:
     """(logits without w0 [B], sums [B, K]); its backward updates table and state in place."""
-    _check_bounds(ids, table.shape[0])
     batch, k = ids.shape[0], table.shape[1] - 1
     logits = torch.empty(batch, dtype=torch.float32)
     sums = torch.empty(batch, k, dtype=torch.float32)
     if ids.numel():
-        _C.fm_forward(
-            table.data_ptr(), table.shape[1], ids.data_ptr(), _address(values),
+        bad = _C.fm_forward(
+            table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
             batch, ids.shape[1], logits.data_ptr(), _address(sums),
         )  # fmt: skip
+        _raise_if_bad(bad, ids, table.shape[0])
     return logits, sums
 
 
@@ -192,13 +201,13 @@ def _cpu_fnn_gather(
     table: Tensor, ids: Tensor, values: Tensor | None, slot_fields: Tensor | None, num_fields: int
 ) -> Tensor:
     """The value-weighted rows of each field, [B, num_fields * (1 + K)] (no w0 column)."""
-    _check_bounds(ids, table.shape[0])
     z = torch.empty(ids.shape[0], num_fields * table.shape[1], dtype=torch.float32)
     if ids.numel():
-        _C.fnn_gather(
-            table.data_ptr(), table.shape[1], ids.data_ptr(), _address(values), ids.shape[0],
-            ids.shape[1], _address(slot_fields), num_fields, z.data_ptr(),
+        bad = _C.fnn_gather(
+            table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
+            ids.shape[0], ids.shape[1], _address(slot_fields), num_fields, z.data_ptr(),
         )  # fmt: skip
+        _raise_if_bad(bad, ids, table.shape[0])
     return z
 
 

@@ -91,7 +91,7 @@ void test_forward(int64_t batch, int64_t slots, int64_t dim, bool with_values, i
   std::vector<float> want_logits(batch), want_sums(batch * (dim - 1));
   cuda::fm_forward(table, dim, b.ids.data(), values, batch, slots, logits.data(), sums.data(),
                    kLaunch);
-  cpu::fm_forward(table, dim, b.ids.data(), values, batch, slots, want_logits.data(),
+  cpu::fm_forward(table, rows, dim, b.ids.data(), values, batch, slots, want_logits.data(),
                   want_sums.data());
   expect_close("fm logits", tag, logits.data(), want_logits.data(), batch, 1e-5, 1e-5);
   expect_close("fm sums", tag, sums.data(), want_sums.data(), sums.size(), 1e-5, 1e-5);
@@ -103,7 +103,8 @@ void test_forward(int64_t batch, int64_t slots, int64_t dim, bool with_values, i
   std::vector<float> z(batch * slots * dim, NAN), want_z(batch * slots * dim);
   cuda::fnn_gather(table, dim, b.ids.data(), values, batch, slots, nullptr, nullptr, slots,
                    z.data(), kLaunch);
-  cpu::fnn_gather(table, dim, b.ids.data(), values, batch, slots, nullptr, slots, want_z.data());
+  cpu::fnn_gather(table, rows, dim, b.ids.data(), values, batch, slots, nullptr, slots,
+                  want_z.data());
   expect_close("fnn gather", tag, z.data(), want_z.data(), z.size(), 0, 0);
 
   // Fields with several slots, fields with none; the CUDA kernel takes them ordered by field.
@@ -122,8 +123,8 @@ void test_forward(int64_t batch, int64_t slots, int64_t dim, bool with_values, i
   std::vector<float> zf(batch * fields * dim, NAN), want_zf(batch * fields * dim);
   cuda::fnn_gather(table, dim, b.ids.data(), values, batch, slots, field_slots.data(),
                    field_offsets.data(), fields, zf.data(), kLaunch);
-  cpu::fnn_gather(table, dim, b.ids.data(), values, batch, slots, slot_fields.data(), fields,
-                  want_zf.data());
+  cpu::fnn_gather(table, rows, dim, b.ids.data(), values, batch, slots, slot_fields.data(),
+                  fields, want_zf.data());
   expect_close("fnn gather by field", tag, zf.data(), want_zf.data(), zf.size(), 1e-6, 1e-6);
 }
 
@@ -163,8 +164,8 @@ void test_backward(bool fm, Rule rule, int64_t batch, int64_t slots, int64_t dim
     if (fm) {
       // Both sides read the same sums: the CPU table's, before this step.
       std::vector<float> sums(batch * (dim - 1)), logits(batch);
-      cpu::fm_forward(want_table.data(), dim, b.ids.data(), values, batch, slots, logits.data(),
-                      sums.data());
+      cpu::fm_forward(want_table.data(), rows, dim, b.ids.data(), values, batch, slots,
+                      logits.data(), sums.data());
       std::vector<float> grad = randn(batch);
       cuda::fm_backward_update(table.data(), rows, dim, b.ids.data(), values, batch, slots,
                                sums.data(), grad.data(), p, {s1.data(), s2.data()}, ws, bytes,
