@@ -240,16 +240,6 @@ def test_ids_stay_in_their_field(ids):
         assert counts.max() < 0.1 * 5000 and (counts > 0).all()
 
 
-def test_zipf_clipped_is_the_first_figures_generator():
-    """The ids of the 2026-11-28 CPU-kernel figures (RESULTS.md), reproduced exactly."""
-    shape = Shape("criteo", rows=100_000, batch=64, ids="zipf-clipped")
-    rng = np.random.default_rng(0)
-    ranks = rng.zipf(1.1, size=(64, 39)) - 1
-    expected = rng.permutation(100_000)[np.minimum(ranks, 100_000 - 1)]
-    got = draw_batches(shape, 2, np.random.default_rng(0))
-    assert np.array_equal(got[0], expected) and not np.array_equal(got[0], got[1])
-
-
 def test_case_data_cycles_batches():
     data = CaseData(Shape("ipinyou", rows=500, batch=8), pool=2, device="cpu")
     first, second, third = data.next(), data.next(), data.next()

@@ -641,11 +641,6 @@ class TorchFM(Contender):
     def unavailable(self, device):
         return _reason_if_missing("torchfm.model.fm", "torchfm.model.fnn", install="torchfm")
 
-    def why_not(self, case):
-        if case.shape.ids == "zipf-clipped":
-            return "pytorch-fm takes per-field ids; zipf-clipped ids are drawn over the whole table"
-        return None
-
     def optimizer(self, case):
         return f"dense adam lr {PEER_ADAM_LR:g}"
 

@@ -16,7 +16,7 @@ import torch
 
 # Fields of the public data sets the shapes are named after.
 DATASETS = {"criteo": 39, "avazu": 22, "ipinyou": 16}
-ID_DISTRIBUTIONS = ("zipf", "uniform", "zipf-clipped")
+ID_DISTRIBUTIONS = ("zipf", "uniform")
 ZIPF_EXPONENT = 1.1
 # A prime above any field size: rank * prime mod size is a bijection that scatters hot ids
 # over the field, so popular rows do not share cache lines as consecutive ranks would.
@@ -35,7 +35,7 @@ class Shape:
     factors: int = 10  # K: the table's rows are [w_i, v_i], D = 1 + K floats
     rows: int = 1_000_000  # R
     batch: int = 4096  # B
-    ids: str = "zipf"  # zipf | uniform | zipf-clipped
+    ids: str = "zipf"  # zipf | uniform
 
     def __post_init__(self):
         if self.dataset not in DATASETS:
@@ -73,16 +73,8 @@ def draw_batches(shape: Shape, count: int, rng: np.random.Generator) -> list[np.
     - ``zipf``: within each field, rank r (0-based) has probability about (r + 1)^-1.1, drawn
       by inverting the continuous power law bounded to the field (no mass piles up at the
       end), ranks scattered over the field.
-    - ``zipf-clipped``: the generator of the first CPU-kernel figures (RESULTS.md, 2026-11-28):
-      one Zipf(1.1) over the whole table shared by all fields, ranks past the last row clipped
-      to it, ranks mapped to rows by one random permutation of the table.
     """
     size = (shape.batch, shape.fields)
-    if shape.ids == "zipf-clipped":
-        ranks = [rng.zipf(ZIPF_EXPONENT, size=size) - 1]  # first, as the 2026-11-28 figures
-        permutation = rng.permutation(shape.rows)
-        ranks += [rng.zipf(ZIPF_EXPONENT, size=size) - 1 for _ in range(count - 1)]
-        return [permutation[np.minimum(r, shape.rows - 1)] for r in ranks]
     dims = shape.field_dims()
     offsets = np.cumsum(dims) - dims
     salt = np.arange(shape.fields, dtype=np.int64) * 7919
