@@ -37,7 +37,7 @@ RECORD_FIELDS = (
     "wall_s",
 )  # fmt: skip
 MAX_REPEATS = 1000
-BURST = 3  # calls a contender makes in a row, in a side-by-side measurement
+TURN_SECONDS = 0.25  # of timed calls a contender makes in a row, side by side with others
 MEMORY_HEADROOM = 0.8  # skip a contender whose tables would need more of the free memory
 
 
@@ -95,10 +95,12 @@ class _Timed:
 
 
 def measure_together(entries: list[_Timed], timing: Timing, sync: Callable[[], None]) -> dict:
-    """Time several contenders' steps side by side: warmup calls each, then rounds in which
-    each takes BURST calls in turn, until each has met both minimums, would overrun its budget,
-    or reached MAX_REPEATS. The contenders see the same state of the machine (its clock, its
-    neighbours' load) instead of one after the other, so their ratios hold on a noisy host.
+    """Time several contenders' steps side by side: warmup calls each, then turns of about
+    TURN_SECONDS each, until each has met both minimums, would overrun its budget, or reached
+    MAX_REPEATS. The contenders see the same state of the machine (its clock, its neighbours'
+    load) instead of one after the other, so their ratios hold on a host whose speed drifts.
+    A turn starts with one untimed call: the contender before it has filled the caches with its
+    own tables, and a step is timed in the state its own previous step leaves.
     Returns {name: (median seconds, timed calls)}, or {name: the exception} for a step that
     failed (the others go on)."""
     results: dict = {}
@@ -110,23 +112,28 @@ def measure_together(entries: list[_Timed], timing: Timing, sync: Callable[[], N
                         break  # a call slower than the whole budget: one warmup is enough
         except Exception as error:  # noqa: BLE001 - one failure must not end the others
             results[entry.name], entry.done = error, True
+    settle = len(entries) > 1
     while not all(entry.done for entry in entries):
         for entry in entries:
             if entry.done:
                 continue
             try:
                 with entry.active():
-                    for _ in range(BURST):
+                    if settle and entry.times:
+                        entry.timed_call(sync)  # untimed: rebuild this contender's cache state
+                    turn, calls = 0.0, 0
+                    while not entry.done and (calls == 0 or turn < TURN_SECONDS):
+                        calls += 1
                         elapsed = entry.timed_call(sync)
                         entry.times.append(elapsed)
                         entry.total += elapsed
+                        turn += elapsed
                         met = len(entry.times) >= timing.min_repeats
-                        if (met and entry.total >= timing.min_time) or (
-                            entry.total + elapsed > timing.max_time
+                        entry.done = (
+                            (met and entry.total >= timing.min_time)
+                            or entry.total + elapsed > timing.max_time
                             or len(entry.times) >= MAX_REPEATS
-                        ):
-                            entry.done = True
-                            break
+                        )
             except Exception as error:  # noqa: BLE001
                 results[entry.name], entry.done = error, True
     for entry in entries:
