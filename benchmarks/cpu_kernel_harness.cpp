@@ -28,6 +28,7 @@ using namespace fnn_fast::cpu;
 namespace {
 
 constexpr int64_t kBatch = 4096, kFields = 39, kDim = 11, kBatches = 8;
+constexpr int64_t kWidth = 432;  // z's rows: F * dim = 429 floats padded to a multiple of 16
 
 // Zeroed floats on 2 MB boundaries, in huge pages when asked (as fnn_fast.memory does).
 float* zeroed(int64_t count, bool huge) {
@@ -84,8 +85,8 @@ int main(int argc, char** argv) {
   float* state = zeroed(rows, huge);
   std::normal_distribution<float> normal(0.0f, 0.01f);
   for (int64_t i = 0; i < rows * kDim; ++i) table[i] = normal(rng);
-  std::vector<float> logits(kBatch), sums(kBatch * k), grad_logits(kBatch), z(lookups * kDim);
-  std::vector<float> grad_z(lookups * kDim), junk(12 << 20);
+  std::vector<float> logits(kBatch), sums(kBatch * k), grad_logits(kBatch), z(kBatch * kWidth);
+  std::vector<float> grad_z(kBatch * kWidth), junk(12 << 20);
   for (auto& g : grad_logits) g = normal(rng);
   for (auto& g : grad_z) g = normal(rng);
   const UpdateParams params{Rule::kRowwiseAdagrad, 0.01f, 0.0f, 1e-10f, 0.9f, 0.999f, 1};
@@ -113,11 +114,11 @@ int main(int argc, char** argv) {
   });
   report("fnn gather", [&](int b) {
     fnn_gather(table, rows, kDim, batch_ids(b), nullptr, kBatch, kFields, nullptr, kFields,
-               z.data());
+               z.data(), kWidth);
   });
   report("fnn backward + update", [&](int b) {
     fnn_gather_backward_update(table, rows, kDim, batch_ids(b), nullptr, kBatch, kFields,
-                               nullptr, kFields, grad_z.data(), params, states);
+                               nullptr, kFields, grad_z.data(), kWidth, params, states);
   });
   std::printf("distinct rows in the last batch: %zu of %lld lookups\n", groups.rows.size(),
               static_cast<long long>(lookups));

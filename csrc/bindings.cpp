@@ -147,28 +147,32 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "fnn_gather",
       [](Address table, int64_t num_rows, int64_t dim, Address ids, Address values,
-         int64_t batch, int64_t slots, Address slot_fields, int64_t num_fields, Address z) {
+         int64_t batch, int64_t slots, Address slot_fields, int64_t num_fields, Address z,
+         int64_t z_width) {
         py::gil_scoped_release release;
         return cpu::fnn_gather(ptr<const float>(table), num_rows, dim, ptr<const int64_t>(ids),
                                ptr<const float>(values), batch, slots,
-                               ptr<const int64_t>(slot_fields), num_fields, ptr<float>(z));
+                               ptr<const int64_t>(slot_fields), num_fields, ptr<float>(z),
+                               z_width);
       },
-      "The FNN input [batch, fields * dim] (without w0). Returns as fm_forward does.");
+      "The FNN input [batch, z_width] (without w0; zeros past fields * dim). Returns as "
+      "fm_forward does.");
 
   m.def(
       "fnn_gather_backward_update",
       [](Address table, int64_t num_rows, int64_t dim, Address ids, Address values,
          int64_t batch, int64_t slots, Address slot_fields, int64_t num_fields, Address grad_z,
-         int64_t rule, float lr, float weight_decay, float eps, float beta1, float beta2,
-         int64_t step, Address state1, Address state2) {
+         int64_t grad_width, int64_t rule, float lr, float weight_decay, float eps, float beta1,
+         float beta2, int64_t step, Address state1, Address state2) {
         const auto params = update_params(rule, lr, weight_decay, eps, beta1, beta2, step);
         py::gil_scoped_release release;
         cpu::fnn_gather_backward_update(
             ptr<float>(table), num_rows, dim, ptr<const int64_t>(ids), ptr<const float>(values),
-            batch, slots, ptr<const int64_t>(slot_fields), num_fields,
-            ptr<const float>(grad_z), params, {ptr<float>(state1), ptr<float>(state2)});
+            batch, slots, ptr<const int64_t>(slot_fields), num_fields, ptr<const float>(grad_z),
+            grad_width, params, {ptr<float>(state1), ptr<float>(state2)});
       },
-      "FNN gather backward fused with the sparse update of the rows present in the batch.");
+      "FNN gather backward fused with the sparse update of the rows present in the batch; "
+      "grad_z rows are grad_width floats apart.");
 
   py::class_<cpu::Vocabulary>(m, "Vocabulary",
                               "A FeatureEncoder's (key, field) -> feature id, as one hash table.")

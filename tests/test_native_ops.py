@@ -188,17 +188,45 @@ def test_opcheck():
     step, hp, code = torch.zeros((), dtype=torch.int64), rule.hparams(), native.RULES["adam"]
     torch.library.opcheck(native.fm_scores, (table, ids, values))
     torch.library.opcheck(native.fnn_gather, (table, ids, values, None, 3))
+    torch.library.opcheck(native.fnn_gather, (table, ids, values, None, 3, 16))
+    torch.library.opcheck(
+        native.fnn_gather_train, (table, ids, values, None, 3, s1, s2, step, hp, code, 16)
+    )
     logits, sums = native.fm_train_forward(table, ids, values, s1, s2, step, hp, code)
     torch.library.opcheck(
         native.fm_backward_update,
         (table.clone(), ids, values, sums, torch.randn(6), s1.clone(), s2.clone(), step.clone(),
          hp, code),
     )  # fmt: skip
-    torch.library.opcheck(
-        native.fnn_gather_backward_update,
-        (table.clone(), ids, values, None, 3, torch.randn(6, 12), s1.clone(), s2.clone(),
-         step.clone(), hp, code),
-    )  # fmt: skip
+    for width in (12, 16):
+        torch.library.opcheck(
+            native.fnn_gather_backward_update,
+            (table.clone(), ids, values, None, 3, torch.randn(6, width), s1.clone(), s2.clone(),
+             step.clone(), hp, code),
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("slot_fields", [None, [0, 1, 1, 2, 0]])
+def test_padded_z_is_z_and_zeros(slot_fields):
+    """z padded to a wider row: the same values, zeros after them; the backward reads the
+    padded gradient's rows at their own stride and ignores the padding."""
+    table = torch.randn(200, 11)
+    ids, values, _ = batch_of(37, 5, 200, seed=4)
+    fields = 3 if slot_fields else 5
+    sf = torch.tensor(slot_fields) if slot_fields else None
+    plain = native.fnn_gather(table, ids, values, sf, fields)
+    padded = native.fnn_gather(table, ids, values, sf, fields, plain.shape[1] + 13)
+    assert torch.equal(padded[:, : plain.shape[1]], plain) and not padded[:, plain.shape[1] :].any()
+    rule = RowUpdate("rowwise_adagrad", lr=0.1)
+    grad = torch.randn_like(plain)
+    tables = []
+    for g in (grad, torch.cat([grad, torch.full((37, 13), float("nan"))], dim=1)):
+        t, (s1, s2) = table.clone(), rule.new_state(table)
+        native.fnn_gather_backward_update(t, ids, values, sf, fields, g, s1, s2,
+                                          torch.zeros((), dtype=torch.int64), rule.hparams(),
+                                          native.RULES[rule.kind])  # fmt: skip
+        tables.append(t)
+    assert torch.equal(tables[0], tables[1])
 
 
 @pytest.mark.parametrize("model_kind", ["fm", "fnn"])

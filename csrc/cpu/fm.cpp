@@ -224,13 +224,15 @@ constexpr int64_t kGatherAhead = 16;  // lookups; enough misses in flight, few w
 template <int kDim>
 int64_t fnn_gather_kernel(const float* table, int64_t num_rows, int64_t dim_arg,
                           const int64_t* ids, const float* values, int64_t batch, int64_t slots,
-                          const int64_t* slot_fields, int64_t num_fields, float* z) {
+                          const int64_t* slot_fields, int64_t num_fields, float* z,
+                          int64_t z_width) {
   const int64_t lookups = batch * slots;
   int64_t first_bad = INT64_MAX;
 #pragma omp parallel for schedule(static) reduction(min : first_bad)
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t dim = width<kDim>(dim_arg), row_width = num_fields * dim;
-    float* out = z + b * row_width;
+    float* out = z + b * z_width;
+    std::fill(out + row_width, out + z_width, 0.0f);
     if (slot_fields) std::fill(out, out + row_width, 0.0f);
     for (int64_t s = 0; s < slots; ++s) {
       // Random rows miss the cache: ask for a later lookup's row while this one is copied.
@@ -259,20 +261,21 @@ void fnn_gather_backward_update_kernel(float* table, int64_t num_rows, int64_t d
                                        const int64_t* ids, const float* values, int64_t batch,
                                        int64_t slots, const int64_t* slot_fields,
                                        int64_t num_fields, const float* grad_z,
-                                       const UpdateParams& params, const OptimizerState& state) {
+                                       int64_t grad_width, const UpdateParams& params,
+                                       const OptimizerState& state) {
   update_grouped_rows<kDim>(
       table, num_rows, dim_arg, ids, batch, slots, params, state,
       [=](int64_t b, int64_t s, float* __restrict grad) {
         const int64_t dim = width<kDim>(dim_arg);
         const float x = values ? values[b * slots + s] : 1.0f;
         const int64_t field = slot_fields ? slot_fields[s] : s;
-        const float* __restrict g = grad_z + (b * num_fields + field) * dim;
+        const float* __restrict g = grad_z + b * grad_width + field * dim;
         for (int64_t d = 0; d < dim; ++d) grad[d] += x * g[d];
       },
       [](const float*, float*) {},
       [=](int64_t b, int64_t s) {
         const int64_t field = slot_fields ? slot_fields[s] : s;
-        return grad_z + (b * num_fields + field) * width<kDim>(dim_arg);
+        return grad_z + b * grad_width + field * width<kDim>(dim_arg);
       });
 }
 
@@ -301,11 +304,11 @@ void fm_backward_update(float* table, int64_t num_rows, int64_t dim, const int64
 
 int64_t fnn_gather(const float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
                    const float* values, int64_t batch, int64_t slots, const int64_t* slot_fields,
-                   int64_t num_fields, float* z) {
+                   int64_t num_fields, float* z, int64_t z_width) {
   int64_t first_bad = -1;
   with_dim(dim, [&](auto d) {
     first_bad = fnn_gather_kernel<decltype(d)::value>(table, num_rows, dim, ids, values, batch,
-                                                      slots, slot_fields, num_fields, z);
+                                                      slots, slot_fields, num_fields, z, z_width);
   });
   return first_bad;
 }
@@ -313,12 +316,12 @@ int64_t fnn_gather(const float* table, int64_t num_rows, int64_t dim, const int6
 void fnn_gather_backward_update(float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
                                 const float* values, int64_t batch, int64_t slots,
                                 const int64_t* slot_fields, int64_t num_fields,
-                                const float* grad_z, const UpdateParams& params,
-                                const OptimizerState& state) {
+                                const float* grad_z, int64_t grad_width,
+                                const UpdateParams& params, const OptimizerState& state) {
   with_dim(dim, [&](auto d) {
     fnn_gather_backward_update_kernel<decltype(d)::value>(table, num_rows, dim, ids, values,
                                                           batch, slots, slot_fields, num_fields,
-                                                          grad_z, params, state);
+                                                          grad_z, grad_width, params, state);
   });
 }
 

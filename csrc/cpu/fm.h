@@ -26,17 +26,20 @@ void fm_backward_update(float* table, int64_t num_rows, int64_t dim, const int64
                         const float* grad_logits, const UpdateParams& params,
                         const OptimizerState& state);
 
-// z[b, f * dim + d] = sum over slots s of field f of x_bs table[ids_bs, d]   ([batch, F * dim])
-// slot_fields: int64 [slots] or nullptr (slot s is field s). Returns as fm_forward does.
+// z[b, f * dim + d] = sum over slots s of field f of x_bs table[ids_bs, d]   ([batch, z_width])
+// slot_fields: int64 [slots] or nullptr (slot s is field s). z_width >= F * dim: the columns
+// past F * dim are zeroed (padding a row to a multiple of 16 floats makes the matrix products
+// on z and its gradient much faster). Returns as fm_forward does.
 int64_t fnn_gather(const float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
                    const float* values, int64_t batch, int64_t slots, const int64_t* slot_fields,
-                   int64_t num_fields, float* z);
+                   int64_t num_fields, float* z, int64_t z_width);
 
 // Row gradient: sum over occurrences of x_bs grad_z[b, field(s) * dim : ...], then the update.
+// grad_z: [batch, grad_width], grad_width >= F * dim.
 void fnn_gather_backward_update(float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
                                 const float* values, int64_t batch, int64_t slots,
                                 const int64_t* slot_fields, int64_t num_fields,
-                                const float* grad_z, const UpdateParams& params,
-                                const OptimizerState& state);
+                                const float* grad_z, int64_t grad_width,
+                                const UpdateParams& params, const OptimizerState& state);
 
 }  // namespace fnn_fast::cpu

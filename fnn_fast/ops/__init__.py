@@ -151,18 +151,19 @@ def fnn_input(
 
 def fnn_fields(
     table, ids, values=None, slot_fields=None, num_fields=None, sparse=True,
-    fused: FusedArgs | None = None,
+    fused: FusedArgs | None = None, width: int = 0,
 ):  # fmt: skip
     """z without its w0 column, [B, F (1 + K)]: the FNN folds w0 into its first layer's bias.
-    As :func:`fnn_input`, native kernels serve inference and training with a fused update."""
+    As :func:`fnn_input`, native kernels serve inference and training with a fused update;
+    they pad z with zero columns up to ``width`` when that is larger (the reference does not)."""
     inputs = _native_inputs(table, ids, values)
     if inputs is not None:
         fields = num_fields if num_fields is not None else ids.shape[1]
         if not (torch.is_grad_enabled() and table.requires_grad):
-            return native.fnn_gather(table.detach(), *inputs, slot_fields, fields)
+            return native.fnn_gather(table.detach(), *inputs, slot_fields, fields, width)
         if fused is not None:
             return native.gather_train(
                 table, *inputs, slot_fields, fields, fused.state1, fused.state2, fused.step,
-                fused.hparams, native.RULES[fused.kind],
+                fused.hparams, native.RULES[fused.kind], width,
             )  # fmt: skip
     return reference.fnn_fields(table, ids, values, slot_fields, num_fields, sparse)

@@ -197,15 +197,27 @@ fm_train_forward.register_autograd(_fm_backward, setup_context=_fm_setup_context
 # --- FNN input ---------------------------------------------------------------------------------
 
 
+def z_width(table: Tensor, num_fields: int, width: int) -> int:
+    """z's row length: num_fields * (1 + K), or ``width`` when that is larger (zero padding)."""
+    return max(width, num_fields * table.shape[1])
+
+
 def _cpu_fnn_gather(
-    table: Tensor, ids: Tensor, values: Tensor | None, slot_fields: Tensor | None, num_fields: int
+    table: Tensor,
+    ids: Tensor,
+    values: Tensor | None,
+    slot_fields: Tensor | None,
+    num_fields: int,
+    width: int = 0,
 ) -> Tensor:
-    """The value-weighted rows of each field, [B, num_fields * (1 + K)] (no w0 column)."""
-    z = torch.empty(ids.shape[0], num_fields * table.shape[1], dtype=torch.float32)
+    """The value-weighted rows of each field, [B, num_fields * (1 + K)] (no w0 column), zero
+    padded to ``width`` columns when that is larger."""
+    z = torch.empty(ids.shape[0], z_width(table, num_fields, width), dtype=torch.float32)
     if ids.numel():
         bad = _C.fnn_gather(
             table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
             ids.shape[0], ids.shape[1], _address(slot_fields), num_fields, z.data_ptr(),
+            z.shape[1],
         )  # fmt: skip
         _raise_if_bad(bad, ids, table.shape[0])
     return z
@@ -217,8 +229,8 @@ fnn_gather = torch.library.custom_op(
 
 
 @fnn_gather.register_fake
-def _(table, ids, values, slot_fields, num_fields):
-    return table.new_empty(ids.shape[0], num_fields * table.shape[1])
+def _(table, ids, values, slot_fields, num_fields, width=0):
+    return table.new_empty(ids.shape[0], z_width(table, num_fields, width))
 
 
 def _cpu_fnn_gather_train(
@@ -232,9 +244,10 @@ def _cpu_fnn_gather_train(
     step: Tensor,
     hparams: Tensor,
     rule: int,
+    width: int = 0,
 ) -> Tensor:
     """fnn_gather whose backward updates the table and its optimizer state in place."""
-    return _cpu_fnn_gather(table, ids, values, slot_fields, num_fields)
+    return _cpu_fnn_gather(table, ids, values, slot_fields, num_fields, width)
 
 
 fnn_gather_train = torch.library.custom_op(
@@ -243,8 +256,8 @@ fnn_gather_train = torch.library.custom_op(
 
 
 @fnn_gather_train.register_fake
-def _(table, ids, values, slot_fields, num_fields, state1, state2, step, hparams, rule):
-    return table.new_empty(ids.shape[0], num_fields * table.shape[1])
+def _(table, ids, values, slot_fields, num_fields, state1, state2, step, hparams, rule, width=0):
+    return table.new_empty(ids.shape[0], z_width(table, num_fields, width))
 
 
 def _cpu_fnn_gather_backward_update(
@@ -262,11 +275,12 @@ def _cpu_fnn_gather_backward_update(
 ) -> None:
     step.add_(1)
     if ids.numel():
-        grad_z = grad_z.contiguous()
+        grad_z = grad_z.contiguous()  # [B, z's width]: padding columns are not read
         _C.fnn_gather_backward_update(
             table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
             ids.shape[0], ids.shape[1], _address(slot_fields), num_fields, grad_z.data_ptr(),
-            rule, *_hyper(hparams), int(step), _address(state1), _address(state2),
+            grad_z.shape[1], rule, *_hyper(hparams), int(step), _address(state1),
+            _address(state2),
         )  # fmt: skip
 
 
@@ -283,7 +297,7 @@ def _(table, ids, values, slot_fields, num_fields, grad_z, state1, state2, step,
 
 
 def _gather_setup_context(ctx, inputs, output):
-    table, ids, values, slot_fields, num_fields, state1, state2, step, hparams, rule = inputs
+    table, ids, values, slot_fields, num_fields, state1, state2, step, hparams, rule, _ = inputs
     ctx.save_for_backward(table, ids, values, slot_fields, state1, state2, step, hparams)
     ctx.num_fields, ctx.rule = num_fields, rule
 
@@ -292,7 +306,7 @@ def _gather_backward(ctx, grad_z):
     table, ids, values, slot_fields, state1, state2, step, hparams = ctx.saved_tensors
     fnn_gather_backward_update(table, ids, values, slot_fields, ctx.num_fields, grad_z, state1,
                                state2, step, hparams, ctx.rule)  # fmt: skip
-    return (None,) * 10
+    return (None,) * 11
 
 
 fnn_gather_train.register_autograd(_gather_backward, setup_context=_gather_setup_context)
@@ -396,16 +410,17 @@ def _gpu_fm_backward_update(
         )  # fmt: skip
 
 
-def _gpu_fnn_gather(table, ids, values, slot_fields, num_fields):
+def _gpu_fnn_gather(table, ids, values, slot_fields, num_fields, width=0):
     _check_gpu_bounds(ids, table.shape[0])
-    return _gpu().fnn_gather(table, ids, values, slot_fields, num_fields)
+    z = _gpu().fnn_gather(table, ids, values, slot_fields, num_fields)
+    return torch.nn.functional.pad(z, (0, z_width(table, num_fields, width) - z.shape[1]))
 
 
 def _gpu_fnn_gather_train(
-    table, ids, values, slot_fields, num_fields, state1, state2, step, hparams, rule
+    table, ids, values, slot_fields, num_fields, state1, state2, step, hparams, rule, width=0
 ):  # fmt: skip
     _check_states(table, state1, state2)
-    return _gpu_fnn_gather(table, ids, values, slot_fields, num_fields)
+    return _gpu_fnn_gather(table, ids, values, slot_fields, num_fields, width)
 
 
 def _gpu_fnn_gather_backward_update(
@@ -413,6 +428,7 @@ def _gpu_fnn_gather_backward_update(
 ):  # fmt: skip
     step.add_(1)
     if ids.numel():
+        grad_z = grad_z[:, : num_fields * table.shape[1]]  # without z's padding columns
         _gpu().fnn_gather_backward_update(
             table, ids, values, slot_fields, num_fields, grad_z.to(torch.float32).contiguous(),
             state1, state2, _hyper(hparams), rule, int(step),
@@ -469,10 +485,10 @@ class _FMTrain(torch.autograd.Function):
 class _GatherTrain(torch.autograd.Function):
     @staticmethod
     def forward(ctx, table, ids, values, slot_fields, num_fields, state1, state2, step, hparams,
-                rule):  # fmt: skip
+                rule, width):  # fmt: skip
         forward, ctx.update = _GATHER_TRAIN[table.device.type]
         z = forward(table, ids, values, slot_fields, num_fields, state1, state2, step, hparams,
-                    rule)  # fmt: skip
+                    rule, width)  # fmt: skip
         ctx.save_for_backward(table, ids, values, slot_fields, state1, state2, step, hparams)
         ctx.num_fields, ctx.rule = num_fields, rule
         return z
@@ -483,7 +499,7 @@ class _GatherTrain(torch.autograd.Function):
         ctx.update(table, ids, values, slot_fields, ctx.num_fields, grad_z, state1, state2, step,
                    hparams, ctx.rule)  # fmt: skip
         torch.autograd.graph.increment_version((table, state1, state2))
-        return (None,) * 10
+        return (None,) * 11
 
 
 def fm_train(table, ids, values, state1, state2, step, hparams, rule):
@@ -493,12 +509,12 @@ def fm_train(table, ids, values, state1, state2, step, hparams, rule):
     return fm_train_forward(table, ids, values, state1, state2, step, hparams, rule)
 
 
-def gather_train(table, ids, values, slot_fields, num_fields, state1, state2, step, hparams, rule):
-    """z without w0 whose backward updates table and state in place."""
+def gather_train(
+    table, ids, values, slot_fields, num_fields, state1, state2, step, hparams, rule, width=0
+):  # fmt: skip
+    """z without w0 (zero padded to ``width`` columns) whose backward updates table and state
+    in place."""
+    args = (table, ids, values, slot_fields, num_fields, state1, state2, step, hparams, rule)
     if _eager(ids):
-        return _GatherTrain.apply(
-            table, ids, values, slot_fields, num_fields, state1, state2, step, hparams, rule
-        )
-    return fnn_gather_train(
-        table, ids, values, slot_fields, num_fields, state1, state2, step, hparams, rule
-    )
+        return _GatherTrain.apply(*args, width)
+    return fnn_gather_train(*args, width)

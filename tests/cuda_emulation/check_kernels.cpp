@@ -104,7 +104,7 @@ void test_forward(int64_t batch, int64_t slots, int64_t dim, bool with_values, i
   cuda::fnn_gather(table, dim, b.ids.data(), values, batch, slots, nullptr, nullptr, slots,
                    z.data(), kLaunch);
   cpu::fnn_gather(table, rows, dim, b.ids.data(), values, batch, slots, nullptr, slots,
-                  want_z.data());
+                  want_z.data(), slots * dim);
   expect_close("fnn gather", tag, z.data(), want_z.data(), z.size(), 0, 0);
 
   // Fields with several slots, fields with none; the CUDA kernel takes them ordered by field.
@@ -124,7 +124,7 @@ void test_forward(int64_t batch, int64_t slots, int64_t dim, bool with_values, i
   cuda::fnn_gather(table, dim, b.ids.data(), values, batch, slots, field_slots.data(),
                    field_offsets.data(), fields, zf.data(), kLaunch);
   cpu::fnn_gather(table, rows, dim, b.ids.data(), values, batch, slots, slot_fields.data(),
-                  fields, want_zf.data());
+                  fields, want_zf.data(), fields * dim);
   expect_close("fnn gather by field", tag, zf.data(), want_zf.data(), zf.size(), 1e-6, 1e-6);
 }
 
@@ -179,7 +179,7 @@ void test_backward(bool fm, Rule rule, int64_t batch, int64_t slots, int64_t dim
                                        slots, sf, fields, grad.data(), p, {s1.data(), s2.data()},
                                        ws, bytes, long_run, kLaunch);
       cpu::fnn_gather_backward_update(want_table.data(), rows, dim, b.ids.data(), values, batch,
-                                      slots, sf, fields, grad.data(), p,
+                                      slots, sf, fields, grad.data(), fields * dim, p,
                                       {want_s1.data(), want_s2.data()});
     }
   }
