@@ -224,7 +224,8 @@ class FNN(_FusedUpdate, nn.Module):
         width = self.num_fields * (1 + self.num_factors)
         # Training on the CPU: z and its gradient in rows of a multiple of 16 floats (zero
         # padded) make the first layer's matrix products up to 1.5x faster (MKL, 2026-11-29).
-        padded = -(-width // 16) * 16 if torch.is_grad_enabled() else width
+        training_on_cpu = torch.is_grad_enabled() and self.table.device.type == "cpu"
+        padded = -(-width // 16) * 16 if training_on_cpu else width
         fields = ops.fnn_fields(
             self.table, ids, values, self.slot_fields, self.num_fields, self.sparse,
             self._fused_args(), padded,

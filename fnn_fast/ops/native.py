@@ -413,7 +413,8 @@ def _gpu_fm_backward_update(
 def _gpu_fnn_gather(table, ids, values, slot_fields, num_fields, width=0):
     _check_gpu_bounds(ids, table.shape[0])
     z = _gpu().fnn_gather(table, ids, values, slot_fields, num_fields)
-    return torch.nn.functional.pad(z, (0, z_width(table, num_fields, width) - z.shape[1]))
+    extra = z_width(table, num_fields, width) - z.shape[1]
+    return torch.nn.functional.pad(z, (0, extra)) if extra else z
 
 
 def _gpu_fnn_gather_train(
