@@ -17,7 +17,7 @@ namespace {
 
 // Rows are scattered over a table far larger than the caches: ask for a row this many lookups
 // ahead so its cache lines arrive while the current one is being used.
-constexpr int64_t kPrefetchDistance = 16;  // lookups ahead, in the forward
+constexpr int64_t kPrefetchDistance = 32;  // lookups ahead, in the forward
 constexpr int64_t kPrefetchRuns = 24;      // rows ahead, in the update (less work per row)
 constexpr int64_t kPrefetchLookups = 16;   // lookups ahead, for the gradient each one reads
 
