@@ -131,22 +131,9 @@ def fnn_input(
     table, w0, ids, values=None, slot_fields=None, num_fields=None, sparse=True,
     fused: FusedArgs | None = None,
 ):  # fmt: skip
-    """The FNN's dense input z [B, 1 + F (1 + K)]."""
-    inputs = _native_inputs(table, ids, values)
-    if inputs is not None:
-        fields = num_fields if num_fields is not None else ids.shape[1]
-        needs_grad = torch.is_grad_enabled() and table.requires_grad
-        z = None
-        if not needs_grad:
-            z = native.fnn_gather(table.detach(), *inputs, slot_fields, fields)
-        elif fused is not None:
-            z = native.gather_train(
-                table, *inputs, slot_fields, fields, fused.state1, fused.state2, fused.step,
-                fused.hparams, native.RULES[fused.kind],
-            )  # fmt: skip
-        if z is not None:
-            return torch.cat([w0.reshape(1, 1).expand(z.shape[0], 1), z], dim=1)
-    return reference.fnn_input(table, w0, ids, values, slot_fields, num_fields, sparse)
+    """The FNN's dense input z = [w0, z_1, ..., z_F]: [B, 1 + F (1 + K)]."""
+    z = fnn_fields(table, ids, values, slot_fields, num_fields, sparse, fused)
+    return torch.cat([w0.reshape(1, 1).expand(z.shape[0], 1), z], dim=1)
 
 
 def fnn_fields(
@@ -154,8 +141,9 @@ def fnn_fields(
     fused: FusedArgs | None = None, width: int = 0,
 ):  # fmt: skip
     """z without its w0 column, [B, F (1 + K)]: the FNN folds w0 into its first layer's bias.
-    As :func:`fnn_input`, native kernels serve inference and training with a fused update;
-    they pad z with zero columns up to ``width`` when that is larger (the reference does not)."""
+    Native kernels serve inference, and training when the table's update is fused (``fused``);
+    they pad z with zero columns up to ``width`` when that is larger. Otherwise the reference
+    computes it, with a sparse table gradient (and no padding)."""
     inputs = _native_inputs(table, ids, values)
     if inputs is not None:
         fields = num_fields if num_fields is not None else ids.shape[1]
