@@ -122,7 +122,7 @@ from fnn_fast.data.tokens import NumericKeys, TokenKeys
 from fnn_fast.saved import load_model
 fnn_fast.set_backend("reference")
 saved = load_model({model!r})
-numeric = {{c: NumericKeys(c, "bucketize") for c in CRITEO_NUMERIC}}
+numeric = {{c: NumericKeys(c, "bucketize", saved.schema.numeric_rule) for c in CRITEO_NUMERIC}}
 tokens = {{c: TokenKeys() for c in CRITEO_CATEGORICAL}}
 rows, started = 0, time.perf_counter()
 for chunk in pd.read_csv({source!r}, sep="\\t", header=None, names=CRITEO_COLUMNS, dtype=str,

@@ -201,10 +201,10 @@ PYBIND11_MODULE(_C, m) {
   py::class_<cpu::DelimitedEncoder>(m, "DelimitedEncoder",
                                     "Delimited lines straight to feature ids (one thread).")
       .def(py::init<const cpu::Vocabulary&, char, std::vector<int32_t>, std::vector<int32_t>,
-                    std::vector<int64_t>, bool, int>(),
+                    std::vector<int64_t>, int>(),
            py::arg("vocabulary"), py::arg("delimiter"), py::arg("column_slots"),
-           py::arg("column_kinds"), py::arg("slot_fields"), py::arg("label_optional"),
-           py::arg("memo_bits"), py::keep_alive<1, 2>())
+           py::arg("column_kinds"), py::arg("slot_fields"), py::arg("memo_bits"),
+           py::keep_alive<1, 2>())
       .def(
           "encode",
           [](cpu::DelimitedEncoder& encoder, py::buffer data, int64_t skip_lines,

@@ -179,7 +179,10 @@ class Scorer:
                 return np.zeros(0)
         if not hasattr(self, "_column_keys"):
             self._column_keys = (
-                {c: NumericKeys(c, schema.numeric_mode) for c in schema.numeric},
+                {
+                    c: NumericKeys(c, schema.numeric_mode, schema.numeric_rule)
+                    for c in schema.numeric
+                },
                 {c: TokenKeys() for c in schema.categorical},
             )
         missing = [c for c in (*schema.numeric, *schema.categorical) if c not in batch.schema.names]

@@ -75,11 +75,14 @@ def test_criteo_bucketizes_numbers_and_keeps_missing_as_a_token(tmp_path):
     expected_tokens = [
         str(math.floor(math.log(5) ** 2)),  # 5 -> bucket 2
         "",  # missing
-        "-1",  # small and negative values stay as they are
-        "1",
+        "-s0",  # |x| <= 2: floor(4 log|x|), "-" for negatives
+        "s1",  # 1.5 apart from 1 (s0) and 2 (s2)
         str(math.floor(math.log(1000) ** 2)),  # 47
     ]
     np.testing.assert_array_equal(rows.keys[0, :5], [hash_token(t) for t in expected_tokens])
+    old_rule = read(path, Schema.from_dict(Schema.criteo().to_dict() | {"numeric_rule": 1}))
+    old_tokens = ["2", "", "-1", "1", "47"]  # rule 1: int(x) up to 2
+    np.testing.assert_array_equal(old_rule.keys[0, :5], [hash_token(t) for t in old_tokens])
     np.testing.assert_array_equal(rows.keys[0, 13:15], [hash_token("abc"), hash_token("")])
     assert (rows.values == 1).all()
     np.testing.assert_array_equal(rows.labels, [1, 0])
@@ -108,7 +111,7 @@ def test_csv_selects_columns_by_name_in_declared_field_order(tmp_path):
     np.testing.assert_array_equal(
         rows.keys,
         [
-            [hash_token("2"), hash_token("x")],
+            [hash_token("s2"), hash_token("x")],
             [hash_token(""), hash_token("")],
             [hash_token("0"), hash_token("y")],
         ],

@@ -4,6 +4,8 @@ readers for every line it does not read exactly."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -32,7 +34,7 @@ def _criteo_lines(rng, rows: int, labelled=True) -> list[bytes]:
         if r % 17 == 3:
             tokens[5] = BAD_BYTES
         cells = [n.encode() for n in numbers] + tokens
-        if labelled or r % 2:  # unlabelled files may mix 40- and 39-column lines
+        if labelled:
             cells = [b"1" if r % 3 else b"0"] + cells
         lines.append(b"\t".join(cells))
     return lines
@@ -81,7 +83,9 @@ def test_criteo_cells_give_the_python_readers_ids(tmp_path, monkeypatch, labelle
     _assert_same(native, python)
     # every token found in the vocabulary: the C++ hash is Python's BLAKE2b
     ids = np.concatenate([e.ids for e in native])
-    encoder = FeatureEncoder.fit_rows(read_rows(path, Schema.criteo(), progress=False, labelled=False))
+    encoder = FeatureEncoder.fit_rows(
+        read_rows(path, Schema.criteo(), progress=False, labelled=False)
+    )
     assert not np.isin(ids, encoder.offsets).any()
 
 
@@ -107,6 +111,50 @@ def test_value_mode_keeps_the_numbers(tmp_path, monkeypatch):
     assert taken == len(native)
     _assert_same(native, python)
     assert any(e.values is not None for e in native)
+
+
+def _edge_numbers() -> list[str]:
+    """Cells at and beside every bucket edge of both numeric rules, of both signs, from the
+    smallest subnormal to the largest double, in shortest round-trip spelling."""
+    edges = [math.exp(k / 4) for k in range(-3000, 12)]  # rule 2 below 2: floor(4 log|x|)
+    edges += [math.exp(math.sqrt(b)) for b in range(0, 504_000, 997)]  # floor(log(x)^2)
+    edges += [2.0, 1.0, 0.5, 5e-324, 1e-300, 1e-7, 1.7976931348623157e308, 9.0e18, 9.3e18]
+    cells = {"0", "-0", "0.0", "-0.0", "2", "1", ".5", "5.", "+7", "1e3", "2.5E-1"}
+    for x in edges:
+        for y in (math.nextafter(x, 0), x, math.nextafter(x, math.inf)):
+            if math.isfinite(y):
+                cells.update((repr(y), repr(-y)))
+    return sorted(cells)
+
+
+@pytest.mark.parametrize("rule", [1, 2])
+def test_numbers_at_bucket_edges_give_the_python_readers_ids(tmp_path, monkeypatch, rule):
+    cells = _edge_numbers()
+    cells += cells[: -len(cells) % 13]  # whole lines of 13 numeric cells
+    lines = [
+        "\t".join(["1", *cells[i : i + 13], *["a"] * 26]).encode() for i in range(0, len(cells), 13)
+    ]
+    path = tmp_path / "day.txt"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    schema = Schema.from_dict(Schema.criteo().to_dict() | {"numeric_rule": rule})
+    native, python, taken = _encode_both(path, schema, monkeypatch, part_bytes=1 << 16)
+    # rule 1's int(x) of x <= -9e18 does not fit 64 bits: Python reads those parts
+    assert taken == len(native) > 3 if rule == 2 else 0 < taken < len(native)
+    _assert_same(native, python)
+
+
+@pytest.mark.parametrize("spelling", ["nan", "inf", "-inf", "NaN", "1e400", "-1e999"])
+def test_non_finite_numbers_stay_bad_lines_for_both_readers(tmp_path, monkeypatch, spelling):
+    lines = [b"1\t" + spelling.encode() + b"\t1" * 12 + b"\ta" * 26, *_criteo_lines(
+        np.random.default_rng(7), 20)]  # fmt: skip
+    path = tmp_path / "day.txt"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    encoder = FeatureEncoder.fit_rows(read_rows(path, Schema.criteo(), progress=False,
+                                                skip_bad_lines=True))  # fmt: skip
+    part = plan_parts([str(path)], Schema.criteo())[0]
+    skipped = encode_part(part, Schema.criteo(), encoder, True)
+    assert not skipped.good[0] and skipped.good[1:].all()
+    assert "is not a number" in skipped.rejects[0][1]
 
 
 @pytest.mark.parametrize(
@@ -144,6 +192,61 @@ def test_a_bad_number_is_reported_by_the_python_reader(tmp_path):
         encode_part(part, Schema.criteo(), encoder, False)
     skipped = encode_part(part, Schema.criteo(), encoder, True)
     assert len(skipped) == 30 and not skipped.good[7] and skipped.good.sum() == 29
+
+
+def _criteo_model(tmp_path, path):
+    from fnn_fast import FM, FNN
+    from fnn_fast.saved import save_model
+
+    rows = read_rows(path, Schema.criteo(), progress=False, labelled=False, skip_bad_lines=True)
+    encoder = FeatureEncoder.fit_rows(rows)
+    fm = FM(encoder.num_features, 4, init_std=0.3)
+    fnn = FNN.from_fm(fm, num_fields=39, hidden=(8,), init_std=0.3)
+    return save_model(tmp_path / "model", fm, fnn, encoder, Schema.criteo())
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_a_criteo_line_of_the_other_width_than_the_first_is_a_bad_line(
+    tmp_path, monkeypatch, labelled
+):
+    """A file is labelled (40 columns) or not (39), as its first line says; a line of the other
+    width, in any part of the file, is a bad line with its number, for both readers."""
+    from fnn_fast.score import score_files
+
+    lines = _criteo_lines(np.random.default_rng(8), 400, labelled)
+    odd = [7, 333]  # 0-based; 333 lies in a later part
+    for i in odd:
+        lines[i] = lines[i].split(b"\t", 1)[1] if labelled else b"1\t" + lines[i]
+    path = tmp_path / "day.txt"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    assert len(plan_parts([str(path)], Schema.criteo(), part_bytes=8192)) > 3
+    model = _criteo_model(tmp_path, path)
+    out = {}
+    for reader in ("native", "python"):
+        if reader == "python":
+            monkeypatch.setattr(parts_module, "_native_text_part", lambda *args: None)
+        out[reader] = tmp_path / f"{reader}.npy"
+        summary = score_files(
+            model, path, out[reader], part_bytes=8192, skip_bad_lines=True, progress=False
+        )
+        assert summary.rows == 400 and summary.bad_rows == 2
+        rejects = out[reader].with_name(out[reader].name + ".rejects.tsv").read_text()
+        found = [int(line.split("\t")[1]) for line in rejects.splitlines()[1:]]
+        assert found == [i + 1 for i in odd]
+        width = "39 tab-separated columns, found 40" if not labelled else "found 39"
+        assert rejects.count(width) == 2
+    scores = np.load(out["native"])
+    np.testing.assert_array_equal(scores, np.load(out["python"]))
+    assert np.isnan(scores[odd]).all() and np.isfinite(np.delete(scores, odd)).all()
+
+
+def test_training_on_unlabelled_criteo_lines_says_labels_are_needed(tmp_path):
+    from fnn_fast.data import DataError
+
+    path = tmp_path / "day.txt"
+    path.write_bytes(b"\n".join(_criteo_lines(np.random.default_rng(9), 5, False)) + b"\n")
+    with pytest.raises(DataError, match=r"day.txt:1: .* found 39: a line without its label; trai"):
+        read_rows(path, Schema.criteo(), progress=False)
 
 
 def test_csv_columns_by_header_in_any_order(tmp_path, monkeypatch):

@@ -103,17 +103,31 @@ bool parse_number(const char* s, int64_t size, double* x) {
   return std::isfinite(*x);
 }
 
-// The token of fnn_fast.data.tokens.bucketize(x): str(floor(log(x) ** 2)) above 2, else
-// str(int(x)). False where int(x) would not fit 64 bits.
-bool bucket_token(double x, char* out, int64_t* size) {
+// The token of fnn_fast.data.tokens.bucket_token(x, rule) for rule 1 (kind kBucketized) or 2
+// (kSignedBuckets). False where rule 1's int(x) would not fit 64 bits.
+bool bucket_token(double x, int32_t kind, char* out, int64_t* size) {
+  char* p = out;
   int64_t bucket;
-  if (x > 2) {
-    bucket = static_cast<int64_t>(std::floor(libm_pow(libm_log(x), 2.0)));
+  if (kind == DelimitedEncoder::kBucketized) {
+    if (x > 2) {
+      bucket = static_cast<int64_t>(std::floor(libm_pow(libm_log(x), 2.0)));
+    } else {
+      if (!(x > -9.0e18)) return false;
+      bucket = static_cast<int64_t>(x);  // truncation toward zero, as int()
+    }
+  } else if (x == 0) {  // -0 included
+    bucket = 0;
   } else {
-    if (!(x > -9.0e18)) return false;
-    bucket = static_cast<int64_t>(x);  // truncation toward zero, as int()
+    if (x < 0) *p++ = '-';
+    const double magnitude = std::fabs(x);
+    if (magnitude > 2) {
+      bucket = static_cast<int64_t>(std::floor(libm_pow(libm_log(magnitude), 2.0)));
+    } else {
+      *p++ = 's';
+      bucket = static_cast<int64_t>(std::floor(libm_log(magnitude) * 4.0));
+    }
   }
-  auto [end, error] = std::to_chars(out, out + 24, bucket);
+  auto [end, error] = std::to_chars(p, out + 24, bucket);
   if (error != std::errc()) return false;
   *size = end - out;
   return true;
@@ -209,15 +223,13 @@ constexpr int64_t kBlockLines = 32;  // lines whose lookups are requested togeth
 DelimitedEncoder::DelimitedEncoder(const Vocabulary& vocabulary, char delimiter,
                                    std::vector<int32_t> column_slots,
                                    std::vector<int32_t> column_kinds,
-                                   std::vector<int64_t> slot_fields, bool label_optional,
-                                   int memo_bits)
+                                   std::vector<int64_t> slot_fields, int memo_bits)
     : vocabulary_(vocabulary),
       delimiter_(delimiter),
       column_slots_(std::move(column_slots)),
       column_kinds_(std::move(column_kinds)),
       slot_fields_(std::move(slot_fields)),
       slot_kinds_(slot_fields_.size(), kSkip),
-      label_optional_(label_optional),
       slots_(static_cast<int64_t>(slot_fields_.size())),
       missing_key_(token_key("", 0)) {
   for (size_t c = 0; c < column_slots_.size(); ++c)
@@ -280,10 +292,10 @@ bool DelimitedEncoder::resolve_block(std::vector<Cell>& cells, int64_t* out_ids,
     misses_.push_back(&cell);
     cell.token = cell.bytes;
     cell.token_size = cell.size;
-    if (kind == kBucketized && cell.size > 0) {
+    if ((kind == kBucketized || kind == kSignedBuckets) && cell.size > 0) {
       double x;
       if (!parse_number(cell.bytes, cell.size, &x) ||
-          !bucket_token(x, cell.bucket, &cell.token_size)) {
+          !bucket_token(x, kind, cell.bucket, &cell.token_size)) {
         result.reason = "a numeric cell not in plain decimal";
         return false;
       }
@@ -375,21 +387,17 @@ DelimitedEncoder::Result DelimitedEncoder::encode(const char* data, int64_t size
       }
     }
     starts[count] = line_end + 1;
-    int64_t shift = 0;  // a line without its label column: cell c is column c + 1
-    if (count != columns) {
-      if (!(label_optional_ && count == columns - 1)) return fail("a line of another width");
-      shift = 1;
-    }
+    if (count != columns) return fail("a line of another width");
     const int64_t row = result.rows + block_rows;
     for (int64_t c = 0; c < count; ++c) {
-      const int64_t slot = column_slots_[c + shift];
+      const int64_t slot = column_slots_[c];
       if (slot < 0) continue;
       Cell cell;
       cell.bytes = starts[c];
       cell.size = starts[c + 1] - 1 - starts[c];
       cell.slot = slot;
       cell.out = row * slots_ + slot;
-      if (cell.size <= kMemoBytes && column_kinds_[c + shift] != kValue) {
+      if (cell.size <= kMemoBytes && column_kinds_[c] != kValue) {
         padded_words(cell.bytes, cell.size, end, &cell.low, &cell.high);
         cell.hash = mix(cell.low * 0x9E3779B97F4A7C15ull ^ cell.high ^
                         static_cast<uint64_t>(cell.size) << 56);

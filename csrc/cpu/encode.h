@@ -53,14 +53,14 @@ class Vocabulary {
 // the caller reads the part with the Python readers, which report or skip bad lines.
 class DelimitedEncoder {
  public:
-  enum Kind : int32_t { kSkip = 0, kToken = 1, kBucketized = 2, kValue = 3 };
+  // kBucketized, kSignedBuckets: numeric rule 1, 2 (fnn_fast.data.tokens.bucket_token).
+  enum Kind : int32_t { kSkip = 0, kToken = 1, kBucketized = 2, kValue = 3, kSignedBuckets = 4 };
 
-  // Each of the `columns` columns: its slot (-1: not read) and Kind. `label_optional`: a line
-  // may also have one column fewer, the first one (Criteo's unlabelled files) missing.
-  // memo_bits: log2 of the most cells remembered per slot.
+  // Each of the `columns` columns: its slot (-1: not read) and Kind; a line of another width is
+  // left to Python. memo_bits: log2 of the most cells remembered per slot.
   DelimitedEncoder(const Vocabulary& vocabulary, char delimiter, std::vector<int32_t> column_slots,
                    std::vector<int32_t> column_kinds, std::vector<int64_t> slot_fields,
-                   bool label_optional, int memo_bits);
+                   int memo_bits);
 
   struct Result {
     int64_t rows = 0;      // lines encoded (all of them when ok)
@@ -112,7 +112,6 @@ class DelimitedEncoder {
   std::vector<int32_t> column_slots_, column_kinds_;
   std::vector<int64_t> slot_fields_;
   std::vector<int32_t> slot_kinds_;
-  bool label_optional_;
   int64_t slots_;
   // Each slot's memo: 2^memo_bits entries, fewer for a field with a smaller vocabulary.
   std::vector<int64_t> memo_offset_;

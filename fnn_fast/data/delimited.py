@@ -2,19 +2,20 @@
 
 A row must have exactly as many cells as the header. Empty lines are skipped (not counted as bad);
 an empty cell is a missing value, the token "" of its field. Files to score (``labelled=False``)
-need no label column: it is not read (labels are NaN), and Criteo lines may have 39 columns, the
-format of Criteo's unlabelled test file.
+need no label column: it is not read (labels are NaN), and a Criteo file may have 39 columns, the
+format of Criteo's unlabelled test file, which its first line decides for the whole file.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 
 import numpy as np
 
 from fnn_fast.data.errors import BadLines, DataError, MalformedLine
 from fnn_fast.data.rows import ArrayChunks, ParsedRows
-from fnn_fast.data.schema import CRITEO_COLUMNS, Schema
+from fnn_fast.data.schema import CRITEO_COLUMNS, Schema, criteo_columns_of
 from fnn_fast.data.textfile import TextPart, lines_of
 from fnn_fast.data.tokens import NumericKeys, TokenKeys, parse_label
 
@@ -31,17 +32,21 @@ def read_delimited(
     # utf-8-sig drops the byte-order mark that spreadsheet exports put before the header.
     encoding, newline = ("utf-8", None) if criteo else ("utf-8-sig", "")
     with lines_of(path, part, progress=progress, encoding=encoding, newline=newline) as text:
+        given = None if part is None else part.header
         if criteo:
-            header, rows = CRITEO_COLUMNS, _split_lines(text, separator)
-            if not labelled:
-                rows = _label_optional(rows, len(header))
+            rows = _split_lines(text, separator)
+            header = CRITEO_COLUMNS if labelled else given
+            if header is None:
+                header, rows = _criteo_columns(rows)
         else:
-            given = None if part is None else part.header
             header, rows = _csv_rows(path, text, separator, bad, given)
         position = _column_positions(path, header, schema, labelled)
         label_col = position[schema.label_column] if labelled else None
         id_col = None if schema.id_column is None else position[schema.id_column]
-        numeric = [(position[c], NumericKeys(c, schema.numeric_mode)) for c in schema.numeric]
+        numeric = [
+            (position[c], NumericKeys(c, schema.numeric_mode, schema.numeric_rule))
+            for c in schema.numeric
+        ]
         categorical = [(position[c], TokenKeys()) for c in schema.categorical]
         categorical_values = [1.0] * len(categorical)
         width = f"{len(header)} {_SEPARATOR_NAMES.get(separator, repr(separator))}-separated"
@@ -52,7 +57,7 @@ def read_delimited(
         )
         for line_no, cells in rows:
             if len(cells) != len(header):
-                bad.report(line_no, f"expected {width} columns, found {len(cells)}")
+                bad.report(line_no, _width_problem(width, cells, header, criteo, labelled))
                 continue
             try:
                 label = _NO_LABEL if label_col is None else parse_label(cells[label_col])
@@ -95,10 +100,30 @@ def _split_lines(text, separator: str):
             yield line_no, line.split(separator)
 
 
-def _label_optional(rows, width: int):
-    """Criteo lines to score: with their label column (ignored), or without it (39 columns)."""
-    for line_no, cells in rows:
-        yield line_no, (["0", *cells] if len(cells) == width - 1 else cells)
+def _criteo_columns(rows):
+    """(columns, rows) of a Criteo file to score: its first line decides (criteo_columns_of)."""
+    rows = iter(rows)
+    first = next(rows, None)
+    if first is None:
+        return CRITEO_COLUMNS, iter(())
+    return criteo_columns_of(first[1]), itertools.chain([first], rows)
+
+
+def _width_problem(width: str, cells: list[str], header: list[str], criteo: bool, labelled: bool):
+    problem = f"expected {width} columns, found {len(cells)}"
+    full = len(CRITEO_COLUMNS)
+    if not criteo:
+        return problem
+    if len(cells) == 1 and "," in cells[0]:
+        return f"{problem}; for Criteo columns in comma-separated text with a header line, use " \
+            "--delimiter ,"  # fmt: skip
+    if len(header) < full and len(cells) == full:
+        return f"{problem}: the file's first line has no label, so no line may have one"
+    if len(header) == full and len(cells) == full - 1:
+        if labelled:
+            return f"{problem}: a line without its label; training and evaluation need labels"
+        return f"{problem}: a line without its label, but the file's first line has one"
+    return problem
 
 
 def _csv_rows(path, text, separator: str, bad: BadLines, header: list[str] | None = None):

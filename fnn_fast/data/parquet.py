@@ -46,7 +46,7 @@ def read_parquet(
     missing = [name for name in wanted if name not in file.schema_arrow.names]
     if missing:
         raise DataError(path, None, f"declared columns not in the file: {', '.join(missing)}")
-    numeric = {c: NumericKeys(c, schema.numeric_mode) for c in schema.numeric}
+    numeric = {c: NumericKeys(c, schema.numeric_mode, schema.numeric_rule) for c in schema.numeric}
     categorical = {c: TokenKeys() for c in schema.categorical}
 
     batches, first_row = [], 1 if part is None else part.first_row
@@ -79,7 +79,7 @@ def read_arrow_table(
 ) -> ParsedRows:
     """Rows of an Arrow table of string columns (pyarrow's CSV reader), row i at line
     ``first_row + i``: the same keys as the text readers give for the same cells."""
-    numeric = {c: NumericKeys(c, schema.numeric_mode) for c in schema.numeric}
+    numeric = {c: NumericKeys(c, schema.numeric_mode, schema.numeric_rule) for c in schema.numeric}
     categorical = {c: TokenKeys() for c in schema.categorical}
     batches = []
     for batch in table.to_batches(_BATCH_ROWS) or [pa.RecordBatch.from_pylist([], table.schema)]:

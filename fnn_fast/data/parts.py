@@ -32,7 +32,7 @@ from fnn_fast.data.errors import BadLines, DataError
 from fnn_fast.data.parquet import RowGroups, read_arrow_table
 from fnn_fast.data.readers import read_rows
 from fnn_fast.data.rows import ParsedRows
-from fnn_fast.data.schema import CRITEO_COLUMNS, Schema
+from fnn_fast.data.schema import CRITEO_COLUMNS, Schema, criteo_columns_of
 from fnn_fast.data.textfile import TextPart
 from fnn_fast.data.tokens import PAD_KEY
 
@@ -157,11 +157,7 @@ def _arrow_rows(
     exactly (a blank line, a ragged row): the line-by-line reader then takes it."""
     criteo = schema.format == "criteo"
     skip = 1 if (not criteo and part.index == 0) else 0  # the header line
-    if criteo:
-        width = data[: data.find(b"\n")].count(b"\t") + 1 if data else len(CRITEO_COLUMNS)
-        names = CRITEO_COLUMNS if width == len(CRITEO_COLUMNS) else CRITEO_COLUMNS[1:]
-    else:
-        names = header
+    names = header
     try:
         table = pacsv.read_csv(
             pa.BufferReader(data),
@@ -193,6 +189,18 @@ def _line_start(file, offset: int) -> int:
     file.seek(offset - 1)
     file.readline()
     return file.tell()
+
+
+def criteo_columns(path) -> list[str]:
+    """The columns of a Criteo file, decided once for the whole file by its first line: 39 cells
+    for lines without the label (Criteo's unlabelled test file), else the 40 columns. A line of
+    the other width is a bad line, not a row shifted by one column."""
+    with open(path, "rb") as file:
+        for line in file:
+            line = line.rstrip(b"\r\n")
+            if line:
+                return criteo_columns_of(line.split(b"\t"))
+    return CRITEO_COLUMNS
 
 
 def csv_header(path, schema: Schema) -> list[str] | None:
@@ -234,6 +242,8 @@ def encode_part(
         rows = read_rows(part.path, schema, bad=bad, part=groups, progress=False, labelled=False)
     else:
         data, newlines = loaded
+        if schema.format == "criteo":
+            header = criteo_columns(part.path)
         encoded = _native_text_part(part, data, newlines, schema, encoder, header)
         if encoded is not None:
             return encoded
@@ -241,7 +251,8 @@ def encode_part(
         if schema.format in ("criteo", "csv"):
             rows = _arrow_rows(part, data, newlines, schema, header, bad)
         if rows is None:
-            text = text_part(data, part.index == 0, header if part.index > 0 else None)
+            given = header if part.index > 0 or schema.format == "criteo" else None
+            text = text_part(data, part.index == 0, given)
             rows = read_rows(part.path, schema, bad=bad, part=text, progress=False, labelled=False)
     keys, values, overflow = conform_slots(rows, encoder)
     if not bad.rejected and not overflow.any():  # every row kept, in order: nothing to merge
@@ -288,9 +299,10 @@ _BYTE_ORDER_MARK = b"\xef\xbb\xbf"
 
 
 def native_text_layout(schema: Schema, encoder: FeatureEncoder, header: list[str] | None):
-    """(delimiter, column slots, column kinds, label optional) for fnn_fast._C.DelimitedEncoder,
-    or None where its fast path does not apply (not Criteo or CSV, an id column to pass through,
-    a model whose slots are not one per column, no native module)."""
+    """(delimiter, column slots, column kinds) for fnn_fast._C.DelimitedEncoder, or None where
+    its fast path does not apply (not Criteo or CSV, an id column to pass through, a model whose
+    slots are not one per column, no native module). ``header``: the file's columns (Criteo: 40
+    by default, see criteo_columns)."""
     if schema.format not in ("criteo", "csv") or schema.id_column is not None:
         return None
     if encoder.native_vocabulary() is None:
@@ -301,7 +313,7 @@ def native_text_layout(schema: Schema, encoder: FeatureEncoder, header: list[str
     ):
         return None
     delimiter = "\t" if schema.format == "criteo" else schema.delimiter or ","
-    columns = CRITEO_COLUMNS if schema.format == "criteo" else header
+    columns = CRITEO_COLUMNS if header is None and schema.format == "criteo" else header
     if columns is None or len(delimiter) != 1:
         return None
     position: dict[str, int] = {}
@@ -310,11 +322,12 @@ def native_text_layout(schema: Schema, encoder: FeatureEncoder, header: list[str
     if any(name not in position for name in fields):
         return None  # the Python reader names the missing columns
     slots, kinds = [-1] * len(columns), [0] * len(columns)
-    numeric_kind = 2 if schema.numeric_mode == "bucketize" else 3
+    # DelimitedEncoder kinds: 2 and 4 bucketize by numeric rule 1 and 2, 3 keeps the value
+    numeric_kind = {1: 2, 2: 4}[schema.numeric_rule] if schema.numeric_mode == "bucketize" else 3
     for slot, name in enumerate(fields):
         slots[position[name]] = slot
         kinds[position[name]] = numeric_kind if name in schema.numeric else 1
-    return delimiter, slots, kinds, schema.format == "criteo"
+    return delimiter, slots, kinds
 
 
 def _native_text_part(
@@ -322,8 +335,9 @@ def _native_text_part(
 ) -> EncodedPart | None:
     """A text part encoded by the C++ reader (cells straight to ids, see csrc/cpu/encode.h);
     None when it does not apply or meets a line it leaves to the Python readers."""
-    csv_header = header if part.index > 0 else _first_line_cells(data, schema)
-    layout = native_text_layout(schema, encoder, csv_header)
+    if schema.format == "csv" and part.index == 0:
+        header = _first_line_cells(data, schema)
+    layout = native_text_layout(schema, encoder, header)
     if layout is None or (part.index == 0 and data.startswith(_BYTE_ORDER_MARK)):
         return None
     if schema.format == "csv" and b'"' in data:  # quoting: csv.reader's rules apply
@@ -350,8 +364,6 @@ def _native_text_part(
 
 def _first_line_cells(data: bytes, schema: Schema) -> list[str] | None:
     """The header cells of a CSV file's first part (without quotes: else no fast path)."""
-    if schema.format != "csv":
-        return None
     line = data[: data.find(b"\n")] if b"\n" in data else data
     if b'"' in line or b"\r" in line:
         return None
@@ -368,10 +380,10 @@ def _delimited_encoder(encoder: FeatureEncoder, layout):
     if key not in cached:
         from fnn_fast import _C
 
-        delimiter, slots, kinds, label_optional = layout
+        delimiter, slots, kinds = layout
         cached[key] = _C.DelimitedEncoder(
             encoder.native_vocabulary(), delimiter, slots, kinds,
-            encoder.slot_fields.tolist(), label_optional, _MEMO_BITS,
+            encoder.slot_fields.tolist(), _MEMO_BITS,
         )  # fmt: skip
     return cached[key]
 

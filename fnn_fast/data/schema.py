@@ -6,12 +6,19 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 
 from fnn_fast.data.featindex import load_featindex
-from fnn_fast.data.tokens import NUMERIC_MODES
+from fnn_fast.data.tokens import NUMERIC_MODES, NUMERIC_RULE, NUMERIC_RULES
 
 FORMATS = ("libfm", "criteo", "csv", "parquet")
 CRITEO_NUMERIC = [f"I{i}" for i in range(1, 14)]
 CRITEO_CATEGORICAL = [f"C{i}" for i in range(1, 27)]
 CRITEO_COLUMNS = ["label", *CRITEO_NUMERIC, *CRITEO_CATEGORICAL]  # the implicit header
+
+
+def criteo_columns_of(first_line_cells: list) -> list[str]:
+    """A Criteo file's columns from the cells of its first line: without the label when there
+    are 39, else all 40 (lines of another width are then bad lines)."""
+    unlabelled = len(first_line_cells) == len(CRITEO_COLUMNS) - 1
+    return CRITEO_COLUMNS[1:] if unlabelled else CRITEO_COLUMNS
 
 
 @dataclass
@@ -32,6 +39,7 @@ class Schema:
     delimiter: str | None = None  # csv; None means ","
     featindex: str | None = None  # libfm: 'field:value<TAB>idx' file; None: field = position
     num_fields: int | None = None  # libfm positional: features per line; None: from 1st line
+    numeric_rule: int = NUMERIC_RULE  # how numbers become buckets (fnn_fast.data.tokens)
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -39,6 +47,11 @@ class Schema:
         if self.numeric_mode not in NUMERIC_MODES:
             raise ValueError(
                 f"numeric_mode must be one of {NUMERIC_MODES}, not {self.numeric_mode!r}"
+            )
+        if self.numeric_rule not in NUMERIC_RULES:
+            raise ValueError(
+                f"numeric_rule must be one of {NUMERIC_RULES}, not {self.numeric_rule!r}: "
+                "a model saved by a newer fnn_fast?"
             )
         if self.featindex is not None:
             self.featindex = os.fspath(self.featindex)
@@ -98,7 +111,9 @@ class Schema:
 
     @classmethod
     def from_dict(cls, data: dict) -> Schema:
+        """A schema saved without ``numeric_rule`` predates rule 2: it keeps rule 1, so that a
+        model scores numbers exactly as it was trained on them."""
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown schema keys: {sorted(unknown)}")
-        return cls(**data)
+        return cls(**{"numeric_rule": 1, **data})

@@ -29,10 +29,25 @@ class TokenKeys(dict):
         return key
 
 
-def bucketize(x: float) -> int:
-    """The Criteo winners' trick: counts above 2 fall into log-squared buckets, small and negative
-    values stay as they are."""
-    return math.floor(math.log(x) ** 2) if x > 2 else int(x)
+# How numbers become bucket tokens. Rule 1: floor(log(x)^2) above 2, int(x) at or below, which
+# puts every value in (-1, 1) into one bucket; schemas saved before rules had numbers use it.
+# Rule 2 (NUMERIC_RULE): sign-aware; 0 is "0"; |x| > 2 keeps rule 1's floor(log|x|^2) buckets;
+# 0 < |x| <= 2 gets floor(4 log|x|), steps of e^(1/4) (1.28x), with "s" before it, so 0.5,
+# 0.05 and 1.5 land in buckets of their own and 0, 1 and 2 stay apart. "-" marks negatives.
+NUMERIC_RULES = (1, 2)
+NUMERIC_RULE = 2
+
+
+def bucket_token(x: float, rule: int) -> str:
+    """The token of the bucket of ``x`` (finite) under numeric rule ``rule``."""
+    if rule == 1:
+        return str(math.floor(math.log(x) ** 2) if x > 2 else int(x))
+    if x == 0:
+        return "0"
+    sign, size = ("-", -x) if x < 0 else ("", x)
+    if size > 2:
+        return f"{sign}{math.floor(math.log(size) ** 2)}"
+    return f"{sign}s{math.floor(math.log(size) * 4.0)}"
 
 
 def parse_number(cell: str, column: str) -> float:
@@ -47,20 +62,24 @@ def parse_number(cell: str, column: str) -> float:
 
 class NumericKeys(dict):
     """cell -> (key, value) for one numeric column. Bucketized cells are memoized; in "value" mode
-    nearly every cell is distinct, so they are parsed each time instead of filling the dict."""
+    nearly every cell is distinct, so they are parsed each time instead of filling the dict.
+    ``rule``: the schema's numeric_rule (see bucket_token)."""
 
-    def __init__(self, column: str, mode: str):
+    def __init__(self, column: str, mode: str, rule: int):
         super().__init__({MISSING: (hash_token(MISSING), 1.0)})
         if mode not in NUMERIC_MODES:
             raise ValueError(f"numeric_mode must be one of {NUMERIC_MODES}, not {mode!r}")
+        if rule not in NUMERIC_RULES:
+            raise ValueError(f"numeric_rule must be one of {NUMERIC_RULES}, not {rule!r}")
         self.column = column
         self.bucketized = mode == "bucketize"
+        self.rule = rule
 
     def __missing__(self, cell: str) -> tuple[int, float]:
         x = parse_number(cell, self.column)
         if not self.bucketized:
             return VALUE_KEY, x
-        key_value = self[cell] = (hash_token(str(bucketize(x))), 1.0)
+        key_value = self[cell] = (hash_token(bucket_token(x, self.rule)), 1.0)
         return key_value
 
 

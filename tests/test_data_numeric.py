@@ -1,0 +1,108 @@
+"""Numeric cells to bucket tokens: the rule (fnn_fast.data.tokens.bucket_token), its readers,
+and models saved before the rule had a number, which keep scoring as they were trained."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fnn_fast import FM, FNN
+from fnn_fast.data import FeatureEncoder, Schema, read_rows
+from fnn_fast.data import parts as parts_module
+from fnn_fast.data.tokens import NUMERIC_RULE, bucket_token, hash_token
+from fnn_fast.saved import load_model, save_model
+from fnn_fast.score import Scorer, predict, score_files
+
+
+def test_small_fractional_and_negative_values_get_buckets_of_their_own():
+    small = [0.001, 0.01, 0.05, 0.1, 0.3, 0.5, 0.9, 1.0, 1.5, 2.0]
+    tokens = [bucket_token(x, 2) for x in small]
+    assert len(set(tokens)) == len(small)  # rule 1 sends the first seven to one bucket, "0"
+    assert len({bucket_token(x, 1) for x in small[:7]}) == 1
+    assert len({bucket_token(-x, 2) for x in small}) == len(small)
+    assert not {bucket_token(-x, 2) for x in small} & set(tokens)  # the sign is kept
+    assert bucket_token(0.0, 2) == bucket_token(-0.0, 2) == "0"
+    assert len({bucket_token(x, 2) for x in (0, 1, 2, 3)}) == 4  # rule 1: 1 and 3 collide
+    assert bucket_token(5e-324, 2) != bucket_token(1e-300, 2) != bucket_token(0.0, 2)
+    # quarter steps of log|x|: a bucket spans a factor e^(1/4), edges included on its left
+    assert bucket_token(math.exp(-1.0), 2) == "s-4" and bucket_token(0.3678, 2) == "s-5"
+
+
+def test_values_above_two_keep_rule_1_buckets():
+    large = [2.0000001, 3, 7.5, 10, 1000, 123456789012, 1.7976931348623157e308]
+    for x in large:
+        assert bucket_token(x, 2) == bucket_token(x, 1) == str(math.floor(math.log(x) ** 2))
+        assert bucket_token(-x, 2) == "-" + bucket_token(x, 2)
+
+
+CELLS = ["0.1", "0.25", "0.5", "0.9", "1.5", "-0.5", "-3", "0", "2", "40.5"]
+
+
+def test_csv_and_parquet_floats_give_distinct_buckets_and_the_same_keys(tmp_path):
+    csv_path = tmp_path / "t.csv"
+    csv_path.write_text("label,x,c\n" + "".join(f"1,{v},a\n" for v in CELLS))
+    parquet_path = tmp_path / "t.parquet"
+    values = pa.array([float(v) for v in CELLS], pa.float64())
+    labels = pa.array([1] * len(CELLS))
+    table = pa.table({"label": labels, "x": values, "c": ["a"] * len(CELLS)})
+    pq.write_table(table, parquet_path)
+    schema = Schema("csv", numeric=["x"], categorical=["c"])
+    from_csv = read_rows(csv_path, schema, progress=False)
+    parquet_schema = Schema.from_dict(schema.to_dict() | {"format": "parquet"})
+    from_parquet = read_rows(parquet_path, parquet_schema, progress=False)
+    assert len(set(from_csv.keys[:, 0].tolist())) == len(CELLS)
+    np.testing.assert_array_equal(from_parquet.keys, from_csv.keys)
+    expected = [hash_token(bucket_token(float(v), NUMERIC_RULE)) for v in CELLS]
+    np.testing.assert_array_equal(from_csv.keys[:, 0], expected)
+
+
+def test_new_schemas_use_the_current_rule_and_saved_ones_without_it_rule_1():
+    schema = Schema("csv", numeric=["x"])
+    assert schema.numeric_rule == NUMERIC_RULE == 2
+    assert Schema.from_dict(schema.to_dict()).numeric_rule == 2
+    saved_before = {k: v for k, v in schema.to_dict().items() if k != "numeric_rule"}
+    assert Schema.from_dict(saved_before).numeric_rule == 1
+    with pytest.raises(ValueError, match="numeric_rule must be one of"):
+        Schema("csv", numeric=["x"], numeric_rule=3)
+
+
+def test_a_model_saved_before_the_rule_scores_as_it_was_trained(tmp_path, monkeypatch):
+    schema_1 = Schema("csv", numeric=["x", "y"], categorical=["c"], numeric_rule=1)
+    rng = np.random.default_rng(0)
+    lines = [
+        f"{i % 2},{rng.choice(CELLS)},{rng.uniform(-1, 1):.3f},c{rng.integers(0, 5)}\n"
+        for i in range(600)
+    ]
+    data = tmp_path / "day.csv"
+    data.write_text("label,x,y,c\n" + "".join(lines))
+    rows = read_rows(data, schema_1, progress=False)
+    encoder = FeatureEncoder.fit_rows(rows)
+    fm = FM(encoder.num_features, 4, init_std=0.3)
+    fnn = FNN.from_fm(fm, num_fields=3, hidden=(8,), init_std=0.3)
+    model = save_model(tmp_path / "model", fm, fnn, encoder, schema_1)
+    config_path = model / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["schema"]["numeric_rule"]  # as written before rules had numbers
+    config_path.write_text(json.dumps(config))
+
+    saved = load_model(model)
+    assert saved.schema.numeric_rule == 1
+    expected = predict(saved, rows)
+    # the C++ reader, the Python readers, and the pandas path
+    score_files(model, data, tmp_path / "native.npy", part_bytes=4096, progress=False)
+    np.testing.assert_allclose(np.load(tmp_path / "native.npy"), expected, rtol=1e-6)
+    monkeypatch.setattr(parts_module, "_native_text_part", lambda *args: None)
+    score_files(model, data, tmp_path / "python.npy", part_bytes=4096, progress=False)
+    np.testing.assert_allclose(np.load(tmp_path / "python.npy"), expected, rtol=1e-6)
+    frame = pd.read_csv(data, dtype=str, keep_default_na=False)
+    np.testing.assert_allclose(Scorer(model).predict_pandas(frame), expected, rtol=1e-6)
+    # the same model read with the current rule would encode most numbers as unseen
+    schema_2 = Schema.from_dict(schema_1.to_dict() | {"numeric_rule": 2})
+    current = read_rows(data, schema_2, progress=False)
+    assert np.isin(encoder.transform_rows(current)[0][:, :2], encoder.offsets).mean() > 0.5
