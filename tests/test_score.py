@@ -120,7 +120,7 @@ def test_glob_directory_and_cache_inputs(model_dir, data, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "g.npy"), np.load(tmp_path / "d.npy"))
     assert expand_inputs(folder) == [str(p) for p in data]
     cache = tmp_path / "cache-entry"
-    write_rows(read_rows(data[1], SCHEMA, progress=False), cache)
+    write_rows(read_rows(data[1], SCHEMA, progress=False), cache, SCHEMA)
     score_files(model_dir, cache, tmp_path / "c.npy", part_rows=128, workers=0, progress=False)
     np.testing.assert_allclose(np.load(tmp_path / "c.npy"), reference_scores(model_dir, data[1:2]))
 

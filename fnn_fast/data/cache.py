@@ -1,9 +1,12 @@
 """A binary cache of parsed rows, so that only the first pass over a file parses text.
 
 An entry is a directory of .npy arrays plus meta.json, named after the file and a hash of what
-the parse depends on (the file's path, size and mtime, the schema, its featindex file and
-skip_bad_lines): a changed file or schema gets a new entry. Entries are written into a temporary
-directory and renamed into place, so a reader never sees a half-written one.
+the parse depends on (the file's path, size and mtime, the schema, its featindex file's content
+and skip_bad_lines): a changed file or schema gets a new entry. meta.json also records the schema,
+and an entry is only read for a schema that gives the same keys (see check_entry): an entry
+given to the scorer by hand, built with another numeric mode, featindex or columns, is refused
+rather than encoded into out-of-vocabulary rows. Entries are written into a temporary directory
+and renamed into place, so a reader never sees a half-written one.
 """
 
 from __future__ import annotations
@@ -17,11 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
+from fnn_fast.data.errors import DataError
 from fnn_fast.data.readers import read_rows
 from fnn_fast.data.rows import ParsedRows
 from fnn_fast.data.schema import Schema
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: meta.json records the schema
+# What the keys of an entry depend on; the label is not read when scoring, the id column only
+# when asked for.
+_KEY_SETTINGS = (
+    "format", "delimiter", "numeric", "categorical", "numeric_mode", "numeric_rule", "featindex",
+)  # fmt: skip
 _ARRAYS = ("labels", "keys", "values", "lines")
 
 
@@ -38,17 +47,18 @@ def load_rows(
         cache_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=cache_dir))
         try:
-            write_rows(rows, staging)
+            write_rows(rows, staging, schema)
             os.rename(staging, entry)
         except OSError:
             if not entry.is_dir():  # else another process wrote the same entry first: use it
                 raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return open_rows(entry)
+    return open_rows(entry, schema=schema)
 
 
-def write_rows(rows: ParsedRows, directory) -> None:
+def write_rows(rows: ParsedRows, directory, schema: Schema) -> None:
+    """An entry of ``rows``, read from a file with ``schema``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for name in _ARRAYS:
@@ -66,18 +76,17 @@ def write_rows(rows: ParsedRows, directory) -> None:
         "bad_examples": list(rows.bad_examples),
         "source": rows.source,
         "n_rows": len(rows),
+        "schema": schema_identity(schema),
     }
     (directory / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
-def open_rows(directory, *, mmap: bool = True) -> ParsedRows:
+def open_rows(directory, *, mmap: bool = True, schema: Schema | None = None) -> ParsedRows:
+    """An entry's rows; with ``schema``, only if it gives the keys the entry holds."""
     directory = Path(directory)
-    meta = json.loads((directory / "meta.json").read_text())
-    if meta.get("format_version") != CACHE_FORMAT_VERSION:
-        raise ValueError(
-            f"{directory}: cache format {meta.get('format_version')}, "
-            f"this version reads {CACHE_FORMAT_VERSION}"
-        )
+    meta = read_meta(directory)
+    if schema is not None:
+        check_entry(directory, schema, meta)
     mode = "r" if mmap else None
     arrays = {name: np.load(directory / f"{name}.npy", mmap_mode=mode) for name in _ARRAYS}
     row_ids_path = directory / "row_ids.npy"
@@ -97,7 +106,7 @@ def read_row_range(directory, start: int, stop: int) -> ParsedRows:
     walking through a large entry keeps its memory flat (mapped pages it touched would stay
     in its resident set)."""
     directory = Path(directory)
-    meta = json.loads((directory / "meta.json").read_text())
+    meta = read_meta(directory)
     names = [*_ARRAYS, *(["row_ids"] if (directory / "row_ids.npy").exists() else [])]
     arrays = {name: _read_rows_of(directory / f"{name}.npy", start, stop) for name in names}
     return ParsedRows(
@@ -126,15 +135,65 @@ def _read_rows_of(path: Path, start: int, stop: int) -> np.ndarray:
     return data.reshape((stop - start, *shape[1:]))
 
 
+def read_meta(directory) -> dict:
+    """An entry's meta.json, refused when written by another version of the cache format."""
+    directory = Path(directory)
+    meta = json.loads((directory / "meta.json").read_text())
+    if meta.get("format_version") != CACHE_FORMAT_VERSION:
+        raise DataError(
+            directory, None,
+            f"cache format {meta.get('format_version')}, this version reads "
+            f"{CACHE_FORMAT_VERSION}: rebuild the entry (read the source file again with "
+            "--cache-dir)",
+        )  # fmt: skip
+    return meta
+
+
+def check_entry(directory, schema: Schema, meta: dict | None = None) -> dict:
+    """The entry's meta, after checking that ``schema`` reads the keys it holds: the same format,
+    columns, numeric mode and rule, and featindex content (and id column, when ``schema`` has
+    one). Raises DataError saying what differs."""
+    meta = read_meta(directory) if meta is None else meta
+    built, wanted = meta["schema"], schema_identity(schema)
+    settings = [*_KEY_SETTINGS, *(["id_column"] if schema.id_column is not None else [])]
+    differ = [
+        f"{name} {_setting(built, name)} (wanted: {_setting(wanted, name)})"
+        for name in settings
+        if built.get(name) != wanted.get(name)
+    ]
+    if differ:
+        raise DataError(
+            directory, None,
+            f"this cache entry was built with other settings: {'; '.join(differ)}. Read the "
+            "source file instead, or rebuild the entry with these settings (another "
+            "--cache-dir)",
+        )  # fmt: skip
+    return meta
+
+
+def _setting(identity: dict, name: str) -> str:
+    value = identity.get(name)
+    if name == "featindex" and value is not None:
+        return f"with content sha256 {value[:12]}"
+    return repr(value)
+
+
+def schema_identity(schema: Schema) -> dict:
+    """The schema as an entry records it: its featindex file by content, not path (a saved
+    model holds a copy of the one it was trained with)."""
+    identity = schema.to_dict()
+    if schema.featindex is not None:
+        identity["featindex"] = hashlib.sha256(Path(schema.featindex).read_bytes()).hexdigest()
+    return identity
+
+
 def _entry_name(path, schema: Schema, skip_bad_lines: bool) -> str:
     identity = {
         "format_version": CACHE_FORMAT_VERSION,
         "file": _file_identity(path),
-        "schema": schema.to_dict(),
+        "schema": schema_identity(schema),
         "skip_bad_lines": skip_bad_lines,
     }
-    if schema.featindex is not None:  # it decides the fields of a libFM file
-        identity["featindex"] = _file_identity(schema.featindex)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return f"{Path(path).name}-{digest}"
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import json
 import os
 import threading
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from fnn_fast.data.cache import read_row_range
+from fnn_fast.data.cache import check_entry, read_row_range
 from fnn_fast.data.encoder import FeatureEncoder
 from fnn_fast.data.errors import BadLines, DataError
 from fnn_fast.data.parquet import RowGroups, read_arrow_table
@@ -110,7 +109,7 @@ def plan_parts(
     parts: list[Part] = []
     for file_index, path in enumerate(files):
         if Path(path, "meta.json").is_file():
-            rows = json.loads(Path(path, "meta.json").read_text())["n_rows"]
+            rows = check_entry(path, schema)["n_rows"]
             starts = range(0, max(rows, 1), part_rows)
             for i, start in enumerate(starts):
                 stop = min(start + part_rows, rows)
