@@ -37,9 +37,10 @@ _ARRAYS = ("labels", "keys", "values", "lines")
 def load_rows(
     path, schema: Schema, *, cache_dir=None, skip_bad_lines: bool = False, progress: bool = True
 ) -> ParsedRows:
-    """read_rows(), through the cache in ``cache_dir`` when given (arrays come back mmapped)."""
+    """read_rows() of a file to train or evaluate on, through the cache in ``cache_dir`` when
+    given (arrays come back mmapped). A file that gives no rows is a DataError."""
     if cache_dir is None:
-        return read_rows(path, schema, skip_bad_lines=skip_bad_lines, progress=progress)
+        return _some_rows(read_rows(path, schema, skip_bad_lines=skip_bad_lines, progress=progress))
     cache_dir = Path(cache_dir)
     entry = cache_dir / _entry_name(path, schema, skip_bad_lines)
     if not entry.is_dir():
@@ -54,7 +55,18 @@ def load_rows(
                 raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return open_rows(entry, schema=schema)
+    return _some_rows(open_rows(entry, schema=schema))
+
+
+def _some_rows(rows: ParsedRows) -> ParsedRows:
+    if len(rows) == 0:
+        why = (
+            f"all {rows.bad_lines} lines with data are bad"
+            if rows.bad_lines
+            else "it holds no data lines"
+        )
+        raise DataError(rows.source, None, f"no rows to train or evaluate on: {why}")
+    return rows
 
 
 def write_rows(rows: ParsedRows, directory, schema: Schema) -> None:

@@ -79,7 +79,8 @@ def read_libfm(
         num_fields = expected or 0
         field_names = [f"f{i}" for i in range(num_fields)]
         slot_fields = np.arange(num_fields, dtype=np.int64)
-        keys, values = keys.reshape(-1, num_fields), values.reshape(-1, num_fields)
+        rows = len(columns.array("labels"))  # not -1: no rows of no fields is ambiguous
+        keys, values = keys.reshape(rows, num_fields), values.reshape(rows, num_fields)
     else:
         field_names = list(index.field_names)
         keys, values, slot_fields = _into_slots(

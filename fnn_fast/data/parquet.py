@@ -39,7 +39,7 @@ def read_parquet(
     labelled: bool = True,
 ) -> ParsedRows:  # fmt: skip
     """``labelled=False`` (scoring): the label column is not read; labels are NaN."""
-    file = pq.ParquetFile(path)
+    file = open_parquet(path)
     wanted = [*([schema.label_column] if labelled else []), *schema.numeric, *schema.categorical]
     if schema.id_column is not None:
         wanted.append(schema.id_column)
@@ -72,6 +72,14 @@ def read_parquet(
         batches.append(read_record_batch(empty, 1, schema, numeric, categorical, bad, labelled))
 
     return _assemble(batches, schema, bad, str(path))
+
+
+def open_parquet(path) -> pq.ParquetFile:
+    """The file's Parquet reader; DataError naming the file when it is not Parquet."""
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as error:
+        raise DataError(path, None, f"not a readable Parquet file: {error}") from None
 
 
 def read_arrow_table(

@@ -17,18 +17,18 @@ import csv
 import glob
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from fnn_fast.data.cache import check_entry, read_row_range
 from fnn_fast.data.encoder import FeatureEncoder
 from fnn_fast.data.errors import BadLines, DataError
-from fnn_fast.data.parquet import RowGroups, read_arrow_table
+from fnn_fast.data.parquet import RowGroups, open_parquet, read_arrow_table
 from fnn_fast.data.readers import read_rows
 from fnn_fast.data.rows import ParsedRows
 from fnn_fast.data.schema import CRITEO_COLUMNS, Schema, criteo_columns_of
@@ -76,7 +76,8 @@ class EncodedPart:
 
 def expand_inputs(inputs) -> list[str]:
     """Files named, globbed or held by directories, in a stable order. A directory holding
-    meta.json is one binary cache entry; other directories give their files, sorted."""
+    meta.json is one binary cache entry; other directories give their files, sorted. Anything
+    else found (a subdirectory, a file that cannot be opened) stops the run, named."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     found: list[str] = []
@@ -86,8 +87,8 @@ def expand_inputs(inputs) -> list[str]:
             matches = sorted(glob.glob(item))
             if not matches:
                 raise FileNotFoundError(f"no file matches {item}")
-            found.extend(matches)
-        elif Path(item, "meta.json").is_file():
+            found.extend(_input_file(m, f"matched by {item}") for m in matches)
+        elif _is_cache_entry(item):
             found.append(item)
         elif Path(item).is_dir():
             files = sorted(
@@ -95,12 +96,34 @@ def expand_inputs(inputs) -> list[str]:
             )
             if not files:
                 raise FileNotFoundError(f"directory {item} holds no input files")
-            found.extend(files)
+            found.extend(_input_file(f, f"in the input directory {item}") for f in files)
         elif Path(item).exists():
-            found.append(item)
+            found.append(_input_file(item, "given as input"))
         else:
             raise FileNotFoundError(f"no such input: {item}")
     return found
+
+
+def _is_cache_entry(path) -> bool:
+    return Path(path, "meta.json").is_file()
+
+
+def _input_file(path: str, found: str) -> str:
+    """``path`` if it is a cache entry or a file that opens; else DataError saying why not."""
+    if _is_cache_entry(path):
+        return path
+    if Path(path).is_dir():
+        raise DataError(
+            path, None,
+            f"a directory {found}, not a file: directories are not searched recursively; "
+            "give its files (a glob such as DIR/*) or the directory itself as an input",
+        )  # fmt: skip
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise DataError(path, None, f"cannot be read ({found}): {error.strerror}") from None
+    return path
 
 
 def plan_parts(
@@ -108,14 +131,14 @@ def plan_parts(
 ) -> list[Part]:
     parts: list[Part] = []
     for file_index, path in enumerate(files):
-        if Path(path, "meta.json").is_file():
+        if _is_cache_entry(path):
             rows = check_entry(path, schema)["n_rows"]
             starts = range(0, max(rows, 1), part_rows)
             for i, start in enumerate(starts):
                 stop = min(start + part_rows, rows)
                 parts.append(Part(file_index, i, path, "cache", start, stop, size=stop - start))
         elif schema.format == "parquet":
-            metadata = pq.ParquetFile(path).metadata
+            metadata = open_parquet(path).metadata
             sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
             first, group, index = 1, 0, 0
             while group < len(sizes) or index == 0:
@@ -127,6 +150,8 @@ def plan_parts(
                 first, group, index = first + rows, stop, index + 1
         else:
             size = os.path.getsize(path)
+            if size == 0:
+                warnings.warn(f"{path}: the file is empty: it adds no rows", stacklevel=2)
             for i, start in enumerate(range(0, max(size, 1), part_bytes)):
                 stop = min(start + part_bytes, size)
                 parts.append(Part(file_index, i, path, "text", start, stop, size=stop - start))
@@ -203,14 +228,12 @@ def criteo_columns(path) -> list[str]:
 
 
 def csv_header(path, schema: Schema) -> list[str] | None:
-    """A CSV file's header, which parts after the first need."""
-    if schema.format != "csv" or Path(path, "meta.json").is_file():
+    """A CSV file's header, which parts after the first need; None for an empty file (which
+    gives no rows to score)."""
+    if schema.format != "csv" or _is_cache_entry(path):
         return None
     with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as file:
-        header = next(csv.reader(file, delimiter=schema.delimiter or ","), None)
-    if header is None:
-        raise DataError(path, 1, "the file is empty: a header line is expected")
-    return header
+        return next(csv.reader(file, delimiter=schema.delimiter or ","), None)  # None: empty
 
 
 def load_part(part: Part):
@@ -241,6 +264,8 @@ def encode_part(
         rows = read_rows(part.path, schema, bad=bad, part=groups, progress=False, labelled=False)
     else:
         data, newlines = loaded
+        if not data:  # an empty file (to score: no rows, not even a CSV header)
+            return _no_rows(part, schema, encoder)
         if schema.format == "criteo":
             header = criteo_columns(part.path)
         encoded = _native_text_part(part, data, newlines, schema, encoder, header)
@@ -290,6 +315,18 @@ def encode_part(
         row_ids=row_ids,
         rejects=sorted(bad.rejected),
         newlines=newlines,
+    )
+
+
+def _no_rows(part: Part, schema: Schema, encoder: FeatureEncoder) -> EncodedPart:
+    return EncodedPart(
+        part=part,
+        good=np.zeros(0, dtype=bool),
+        ids=np.zeros((0, len(encoder.slot_fields)), dtype=np.int64),
+        values=None,
+        lines=np.zeros(0, dtype=np.int64),
+        row_ids=None if schema.id_column is None else np.zeros(0, dtype=object),
+        rejects=[],
     )
 
 

@@ -7,8 +7,10 @@ of text files carry nothing and are skipped without being counted.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fnn_fast.data.delimited import read_delimited
-from fnn_fast.data.errors import BadLines
+from fnn_fast.data.errors import BadLines, DataError
 from fnn_fast.data.libfm import read_libfm
 from fnn_fast.data.parquet import read_parquet
 from fnn_fast.data.rows import ParsedRows
@@ -32,7 +34,21 @@ def read_rows(
     """Parse one file, or one part of it (see fnn_fast.data.parts). ``progress`` shows a tqdm bar
     when stderr is a terminal. ``labelled=False``: files to score, whose labels are not read."""
     reader = _READERS[schema.format]
+    if part is None:
+        _check_file(path)
     bad = BadLines(path, skip_bad_lines) if bad is None else bad
     if part is None and labelled:
         return reader(path, schema, bad, progress)
     return reader(path, schema, bad, progress, part=part, labelled=labelled)
+
+
+def _check_file(path) -> None:
+    if Path(path).is_dir():
+        raise DataError(path, None, "a directory, not a file: give one input file")
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        raise DataError(path, None, "no such file") from None
+    except OSError as error:
+        raise DataError(path, None, f"cannot be read: {error.strerror}") from None
