@@ -23,7 +23,16 @@ def _columns(text: str | None) -> list[str]:
 
 def _schema_from_args(args) -> Schema:
     if args.format == "criteo":
-        return Schema.criteo()
+        chosen = [f"--{o}" for o in ("label", "categorical", "numeric") if getattr(args, o, None)]
+        if chosen:
+            raise ValueError(
+                f"{', '.join(chosen)}: Criteo's columns are fixed (label, I1..I13, C1..C26); "
+                "use --format csv or parquet to choose columns"
+            )
+        # --delimiter: Criteo's columns in delimited text with a header line naming them
+        schema = Schema.criteo("csv" if args.delimiter else "criteo")
+        settings = {"numeric_mode": args.numeric_mode, "id_column": args.id_column}
+        return Schema.from_dict(schema.to_dict() | settings | {"delimiter": args.delimiter})
     return Schema(
         format=args.format,
         label=args.label,

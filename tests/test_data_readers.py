@@ -377,3 +377,36 @@ def test_flushing_parsed_rows_in_chunks_changes_nothing(tmp_path, monkeypatch):
             np.testing.assert_array_equal(getattr(chunked, name), getattr(expected, name))
         assert chunked.bad_lines == expected.bad_lines
     np.testing.assert_array_equal(chunked.row_ids, [f"r{i}" for i in range(7)])
+
+
+FAST_TRAINING = ["--fm-epochs", "1", "--fnn-epochs", "1", "--hidden", "8", "--factors", "2",
+                 "--batch-size", "64", "--no-progress"]  # fmt: skip
+
+
+@needs_data
+def test_the_cli_reads_the_criteo_sample_with_its_header_and_commas(tmp_path, capsys):
+    from fnn_fast.cli import _schema_from_args, build_parser, main
+    from fnn_fast.saved import load_model
+
+    sample = str(DATA / "samples" / "criteo_sample.txt")
+    train = ["train", "--train", sample, "--format", "criteo", *FAST_TRAINING]
+    assert main([*train, "--out", str(tmp_path / "tabs")]) == 2
+    error = capsys.readouterr().err
+    assert "criteo_sample.txt:1: expected 40 tab-separated columns, found 1" in error
+    assert "use --delimiter ," in error
+    out = tmp_path / "commas"
+    assert main([*train, "--delimiter", ",", "--out", str(out)]) == 0
+    schema = load_model(out).schema
+    assert schema == Schema.from_dict(Schema.criteo("csv").to_dict() | {"delimiter": ","})
+    args = build_parser().parse_args([*train, "--numeric-mode", "value", "--out", str(out)])
+    assert _schema_from_args(args).numeric_mode == "value"  # no longer dropped for Criteo
+
+
+def test_the_cli_refuses_columns_chosen_for_criteo(tmp_path, capsys):
+    from fnn_fast.cli import main
+
+    path = write(tmp_path, "day.txt", criteo_line())
+    code = main(["train", "--train", str(path), "--format", "criteo", "--numeric", "I1",
+                 "--out", str(tmp_path / "out")])  # fmt: skip
+    assert code == 2
+    assert "--numeric: Criteo's columns are fixed" in capsys.readouterr().err
