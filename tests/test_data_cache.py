@@ -138,6 +138,13 @@ def test_an_entry_is_refused_for_a_schema_that_reads_other_keys(tmp_path, csv_fi
     assert sum(p.stop - p.start for p in plan_parts([str(entry)], same_keys)) == 3
 
 
+def test_the_numeric_rule_matters_only_where_numbers_are_bucketized(tmp_path, csv_file):
+    value_mode = Schema.from_dict(SCHEMA.to_dict() | {"numeric_mode": "value"})
+    entry = _entry(tmp_path, csv_file, value_mode)  # built with the current rule, 2
+    saved_before_rules = Schema.from_dict(value_mode.to_dict() | {"numeric_rule": 1})
+    assert len(plan_parts([str(entry)], saved_before_rules)) == 1
+
+
 def test_an_entry_is_refused_for_a_featindex_of_other_content(tmp_path):
     fm_file = tmp_path / "train.fm"
     fm_file.write_text("1 0:1 2:1\n0 1:1 3:1\n")

@@ -192,8 +192,10 @@ def _setting(identity: dict, name: str) -> str:
 
 def schema_identity(schema: Schema) -> dict:
     """The schema as an entry records it: its featindex file by content, not path (a saved
-    model holds a copy of the one it was trained with)."""
+    model holds a copy of the one it was trained with), the numeric rule where it applies."""
     identity = schema.to_dict()
+    if schema.numeric_mode != "bucketize" or not schema.numeric:
+        identity["numeric_rule"] = None  # no number is bucketized: any rule reads the same keys
     if schema.featindex is not None:
         identity["featindex"] = hashlib.sha256(Path(schema.featindex).read_bytes()).hexdigest()
     return identity
