@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from fnn_fast import FM
@@ -114,3 +116,15 @@ def test_a_file_that_is_not_parquet_is_named(tmp_path):
         read_rows(path, schema, progress=False)
     with pytest.raises(DataError, match="day.parquet: not a readable Parquet file"):
         plan_parts([str(path)], schema)
+
+
+def test_corrupt_parquet_data_is_named(tmp_path):
+    path = tmp_path / "day.parquet"
+    rows = 5000
+    table = pa.table({"label": np.zeros(rows, np.int64), "c": [f"v{i}" for i in range(rows)]})
+    pq.write_table(table, path, compression="snappy")
+    data = bytearray(path.read_bytes())
+    data[2000:2200] = b"\xff" * 200  # inside the column chunks; the footer stays readable
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="day.parquet: corrupt Parquet data: "):
+        read_rows(path, Schema("parquet", categorical=["c"]), progress=False)

@@ -115,8 +115,8 @@ def _width_problem(width: str, cells: list[str], header: list[str], criteo: bool
     if not criteo:
         return problem
     if len(cells) == 1 and "," in cells[0]:
-        return f"{problem}; for Criteo columns in comma-separated text with a header line, use " \
-            "--delimiter ,"  # fmt: skip
+        hint = "for Criteo columns in comma-separated text with a header line, use --delimiter ,"
+        return f"{problem}; {hint}"
     if len(header) < full and len(cells) == full:
         return f"{problem}: the file's first line has no label, so no line may have one"
     if len(header) == full and len(cells) == full - 1:

@@ -60,7 +60,7 @@ def read_parquet(
         desc=Path(path).name,
         disable=None if progress else True,
     ) as bar:
-        for batch in file.iter_batches(_BATCH_ROWS, row_groups=groups, columns=wanted):
+        for batch in _batches(path, file, row_groups=groups, columns=wanted):
             batches.append(
                 read_record_batch(batch, first_row, schema, numeric, categorical, bad, labelled)
             )
@@ -80,6 +80,19 @@ def open_parquet(path) -> pq.ParquetFile:
         return pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as error:
         raise DataError(path, None, f"not a readable Parquet file: {error}") from None
+
+
+def _batches(path, file: pq.ParquetFile, **selection):
+    """The file's record batches; a corrupt one is a DataError naming the file."""
+    batches = file.iter_batches(_BATCH_ROWS, **selection)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as error:
+            raise DataError(path, None, f"corrupt Parquet data: {error}") from None
+        yield batch
 
 
 def read_arrow_table(
