@@ -264,7 +264,7 @@ def encode_part(
         rows = read_rows(part.path, schema, bad=bad, part=groups, progress=False, labelled=False)
     else:
         data, newlines = loaded
-        if not data:  # an empty file (to score: no rows, not even a CSV header)
+        if part.index == 0 and not data:  # an empty file: no rows, not even a CSV header
             return _no_rows(part, schema, encoder)
         if schema.format == "criteo":
             header = criteo_columns(part.path)
