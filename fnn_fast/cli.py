@@ -184,7 +184,7 @@ def cmd_train(args) -> int:
     args.input_format = args.format
     train, valid, test, encoder, schema = _load_splits(args)
     result = train_two_stage(train, valid, test, encoder, config, progress=not args.no_progress)
-    with writing_directory(args.out, args.overwrite, "model", "model") as out:
+    with writing_directory(args.out, args.overwrite, "model") as out:
         save_run(
             out, result, encoder, schema, config,
             report_split=test if test is not None else valid,
@@ -213,7 +213,7 @@ def cmd_compare(args) -> int:
     results = run_compare(train, valid, test, encoder, config, seeds, not args.no_progress)
     summary = summarize(results)
     table = format_table(summary, args.seeds)
-    with writing_directory(args.out, args.overwrite, "comparison", "compare") as out:
+    with writing_directory(args.out, args.overwrite, "comparison") as out:
         write_compare(out, results, summary, table, "fnn-fast " + " ".join(sys.argv[1:]))
     print(table)
     return 0
@@ -296,7 +296,7 @@ def cmd_score(args) -> int:
 def cmd_demo(args) -> int:
     from fnn_fast.demo import run_demo
 
-    with writing_directory(args.out, args.overwrite, "demo output", "demo") as out:
+    with writing_directory(args.out, args.overwrite, "demo output") as out:
         run_demo(out, rows=args.rows, seed=args.seed, progress=not args.no_progress)
     return 0
 

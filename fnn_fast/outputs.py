@@ -59,7 +59,8 @@ def check_creatable(path, what: str) -> None:
 
 def check_directory(path, overwrite: bool, what: str) -> dict | None:
     """Check that fnn-fast may write the ``what`` into the directory ``path``; returns the
-    marker of an earlier output there (which ``overwrite`` allows to replace), or None."""
+    marker of an earlier output there, of the same kind (which ``overwrite`` allows to
+    replace), or None."""
     path = Path(path)
     if not path.exists():
         check_creatable(path, what)
@@ -78,6 +79,11 @@ def check_directory(path, overwrite: bool, what: str) -> dict | None:
                 f"choose a new or empty directory for the {what}"
             )
         return None
+    if manifest.get("kind") != what:  # say, a model directory given as a score output
+        raise FileExistsError(
+            f"{path} holds a {manifest.get('kind')} written by fnn-fast, not a {what}: choose "
+            f"another path for the {what}"
+        )
     if not overwrite:
         raise FileExistsError(
             f"{path} holds an earlier {what} written by fnn-fast: pass --overwrite to replace "
@@ -124,7 +130,7 @@ def _files(directory: Path) -> set[str]:
 
 
 @contextmanager
-def writing_directory(path, overwrite: bool, what: str, kind: str) -> Iterator[Path]:
+def writing_directory(path, overwrite: bool, what: str) -> Iterator[Path]:
     """Write the ``what`` into the directory ``path`` under the rule above: replace an earlier
     output of fnn-fast's only with ``overwrite``, and on the way out (also after an error) mark
     every file written inside the block as fnn-fast's."""
@@ -137,4 +143,4 @@ def writing_directory(path, overwrite: bool, what: str, kind: str) -> Iterator[P
     try:
         yield path
     finally:
-        write_manifest(path, {"kind": kind, "files": sorted(_files(path) - before)})
+        write_manifest(path, {"kind": what, "files": sorted(_files(path) - before)})

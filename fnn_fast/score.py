@@ -594,7 +594,7 @@ class _Output:
         if self.is_directory:
             files.append("rejects.tsv")
         self.manifest = {
-            "version": MANIFEST_VERSION, "kind": "scores", "settings": settings, "parts": {},
+            "version": MANIFEST_VERSION, "kind": "score output", "settings": settings, "parts": {},
             "files": [*files, ".encoder/"],
         }  # fmt: skip
         self._save()

@@ -292,12 +292,16 @@ def test_skip_hint_only_where_skipping_helps(libfm_files, trained, tmp_path, cap
     assert not model.exists()
 
 
-def test_output_under_a_file_is_a_one_line_error(trained, libfm_files, tmp_path, capsys):
+def test_bad_score_outputs_are_one_line_errors(trained, libfm_files, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    args = ["score", "--model", str(trained), "--input", str(libfm_files["test"])]
-    assert main([*args, "--output", str(blocker / "s.csv"), "--no-progress"]) == 2
+    args = ["score", "--model", str(trained), "--input", str(libfm_files["test"]), "--no-progress"]
+    assert main([*args, "--output", str(blocker / "s.csv")]) == 2
     assert f"{blocker} is a file, not a directory" in capsys.readouterr().err
+    model_files = sorted(p.name for p in trained.iterdir())
+    assert main([*args, "--output", str(trained), "--overwrite"]) == 2  # a typo: the model
+    assert "holds a model written by fnn-fast, not a score output" in capsys.readouterr().err
+    assert sorted(p.name for p in trained.iterdir()) == model_files
 
 
 def test_help_shows_defaults_and_every_command(capsys):
