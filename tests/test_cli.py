@@ -275,6 +275,10 @@ def test_evaluate_on_one_class_writes_valid_json(trained, libfm_files, tmp_path,
     report = strict_json(captured.out)
     assert report["fnn"]["auc"] is None and report["fnn"]["logloss"] > 0
     assert "one class only" in captured.err
+    out = tmp_path / "run"
+    assert train_libfm({"train": libfm_files["train"], "test": no_clicks}, out) == 0
+    metrics = strict_json((out / "metrics.json").read_text())
+    assert metrics["fnn"]["test_auc"] is None and isinstance(metrics["fnn"]["valid_auc"], float)
 
 
 def test_skip_hint_only_where_skipping_helps(libfm_files, trained, tmp_path, capsys):

@@ -183,8 +183,6 @@ assert fm.table.grad.is_sparse  # the reference path: a sparse gradient for the 
 print("ok")
 """
     env = {k: v for k, v in os.environ.items() if k != "FNN_FAST_REQUIRE_NATIVE"}
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env
-    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
