@@ -454,3 +454,9 @@ def test_missing_columns_leave_nothing_and_suggest_no_skipping(model_dir, tmp_pa
     err = capsys.readouterr().err
     assert "c3" in err and "--skip-bad-lines" not in err  # skipping lines cannot add a column
     assert list(tmp_path.iterdir()) == [source]  # no parts folder left for the retry to trip on
+    unlabelled = write_csv(tmp_path / "unlabelled.csv", 50, seed=1)  # then without its labels
+    lines = [line.split(",") for line in unlabelled.read_text().splitlines()]
+    unlabelled.write_text("".join(",".join(cells[:1] + cells[2:]) + "\n" for cells in lines))
+    assert main(["evaluate", "--model", str(model_dir), "--data", str(unlabelled)]) == 2
+    err = capsys.readouterr().err
+    assert "label" in err and "--skip-bad-lines" not in err
