@@ -1,9 +1,11 @@
-"""The ``fnn-fast`` command: train | evaluate | score | demo | bench."""
+"""The ``fnn-fast`` command: train | compare | evaluate | score | demo | bench."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,10 +13,23 @@ import numpy as np
 
 from fnn_fast.bench import command as bench_command
 from fnn_fast.data import DataError, FeatureEncoder, ParsedRows, Schema, load_rows
+from fnn_fast.metrics import finite_or_none
+from fnn_fast.native_check import missing_native_reason, native_warning_shown
+from fnn_fast.outputs import check_creatable, check_directory, writing_directory
 from fnn_fast.saved import save_run
 from fnn_fast.train import Split, TrainConfig, train_two_stage
 
 FORMATS = ("libfm", "criteo", "csv", "parquet")
+OVERWRITE_HELP = "replace an earlier output of fnn-fast's there (removes only the files it wrote)"
+
+
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default where it has one (not for flags, nor options without one)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _columns(text: str | None) -> list[str]:
@@ -53,6 +68,11 @@ def _read(path, schema: Schema, args) -> ParsedRows:
         skip_bad_lines=args.skip_bad_lines,
         progress=not args.no_progress,
     )
+    if rows.bad_lines and not len(rows.labels):
+        raise DataError(
+            path, None, f"none of its lines could be read as {schema.format} input "
+            f"({rows.bad_lines} skipped as bad): check --format and the file",
+        )  # fmt: skip
     if rows.bad_lines:
         print(f"{path}: skipped {rows.bad_lines} bad line(s)", file=sys.stderr)
         for example in getattr(rows, "bad_examples", [])[:5]:
@@ -147,15 +167,38 @@ def _load_splits(args):
     return train, valid, test, encoder, schema
 
 
+def _check_inputs(args, *options: str) -> None:
+    """Every input file named by ``options`` exists and is readable, and --cache-dir can be
+    written: checked before any file is parsed or any model trained."""
+    for option in options:
+        path = getattr(args, option.lstrip("-").replace("-", "_"), None)
+        if path is None:
+            continue
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{option} {path}: no such file")
+        if not os.access(path, os.R_OK):
+            raise PermissionError(f"{option} {path}: not readable")
+    cache_dir = getattr(args, "cache_dir", None)
+    if cache_dir is not None:
+        if Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+            raise FileExistsError(f"--cache-dir {cache_dir} is a file, not a directory")
+        if not Path(cache_dir).exists():
+            check_creatable(cache_dir, "cache")
+
+
 def cmd_train(args) -> int:
     config = _config_from_args(args)
+    _check_inputs(args, "--train", "--valid", "--test", "--featindex")
+    check_directory(args.out, args.overwrite, "model")
+    args.input_format = args.format
     train, valid, test, encoder, schema = _load_splits(args)
     result = train_two_stage(train, valid, test, encoder, config, progress=not args.no_progress)
-    save_run(
-        Path(args.out), result, encoder, schema, config,
-        report_split=test if test is not None else valid,
-        split_name="test" if test is not None else "validation",
-    )  # fmt: skip
+    with writing_directory(args.out, args.overwrite, "model") as out:
+        save_run(
+            out, result, encoder, schema, config,
+            report_split=test if test is not None else valid,
+            split_name="test" if test is not None else "validation",
+        )  # fmt: skip
     _print_metrics(result.metrics)
     print(f"model written to {args.out} (report: {Path(args.out) / 'report.html'})")
     return 0
@@ -165,17 +208,22 @@ def cmd_compare(args) -> int:
     from fnn_fast.compare import format_table, run_compare, summarize, write_compare
 
     config = _config_from_args(args)
+    if not args.synthetic:
+        if not (args.train and args.test and args.format):
+            raise ValueError("compare needs --train, --test and --format (or --synthetic)")
+        _check_inputs(args, "--train", "--valid", "--test", "--featindex")
+    check_directory(args.out, args.overwrite, "comparison")
     if args.synthetic:
         train, valid, test, encoder = _synthetic_splits(args.synthetic_rows, args.seed)
     else:
-        if not (args.train and args.test and args.format):
-            raise ValueError("compare needs --train, --test and --format (or --synthetic)")
+        args.input_format = args.format
         train, valid, test, encoder, _ = _load_splits(args)
     seeds = range(args.seed, args.seed + args.seeds)
     results = run_compare(train, valid, test, encoder, config, seeds, not args.no_progress)
     summary = summarize(results)
     table = format_table(summary, args.seeds)
-    write_compare(args.out, results, summary, table, "fnn-fast " + " ".join(sys.argv[1:]))
+    with writing_directory(args.out, args.overwrite, "comparison") as out:
+        write_compare(out, results, summary, table, "fnn-fast " + " ".join(sys.argv[1:]))
     print(table)
     return 0
 
@@ -208,7 +256,9 @@ def _load(args):
 def cmd_evaluate(args) -> int:
     from fnn_fast.train import evaluate
 
+    _check_inputs(args, "--data")
     saved, schema = _load(args)
+    args.input_format, args.needs_labels = schema.format, True
     rows = _read(args.data, schema, args)
     split = Split.encode(rows, saved.encoder)
     result = {
@@ -217,7 +267,12 @@ def cmd_evaluate(args) -> int:
         if which == "fm" or saved.fnn is not None
     }
     result["rows"] = len(split)
-    print(json.dumps(result, indent=2))
+    if any(np.isnan(m["auc"]) for m in result.values() if isinstance(m, dict)):
+        print(
+            f"fnn-fast: note: {args.data} holds one class only: AUC is undefined (null)",
+            file=sys.stderr,
+        )
+    print(json.dumps(finite_or_none(result), indent=2, allow_nan=False))
     return 0
 
 
@@ -225,6 +280,7 @@ def cmd_score(args) -> int:
     from fnn_fast.score import Scorer, score_files
 
     saved, schema = _load(args)
+    args.input_format = schema.format
     if args.id_column is not None:
         if schema.format == "libfm":
             raise SystemExit("fnn-fast: error: libFM lines have no id column to pass through")
@@ -249,7 +305,8 @@ def cmd_score(args) -> int:
 def cmd_demo(args) -> int:
     from fnn_fast.demo import run_demo
 
-    run_demo(Path(args.out), rows=args.rows, seed=args.seed, progress=not args.no_progress)
+    with writing_directory(args.out, args.overwrite, "demo output") as out:
+        run_demo(out, rows=args.rows, seed=args.seed, progress=not args.no_progress)
     return 0
 
 
@@ -289,34 +346,50 @@ def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> 
         default=1,
         help="features seen fewer times in training share their field's OOV row",
     )
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument(
+        "--seed", type=int, default=defaults.seed, help="initialization, batch order, split"
+    )
     p.add_argument("--factors", type=int, default=defaults.factors, help="K")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--patience", type=int, default=defaults.patience)
-    p.add_argument("--fm-epochs", type=int, default=defaults.fm_epochs)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="rows per step")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=defaults.patience,
+        help="early stopping: epochs without a better valid AUC",
+    )
+    p.add_argument("--fm-epochs", type=int, default=defaults.fm_epochs, help="stage 1, at most")
     p.add_argument(
         "--fm-optimizer",
         default=defaults.fm_optimizer,
         choices=("sgd", "adagrad", "rowwise_adagrad", "adam"),
+        help="sparse update rule of the FM",
     )
-    p.add_argument("--fm-lr", type=float, default=defaults.fm_lr)
+    p.add_argument("--fm-lr", type=float, default=defaults.fm_lr, help="FM learning rate")
     p.add_argument(
         "--fm-weight-decay",
         type=float,
         default=defaults.fm_weight_decay,
         help="L2 on the rows present in a batch",
     )
-    p.add_argument("--fnn-epochs", type=int, default=defaults.fnn_epochs)
-    p.add_argument("--fnn-init", choices=("fm", "random"), default=defaults.fnn_init)
+    p.add_argument("--fnn-epochs", type=int, default=defaults.fnn_epochs, help="stage 2, at most")
+    p.add_argument(
+        "--fnn-init",
+        choices=("fm", "random"),
+        default=defaults.fnn_init,
+        help="the FNN's embedding: from the FM, or random (the baseline)",
+    )
     p.add_argument(
         "--hidden",
         default=",".join(map(str, defaults.hidden)),
         help="hidden layer sizes, comma-separated",
     )
     p.add_argument(
-        "--activation", default=defaults.activation, choices=("tanh", "relu", "sigmoid", "gelu")
+        "--activation",
+        default=defaults.activation,
+        choices=("tanh", "relu", "sigmoid", "gelu"),
+        help="hidden layers",
     )
-    p.add_argument("--dropout", type=float, default=defaults.dropout)
+    p.add_argument("--dropout", type=float, default=defaults.dropout, help="hidden layers")
     p.add_argument(
         "--fnn-optimizer",
         default=defaults.fnn_optimizer,
@@ -360,17 +433,18 @@ def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> 
         default=defaults.pretrain,
         help="pre-train the tanh layers as RBMs (CD-k) on the FM-initialized input",
     )
-    p.add_argument("--rbm-epochs", type=int, default=defaults.rbm_epochs)
-    p.add_argument("--rbm-lr", type=float, default=defaults.rbm_lr)
+    p.add_argument("--rbm-epochs", type=int, default=defaults.rbm_epochs, help="per layer")
+    p.add_argument("--rbm-lr", type=float, default=defaults.rbm_lr, help="RBM learning rate")
     p.add_argument("--rbm-k", type=int, default=defaults.rbm_k, help="Gibbs steps of CD-k")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fnn-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    command = functools.partial(sub.add_parser, formatter_class=_DefaultsHelpFormatter)
     defaults = TrainConfig()
 
-    p = sub.add_parser("train", help="train FM then FNN on a file and save the model")
+    p = command("train", help="train FM then FNN on a file and save the model")
     p.add_argument("--train", required=True, help="training file")
     p.add_argument("--valid", help="validation file (default: a random part of --train)")
     p.add_argument(
@@ -381,36 +455,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--test", help="test file: evaluated at the end, never used for choices")
     p.add_argument("--out", required=True, help="output directory for the model and metrics")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     _add_input_options(p)
     _add_training_options(p, defaults)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser(
+    p = command(
         "compare", help="ablation over seeds: LR, FM, FNN from random / FM / FM+RBM / one rate"
     )
     p.add_argument("--train", help="training file")
     p.add_argument("--valid", help="validation file (default: a random part of --train)")
-    p.add_argument("--valid-fraction", type=float, default=0.2)
+    p.add_argument(
+        "--valid-fraction", type=float, default=0.2, help="as for train, without --valid"
+    )
     p.add_argument("--test", help="test file: the compared metrics are measured on it")
     p.add_argument(
         "--synthetic",
         action="store_true",
         help="instead of files: a synthetic set with a non-linear truth",
     )
-    p.add_argument("--synthetic-rows", type=int, default=100_000)
+    p.add_argument(
+        "--synthetic-rows", type=int, default=100_000, help="training rows of --synthetic"
+    )
     p.add_argument("--seeds", type=int, default=5, help="seeds --seed .. --seed + N - 1")
     p.add_argument("--out", default="fnn-fast-compare", help="writes compare.json, compare.md")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     _add_input_options(p, format_required=False)
     _add_training_options(p, defaults)
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("evaluate", help="AUC and logloss of a saved model on a labelled file")
+    p = command("evaluate", help="AUC and logloss of a saved model on a labelled file")
     p.add_argument("--model", required=True, help="model directory written by train")
     p.add_argument("--data", required=True, help="labelled file, in the model's input format")
     _add_input_options(p, with_schema=False)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser(
+    p = command(
         "score",
         help="write a click probability for every row of large files (streaming, resumable)",
     )
@@ -426,15 +506,16 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="a .parquet, .csv or .npy file; any other name is a directory of Parquet parts",
     )
-    p.add_argument("--which", choices=("fnn", "fm"), default="fnn")
-    p.add_argument("--batch-size", type=int, default=8192)
+    p.add_argument("--which", choices=("fnn", "fm"), default="fnn", help="the model to score")
+    p.add_argument("--batch-size", type=int, default=8192, help="rows per model call")
     p.add_argument(
-        "--workers", type=int,
+        "--workers",
+        type=int,
         help="processes parsing ahead (default: none where C++ code reads the input, a cache "
         "entry or plain Criteo/CSV text, in threads of this process; else cores - 1)",
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--part-mb", type=float, default=32, help="text input read in parts of this")
     p.add_argument("--id-column", help="pass this column through beside each prediction")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -442,30 +523,56 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_options(p, with_schema=False)
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("demo", help="synthetic Criteo-shaped data: FM vs FNN vs Bayes-optimal")
+    p = command("demo", help="synthetic Criteo-shaped data: FM vs FNN vs Bayes-optimal")
     p.add_argument("--out", default="fnn-fast-demo", help="output directory")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--rows", type=int, default=400_000, help="rows to generate (train+valid+test)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="data and training")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("bench", help="time the ops and models: backends, peers, AUC; table, JSON")
+    p = command("bench", help="time the ops and models: backends, peers, AUC; table, JSON")
     bench_command.add_arguments(p)
     p.set_defaults(func=bench_command.run)
     return parser
 
 
+def _data_error_hint(error: DataError, args) -> str | None:
+    """What to do about bad input. --skip-bad-lines is offered only where skipping helps: a
+    malformed line among good ones, not a file that as a whole is not what the command reads
+    (columns missing, the first row already unreadable: another format, or no labels)."""
+    if getattr(args, "skip_bad_lines", True) or error.line is None:
+        return None
+    fmt = getattr(args, "input_format", None)
+    first_row = 2 if fmt == "csv" else 1
+    if error.line < first_row:  # the CSV header: the error says which columns it lacks
+        return None
+    if error.line == first_row:
+        labelled = " with labels (evaluate needs them)" if getattr(args, "needs_labels", 0) else ""
+        expected = f"--format {fmt}" if getattr(args, "format", None) else f"{fmt} input"
+        return f"(its first row cannot be read: check that {error.path} is {expected}{labelled})"
+    return "(use --skip-bad-lines to skip malformed lines and go on)"
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    reason = missing_native_reason()
+    if reason is not None and not native_warning_shown():
+        print(f"fnn-fast: warning: {reason}", file=sys.stderr)
     try:
         return args.func(args)
     except DataError as error:
         print(f"fnn-fast: error: {error}", file=sys.stderr)
-        if not getattr(args, "skip_bad_lines", True):
-            print("  (use --skip-bad-lines to skip malformed lines and go on)", file=sys.stderr)
+        hint = _data_error_hint(error, args)
+        if hint is not None:
+            print(f"  {hint}", file=sys.stderr)
         return 2
-    except (
-        FileNotFoundError, FileExistsError, ValueError, IndexError, FloatingPointError
-    ) as error:  # fmt: skip
-        print(f"fnn-fast: error: {error}", file=sys.stderr)
+    except (OSError, ValueError, IndexError, FloatingPointError) as error:
+        # user errors (paths, settings, inputs) end in one line, not a traceback
+        message = (
+            error
+            if not isinstance(error, OSError) or error.filename is None
+            else (f"{error.filename}: {error.strerror}")
+        )
+        print(f"fnn-fast: error: {message}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
+from fnn_fast.metrics import finite_or_none
 from fnn_fast.train import Split, TrainConfig, evaluate, train_fm, train_fnn
 
 VARIANTS = {
@@ -90,6 +91,11 @@ def write_compare(out, results: dict, summary: dict, table: str, command: str) -
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(
-        json.dumps({"command": command, "summary": summary, "runs": results}, indent=2) + "\n"
+        json.dumps(
+            finite_or_none({"command": command, "summary": summary, "runs": results}),
+            indent=2,
+            allow_nan=False,
+        )
+        + "\n"
     )
     (out / "compare.md").write_text(f"`{command}`\n\n{table}\n")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -30,3 +32,15 @@ def log_loss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) -
     labels = np.asarray(labels, dtype=np.float64)
     p = np.clip(np.asarray(probabilities, dtype=np.float64), eps, 1 - eps)
     return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log1p(-p)))
+
+
+def finite_or_none(value):
+    """``value`` with every NaN or infinite float (an AUC on one class, say) replaced by None,
+    through dicts and lists: JSON has no NaN, and strict readers reject it."""
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -3,7 +3,9 @@
 - ``model.safetensors``: the FM's and the FNN's tensors (prefixes ``fm.`` and ``fnn.``),
 - ``config.json``: module configs, the input schema and the training config,
 - ``encoder/``: the fitted feature encoder, so scoring encodes exactly as training did,
-- ``metrics.json``: written by the trainer.
+- ``metrics.json``: written by the trainer (an undefined metric, as the AUC of one class, is
+  null),
+- ``manifest.json``: fnn-fast's list of the files it wrote (see fnn_fast.outputs).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fnn_fast.data import FeatureEncoder, Schema
+from fnn_fast.metrics import finite_or_none
 from fnn_fast.modules import FM, FNN
 
 FORMAT_VERSION = 1
@@ -69,7 +72,8 @@ def save_run(
     report_split=None, split_name: str = "test",
 ) -> Path:  # fmt: skip
     """A trained run's directory: the model, metrics.json, history.json and the report (with ROC
-    and calibration on ``report_split`` when given). ``result``: a train.TwoStageResult."""
+    and calibration on ``report_split`` when given). ``result``: a train.TwoStageResult. The
+    caller decides whether ``out`` may be written (fnn_fast.outputs.writing_directory)."""
     from fnn_fast.report import write_report
     from fnn_fast.train import predict_probabilities
 
@@ -81,8 +85,9 @@ def save_run(
         schema = Schema.from_dict({**schema.to_dict(), "featindex": "featindex.txt"})
     save_model(out, result.fm, result.fnn, encoder, schema, config.to_dict())
     metrics = {**result.metrics, **(extra or {})}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out / "history.json").write_text(json.dumps(result.history, indent=2) + "\n")
+    for name, content in (("metrics.json", metrics), ("history.json", result.history)):
+        text = json.dumps(finite_or_none(content), indent=2, allow_nan=False)
+        (out / name).write_text(text + "\n")
     predictions = None
     if report_split is not None:
         predictions = {

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import hashlib
-import json
 import multiprocessing
 import os
 import shutil
@@ -52,11 +51,18 @@ from fnn_fast.data.parts import (
 )
 from fnn_fast.data.tokens import NumericKeys, TokenKeys
 from fnn_fast.ops import check_ids
+from fnn_fast.outputs import (
+    check_creatable,
+    check_directory,
+    remove_if_empty,
+    remove_listed,
+    write_manifest,
+)
 from fnn_fast.saved import SavedModel, load_model
 from fnn_fast.train import Split, predict_probabilities
 
 OUTPUT_FORMATS = (".parquet", ".csv", ".npy")
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 
 
 def predict(saved: SavedModel, rows: ParsedRows, which: str = "fnn", batch_size: int = 8192):
@@ -201,7 +207,7 @@ class Scorer:
         return out
 
     def predict_pandas(self, frame, skip_bad_rows: bool = False) -> np.ndarray:
-        return self.predict_arrow(pa.Table.from_pandas(frame, preserve_index=False), skip_bad_rows)
+        return self.predict_arrow(_arrow_table(frame), skip_bad_rows)
 
     def map_arrow(self, batches, id_column: str | None = None, skip_bad_rows: bool = False):
         """For Spark's ``mapInArrow``: record batches in, batches of (id, prediction) out."""
@@ -211,6 +217,28 @@ class Scorer:
                 columns[id_column] = batch.column(id_column)
             columns["prediction"] = pa.array(self.predict_arrow(batch, skip_bad_rows))
             yield pa.RecordBatch.from_pydict(columns)
+
+
+def _arrow_table(frame) -> pa.Table:
+    """A DataFrame as Arrow. A column mixing numbers and strings (which Arrow cannot type) goes
+    as strings, so a bad cell in it is a bad row (DataError, or NaN when skipped), not an
+    ArrowInvalid for the whole frame."""
+    try:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    columns = {}
+    for name in frame.columns:
+        try:
+            columns[str(name)] = pa.array(frame[name], from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            cells = [None if _missing(v) else str(v) for v in frame[name]]
+            columns[str(name)] = pa.array(cells, type=pa.string())
+    return pa.table(columns)
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
 
 
 # --- files ----------------------------------------------------------------------------------
@@ -273,29 +301,32 @@ def score_files(
     schema = _scoring_schema(schema or scorer.schema, scorer.encoder)
     files = expand_inputs(inputs)
     parts = plan_parts(files, schema, part_bytes, part_rows)
+    headers = (
+        {i: csv_header(f, schema) for i, f in enumerate(files)} if schema.format == "csv" else {}
+    )
     out = _Output(Path(output), schema.id_column is not None)
+    # what the run does, as it runs (a Scorer passed in brings its own model settings): a
+    # resumed run must write the bytes the interrupted one would have
     settings = {
         "inputs": [_identity(f) for f in files],
         "model": _model_identity(scorer),
-        "which": which,
-        "batch_size": batch_size,
+        "which": scorer.which,
+        "batch_size": scorer.batch_size,
+        "device": str(scorer.device),
+        "bf16": scorer.bf16,
         "schema": schema.to_dict(),
         "part_bytes": part_bytes,
         "part_rows": part_rows,
         "skip_bad_lines": skip_bad_lines,
         "format": out.suffix,
-        "bf16": bf16,
     }
-    done = out.start(settings, resume, overwrite)
+    done = out.start(settings, parts, resume, overwrite)
     summary = ScoreSummary(output=str(output), resumed_parts=len(done))
     for record in done.values():
         summary.rows += record["rows"]
         summary.bad_rows += record["bad"]
     summary.scored = summary.rows - summary.bad_rows
 
-    headers = (
-        {i: csv_header(f, schema) for i, f in enumerate(files)} if schema.format == "csv" else {}
-    )
     todo = [p for p in parts if p.name not in done]
     first_line = _first_lines(parts, done)
     total = sum(p.size for p in parts)
@@ -330,7 +361,12 @@ def score_files(
         except _PartLineError as failure:  # number the line within its file, not its part
             error, part = failure.error, failure.part
             offset = first_line[(part.file_index, part.index)]
-            raise DataError(error.path, error.line + offset, error.reason) from None
+            error = DataError(error.path, error.line + offset, error.reason)
+            out.fail(error)
+            raise error from None
+        except Exception as error:  # stopped, not killed: a run without --resume may clear it
+            out.fail(error)
+            raise
     out.finish(parts)
     summary.seconds = time.perf_counter() - started
     return summary
@@ -449,7 +485,9 @@ class _Reader:
                 initargs=(schema.to_dict(), str(self.staging), skip, headers),
             )
         else:
-            self.pool = futures.ThreadPoolExecutor(self.threads, thread_name_prefix="fnn-fast-reader")
+            self.pool = futures.ThreadPoolExecutor(
+                self.threads, thread_name_prefix="fnn-fast-reader"
+            )
         return self
 
     def __exit__(self, *exc):
@@ -488,7 +526,7 @@ class _Reader:
             nxt = next(pending, None)
             if nxt is not None:
                 ahead.append((nxt, self._submit(nxt)))
-            yield _located(part, lambda: self._result(part, future))
+            yield _located(part, lambda part=part, future=future: self._result(part, future))
 
 
 def _located(part: Part, compute) -> EncodedPart:
@@ -513,49 +551,113 @@ class _PartLineError(Exception):
 
 class _Output:
     """Parts written atomically, a manifest of the finished ones, and at the end (for a file
-    output) the parts concatenated in order into the output file."""
+    output) the parts concatenated in order into the output file.
+
+    The manifest is fnn-fast's marker (fnn_fast.outputs): it lists every file the run may write,
+    so ``overwrite`` removes those and nothing else. A run stopped by an error (bad input, say)
+    is marked failed: running again clears its parts, without ``overwrite``; ``resume``
+    continues from them. A run that was killed is neither: it needs ``resume`` or
+    ``overwrite``."""
 
     def __init__(self, path: Path, with_ids: bool):
         self.path = path
         self.suffix = path.suffix if path.suffix in OUTPUT_FORMATS else ".parquet"
         self.is_directory = path.suffix not in OUTPUT_FORMATS
         self.parts_dir = path if self.is_directory else path.with_name(path.name + ".parts")
-        self.manifest_path = self.parts_dir / "manifest.json"
         self.with_ids = with_ids
         self.manifest: dict = {}
 
-    def start(self, settings: dict, resume: bool, overwrite: bool) -> dict:
+    def start(self, settings: dict, parts: list[Part], resume: bool, overwrite: bool) -> dict:
         """The finished parts to keep (resume), after checking the settings match."""
-        existing = self.manifest_path.exists() or (not self.is_directory and self.path.exists())
-        if existing and overwrite:
-            shutil.rmtree(self.parts_dir, ignore_errors=True)
-            if not self.is_directory:
-                self.path.unlink(missing_ok=True)
-            existing = False
-        if existing and not resume:
+        if resume and overwrite:
+            raise ValueError("--resume continues an output and --overwrite replaces it: pass one")
+        earlier = self._earlier()
+        if self.is_directory:
+            complete = earlier is not None and bool(earlier.get("complete"))
+        else:
+            complete = self.path.exists()
+        if overwrite:
+            self._clear(earlier)
+        elif resume:
+            if complete and (self.is_directory or earlier is None):
+                raise FileExistsError(f"{self.path} is complete already (no parts to resume)")
+            if earlier is not None:
+                return self._resume(earlier, settings)
+        elif complete:
+            raise FileExistsError(f"{self.path} exists: pass --overwrite to replace it")
+        elif earlier is not None and not earlier.get("failed"):
             raise FileExistsError(
                 f"{self.path} exists (from an earlier or interrupted run): pass --resume to "
                 "continue it or --overwrite to start again"
             )
-        if resume and self.manifest_path.exists():
-            self.manifest = json.loads(self.manifest_path.read_text())
-            changed = [k for k, v in settings.items() if self.manifest["settings"].get(k) != v]
-            if changed:
-                raise ValueError(
-                    f"cannot resume into {self.path}: {', '.join(changed)} changed since the "
-                    "interrupted run (use --overwrite to start again)"
-                )
-            return {
-                name: record
-                for name, record in self.manifest["parts"].items()
-                if (self.parts_dir / record["file"]).exists()
-            }
-        if resume and existing:  # a finished file output: nothing left to do
-            raise FileExistsError(f"{self.path} is complete already (no parts to resume)")
+        elif earlier is not None:  # a failed run's parts are fnn-fast's own: start again
+            self._clear(earlier)
         self.parts_dir.mkdir(parents=True, exist_ok=True)
-        self.manifest = {"version": MANIFEST_VERSION, "settings": settings, "parts": {}}
-        _atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=1))
+        files = [f"{p.name}{self.suffix}" for p in parts] + [f"{p.name}.rejects.tsv" for p in parts]
+        if self.is_directory:
+            files.append("rejects.tsv")
+        self.manifest = {
+            "version": MANIFEST_VERSION, "kind": "score output", "settings": settings, "parts": {},
+            "files": [*files, ".encoder/"],
+        }  # fmt: skip
+        self._save()
         return {}
+
+    def _earlier(self) -> dict | None:
+        """fnn-fast's manifest of an earlier run into this output, None where there is none;
+        raises where the path holds something fnn-fast may not write into."""
+        if not self.is_directory:
+            if self.path.is_dir():
+                raise FileExistsError(
+                    f"{self.path} is a directory; a {self.suffix} output is a file: choose "
+                    "another --output"
+                )
+            check_creatable(self.path, "score output")
+        return check_directory(self.parts_dir, True, "score output")
+
+    def _clear(self, earlier: dict | None) -> None:
+        if not self.is_directory:
+            self.path.unlink(missing_ok=True)
+            self.path.with_name(self.path.name + ".rejects.tsv").unlink(missing_ok=True)
+        if earlier is not None:
+            remove_listed(self.parts_dir, earlier)
+            if not self.is_directory:
+                remove_if_empty(self.parts_dir)
+
+    def _resume(self, earlier: dict, settings: dict) -> dict:
+        before = earlier.get("settings", {})
+        changed = [k for k, v in settings.items() if before.get(k) != v]
+        if changed == ["skip_bad_lines"] and settings["skip_bad_lines"]:
+            # parts finished without skipping hold no skipped row: the same bytes either way
+            changed = []
+        if changed or earlier.get("version") != MANIFEST_VERSION:
+            raise ValueError(
+                f"cannot resume into {self.path}: {', '.join(changed) or 'the manifest format'} "
+                "changed since the interrupted run (run it with the same settings, or use "
+                "--overwrite to start again)"
+            )
+        self.manifest = {**earlier, "settings": settings}
+        self.manifest.pop("failed", None)
+        self._save()
+        return {
+            name: record
+            for name, record in self.manifest["parts"].items()
+            if (self.parts_dir / record["file"]).exists()
+        }
+
+    def fail(self, error: BaseException) -> None:
+        """Mark the run as stopped by ``error``: its finished parts are kept for --resume, and
+        a run without it may clear them. With none finished, nothing is left behind."""
+        if not self.manifest["parts"]:
+            remove_listed(self.parts_dir, self.manifest)
+            if not self.is_directory:
+                remove_if_empty(self.parts_dir)
+            return
+        self.manifest["failed"] = str(error)
+        self._save()
+
+    def _save(self) -> None:
+        write_manifest(self.parts_dir, self.manifest)
 
     def write_part(self, part: Part, encoded: EncodedPart, probabilities, line_offset: int):
         name = part.name + self.suffix
@@ -576,7 +678,7 @@ class _Output:
             _atomic_write_text(self.parts_dir / f"{part.name}.rejects.tsv", rejects)
             record["rejects"] = f"{part.name}.rejects.tsv"
         self.manifest["parts"][part.name] = record
-        _atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=1))
+        self._save()
 
     def finish(self, parts: list[Part]) -> None:
         records = [self.manifest["parts"][p.name] for p in parts]
@@ -593,11 +695,12 @@ class _Output:
                         out.write((self.parts_dir / record["rejects"]).read_text())
         if self.is_directory:
             self.manifest["complete"] = True
-            _atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=1))
+            self._save()
             return
         files = [self.parts_dir / r["file"] for r in records]
         _concatenate(files, self.path, self.suffix, sum(r["rows"] for r in records))
-        shutil.rmtree(self.parts_dir)
+        remove_listed(self.parts_dir, self.manifest)
+        remove_if_empty(self.parts_dir)
 
 
 def _one_line(reason: str) -> str:

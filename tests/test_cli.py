@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from fnn_fast.cli import main
+from fnn_fast.cli import build_parser, main
 from fnn_fast.data import Schema, read_rows
 from fnn_fast.data.synthetic import plant_model, write_libfm
 from fnn_fast.saved import load_model
@@ -208,3 +208,111 @@ def test_console_entry_point_runs():
     )
     for command in ("train", "evaluate", "score", "demo"):
         assert command in result.stdout
+
+
+def test_train_checks_every_path_before_parsing(libfm_files, tmp_path, capsys):
+    """A bad --out or a missing input ends the run at once, before any file is parsed."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert train_libfm(libfm_files, blocker / "run") == 2
+    err = capsys.readouterr().err
+    assert f"{blocker} is a file" in err and "training rows" not in err
+    missing = dict(libfm_files, test=tmp_path / "no-such-test.libfm")
+    assert train_libfm(missing, tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert f"--test {missing['test']}: no such file" in err and "training rows" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def positional_to_featindex(source, target, featindex, width: int = 20):
+    """A positional libFM file rewritten with global ids, and its feature dictionary."""
+    lines = []
+    for line in source.read_text().splitlines():
+        label, *cells = line.split()
+        ids = [f * width + int(c.split(":")[0]) for f, c in enumerate(cells)]
+        lines.append(label + "".join(f" {i}:1" for i in ids))
+    target.write_text("\n".join(lines) + "\n")
+    featindex.write_text("".join(f"f{i // width}:{i % width}\t{i}\n" for i in range(5 * width)))
+
+
+def test_train_replaces_only_its_own_model_directory(libfm_files, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    assert train_libfm(libfm_files, mine) == 2  # not fnn-fast's: never written into
+    assert "did not write" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+    run = tmp_path / "run"
+    files = {"train": tmp_path / "train.libfm", "test": tmp_path / "test.libfm"}
+    featindex = tmp_path / "featindex.txt"
+    positional_to_featindex(libfm_files["train"], files["train"], featindex)
+    positional_to_featindex(libfm_files["test"], files["test"], featindex)
+    assert train_libfm(files, run, "--featindex", str(featindex)) == 0
+    assert (run / "featindex.txt").exists()
+    assert train_libfm(libfm_files, run) == 2  # an earlier model: only with --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    (run / "notes.txt").write_text("the user's")
+    assert train_libfm(libfm_files, run, "--overwrite") == 0
+    assert not (run / "featindex.txt").exists()  # the earlier run's file, not this one's
+    assert (run / "notes.txt").read_text() == "the user's"
+    assert json.loads((run / "config.json").read_text())["schema"]["featindex"] is None
+
+
+def strict_json(text: str):
+    def reject(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=reject)
+
+
+def test_evaluate_on_one_class_writes_valid_json(trained, libfm_files, tmp_path, capsys):
+    no_clicks = tmp_path / "no-clicks.libfm"
+    lines = libfm_files["test"].read_text().splitlines()
+    no_clicks.write_text("".join("0 " + line.split(" ", 1)[1] + "\n" for line in lines))
+    assert main(["evaluate", "--model", str(trained), "--data", str(no_clicks)]) == 0
+    captured = capsys.readouterr()
+    report = strict_json(captured.out)
+    assert report["fnn"]["auc"] is None and report["fnn"]["logloss"] > 0
+    assert "one class only" in captured.err
+    out = tmp_path / "run"
+    assert train_libfm({"train": libfm_files["train"], "test": no_clicks}, out) == 0
+    metrics = strict_json((out / "metrics.json").read_text())
+    assert metrics["fnn"]["test_auc"] is None and isinstance(metrics["fnn"]["valid_auc"], float)
+
+
+def test_skip_hint_only_where_skipping_helps(libfm_files, trained, tmp_path, capsys):
+    args = ["train", "--train", str(libfm_files["train"]), "--out", str(tmp_path / "o"), *FAST]
+    assert main([*args, "--format", "criteo"]) == 2  # every line fails: the format is wrong
+    err = capsys.readouterr().err
+    assert "check that" in err and "--format criteo" in err and "--skip-bad-lines" not in err
+    assert main([*args, "--format", "criteo", "--skip-bad-lines"]) == 2  # nothing left
+    assert "none of its lines could be read as criteo" in capsys.readouterr().err
+    csv = tmp_path / "no-label.csv"
+    csv.write_text("a,b\nx,1\n")
+    model = tmp_path / "csv-model"
+    assert main(["train", "--train", str(csv), "--format", "csv", "--out", str(model)]) == 2
+    assert "--numeric and/or --categorical" in capsys.readouterr().err
+    assert not model.exists()
+
+
+def test_bad_score_outputs_are_one_line_errors(trained, libfm_files, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    args = ["score", "--model", str(trained), "--input", str(libfm_files["test"]), "--no-progress"]
+    assert main([*args, "--output", str(blocker / "s.csv")]) == 2
+    assert f"{blocker} is a file, not a directory" in capsys.readouterr().err
+    model_files = sorted(p.name for p in trained.iterdir())
+    assert main([*args, "--output", str(trained), "--overwrite"]) == 2  # a typo: the model
+    assert "holds a model written by fnn-fast, not a score output" in capsys.readouterr().err
+    assert sorted(p.name for p in trained.iterdir()) == model_files
+
+
+def test_help_shows_defaults_and_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--factors FACTORS K (default: 10)" in text and "(default: 0.2)" in text
+    description = " ".join(build_parser().description.split())
+    for command in ("train", "compare", "evaluate", "score", "demo", "bench"):
+        assert command in description

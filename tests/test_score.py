@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -363,3 +364,99 @@ def test_every_reading_mode_gives_the_same_bytes(tmp_path, monkeypatch):
         outputs[mode] = out.read_bytes()
     assert outputs["between"] == outputs["beside"] == outputs["worker"]
     assert outputs["between"].count(b"\n") == 3001
+
+
+def test_overwrite_never_deletes_what_fnn_fast_did_not_write(model_dir, data, tmp_path):
+    options = dict(part_bytes=8192, workers=0, progress=False)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    for overwrite in (False, True):  # a directory fnn-fast did not write: never written into
+        with pytest.raises(FileExistsError, match="did not write"):
+            score_files(model_dir, data[0], mine, overwrite=overwrite, **options)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+    out = tmp_path / "scored"  # a new directory: fnn-fast's, marked by its manifest
+    score_files(model_dir, data[1], out, **options)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        score_files(model_dir, data[0], out, **options)
+    (out / "notes.txt").write_text("the user's")
+    summary = score_files(model_dir, data[0], out, overwrite=True, **options)
+    assert (out / "notes.txt").read_text() == "the user's"
+    parts = sorted(out.glob("part-*.parquet"))
+    assert sum(pq.read_metadata(p).num_rows for p in parts) == summary.rows == 700
+
+
+def test_resume_refuses_a_changed_batch_size(model_dir, data, tmp_path, monkeypatch):
+    """The run's own settings are recorded (not the function's defaults): a batch size that
+    differs may change the bytes, so a resume with it is refused."""
+    out = tmp_path / "s.parquet"
+    monkeypatch.setattr("fnn_fast.score._concatenate", _raise_interrupt)
+    command = ["score", "--model", str(model_dir), "--input", str(data[0]), "--output", str(out),
+               "--part-mb", "0.004", "--workers", "0", "--no-progress"]  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        main([*command, "--batch-size", "64", "--which", "fm"])
+    monkeypatch.undo()
+    settings = json.loads((tmp_path / "s.parquet.parts" / "manifest.json").read_text())["settings"]
+    assert (settings["batch_size"], settings["which"], settings["device"]) == (64, "fm", "cpu")
+    with pytest.raises(ValueError, match="batch_size"):
+        score_files(Scorer(model_dir, "fm", batch_size=128), data[0], out, resume=True,
+                    part_bytes=int(0.004 * (1 << 20)), workers=0, progress=False)  # fmt: skip
+    assert main([*command, "--batch-size", "64", "--which", "fm", "--resume"]) == 0
+    expected = Scorer(model_dir, "fm").predict_rows(read_rows(data[0], SCHEMA, progress=False))
+    np.testing.assert_allclose(pq.read_table(out)["prediction"].to_numpy(), expected, rtol=1e-6)
+
+
+def test_a_failed_run_can_be_retried_or_resumed(model_dir, tmp_path, capsys):
+    """A run stopped by a bad line leaves its finished parts; the retry the error suggests
+    (--skip-bad-lines) needs no --overwrite, and --resume continues from those parts."""
+    late = write_csv(tmp_path / "late.csv", 600, seed=3, bad={400: ["y", "0", "x", "a", "b", "c"]})
+    whole = tmp_path / "whole.csv"
+    options = ["--part-mb", "0.002", "--workers", "0", "--no-progress"]
+
+    def score(out, *extra):
+        return main(["score", "--model", str(model_dir), "--input", str(late), "--output",
+                     str(out), *options, *extra])  # fmt: skip
+
+    assert score(whole, "--skip-bad-lines") == 0
+    for retry in (["--skip-bad-lines"], ["--skip-bad-lines", "--resume"]):
+        out = tmp_path / f"retried-{len(retry)}.csv"
+        assert score(out) == 2
+        err = capsys.readouterr().err
+        assert "late.csv:402" in err and "--skip-bad-lines" in err
+        assert (tmp_path / f"{out.name}.parts" / "manifest.json").exists()
+        assert score(out, *retry) == 0
+        assert ("parts kept" in capsys.readouterr().err) == ("--resume" in retry)
+        assert out.read_bytes() == whole.read_bytes()
+        assert not (tmp_path / f"{out.name}.parts").exists()
+
+
+def test_pandas_column_mixing_numbers_and_strings(model_dir, data):
+    pandas = pytest.importorskip("pandas")
+    scorer = Scorer(model_dir)
+    frame = pandas.read_csv(data[0], keep_default_na=False)
+    expected = scorer.predict_pandas(frame)
+    frame["n1"] = frame["n1"].astype(object)
+    frame.loc[3, "n1"] = "lots"  # numbers and a string in one column: Arrow cannot type it
+    with pytest.raises(DataError, match="row 4|:4:"):
+        scorer.predict_pandas(frame)
+    scored = scorer.predict_pandas(frame, skip_bad_rows=True)
+    assert np.flatnonzero(np.isnan(scored)).tolist() == [3]
+    np.testing.assert_allclose(np.delete(scored, 3), np.delete(expected, 3), rtol=1e-6)
+
+
+def test_missing_columns_leave_nothing_and_suggest_no_skipping(model_dir, tmp_path, capsys):
+    source = write_csv(tmp_path / "no-c3.csv", 50, seed=1)
+    source.write_text(source.read_text().replace(",c3\n", ",c4\n", 1))
+    out = tmp_path / "s.csv"
+    args = ["score", "--model", str(model_dir), "--input", str(source), "--output", str(out)]
+    assert main([*args, "--workers", "0", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "c3" in err and "--skip-bad-lines" not in err  # skipping lines cannot add a column
+    assert list(tmp_path.iterdir()) == [source]  # no parts folder left for the retry to trip on
+    unlabelled = write_csv(tmp_path / "unlabelled.csv", 50, seed=1)  # then without its labels
+    lines = [line.split(",") for line in unlabelled.read_text().splitlines()]
+    unlabelled.write_text("".join(",".join(cells[:1] + cells[2:]) + "\n" for cells in lines))
+    assert main(["evaluate", "--model", str(model_dir), "--data", str(unlabelled)]) == 2
+    err = capsys.readouterr().err
+    assert "label" in err and "--skip-bad-lines" not in err

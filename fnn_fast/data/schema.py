@@ -63,7 +63,10 @@ class Schema:
             return
         features = self.numeric + self.categorical
         if not features:
-            raise ValueError(f"a {self.format} schema needs numeric and/or categorical columns")
+            raise ValueError(
+                f"a {self.format} schema needs numeric and/or categorical columns: name them "
+                "with --numeric and/or --categorical (comma-separated column names)"
+            )
         repeated = sorted({c for c in features if features.count(c) > 1})
         if repeated:
             raise ValueError(f"columns declared more than once: {repeated}")
