@@ -68,11 +68,6 @@ def _read(path, schema: Schema, args) -> ParsedRows:
         skip_bad_lines=args.skip_bad_lines,
         progress=not args.no_progress,
     )
-    if rows.bad_lines and not len(rows.labels):
-        raise DataError(
-            path, None, f"none of its lines could be read as {schema.format} input "
-            f"({rows.bad_lines} skipped as bad): check --format and the file",
-        )  # fmt: skip
     if rows.bad_lines:
         print(f"{path}: skipped {rows.bad_lines} bad line(s)", file=sys.stderr)
         for example in getattr(rows, "bad_examples", [])[:5]:

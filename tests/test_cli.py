@@ -287,7 +287,7 @@ def test_skip_hint_only_where_skipping_helps(libfm_files, trained, tmp_path, cap
     err = capsys.readouterr().err
     assert "check that" in err and "--format criteo" in err and "--skip-bad-lines" not in err
     assert main([*args, "--format", "criteo", "--skip-bad-lines"]) == 2  # nothing left
-    assert "none of its lines could be read as criteo" in capsys.readouterr().err
+    assert "none could be read as criteo input" in capsys.readouterr().err
     csv = tmp_path / "no-label.csv"
     csv.write_text("a,b\nx,1\n")
     model = tmp_path / "csv-model"

@@ -40,7 +40,9 @@ def load_rows(
     """read_rows() of a file to train or evaluate on, through the cache in ``cache_dir`` when
     given (arrays come back mmapped). A file that gives no rows is a DataError."""
     if cache_dir is None:
-        return _some_rows(read_rows(path, schema, skip_bad_lines=skip_bad_lines, progress=progress))
+        return _some_rows(
+            read_rows(path, schema, skip_bad_lines=skip_bad_lines, progress=progress), schema
+        )
     cache_dir = Path(cache_dir)
     entry = cache_dir / _entry_name(path, schema, skip_bad_lines)
     if not entry.is_dir():
@@ -55,13 +57,14 @@ def load_rows(
                 raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return _some_rows(open_rows(entry, schema=schema))
+    return _some_rows(open_rows(entry, schema=schema), schema)
 
 
-def _some_rows(rows: ParsedRows) -> ParsedRows:
+def _some_rows(rows: ParsedRows, schema: Schema) -> ParsedRows:
     if len(rows) == 0:
         why = (
-            f"all {rows.bad_lines} lines with data are bad"
+            f"all {rows.bad_lines} lines with data are bad: none could be read as "
+            f"{schema.format} input (check --format and the file)"
             if rows.bad_lines
             else "it holds no data lines"
         )
