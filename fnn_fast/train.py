@@ -127,6 +127,25 @@ def evaluate(model: torch.nn.Module, split: Split) -> dict:
     return {"auc": roc_auc(labels, probabilities), "logloss": log_loss(labels, probabilities)}
 
 
+class TrainingDiverged(FloatingPointError):
+    """A stage's loss or parameters became non-finite: the run must fail, not save a model."""
+
+    def __init__(self, stage: str, epoch: int, step: int, what: str, rate_hint: str):
+        self.stage, self.epoch, self.step = stage, epoch, step
+        super().__init__(
+            f"{stage} training diverged in epoch {epoch}, step {step}: {what}. The learning "
+            f"rate is most likely too high for this data: lower {rate_hint}"
+        )
+
+
+def first_non_finite(model: torch.nn.Module) -> str | None:
+    """The name of the first parameter holding a NaN or an infinity, None when all are finite."""
+    for name, parameter in model.named_parameters():
+        if not bool(torch.isfinite(parameter).all()):
+            return name
+    return None
+
+
 def _log(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
@@ -143,16 +162,19 @@ def fit(
     seed: int,
     name: str,
     progress: bool = True,
+    rate_hint: str = "the learning rate",
 ) -> list[dict]:
     """Mini-batch training with early stopping on validation AUC. The model ends holding the
-    weights of its best epoch; returns one record per epoch."""
+    weights of its best epoch; returns one record per epoch. A non-finite loss or parameter
+    raises :class:`TrainingDiverged` naming the stage, epoch and step (``rate_hint``: the setting
+    to lower)."""
     generator = torch.Generator().manual_seed(seed)
     history: list[dict] = []
     best_score, best_state, best_epoch = -math.inf, None, 0
     for epoch in range(1, epochs + 1):
         model.train()
         started = time.perf_counter()
-        total_loss, seen = 0.0, 0
+        total_loss, seen, step = 0.0, 0, 0
         bar = tqdm(
             total=len(train),
             desc=f"{name} epoch {epoch}/{epochs}",
@@ -161,17 +183,27 @@ def fit(
             leave=False,
             disable=None if progress else True,
         )
-        for ids, values, labels in train.batches(batch_size, generator):
+        for step, (ids, values, labels) in enumerate(train.batches(batch_size, generator), 1):
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             loss = F.binary_cross_entropy_with_logits(model(ids, values), labels)
+            loss_value = loss.item()
+            # Checked before the update: a non-finite loss would write NaN into every row of the
+            # batch (the fused kernels update the table inside backward).
+            if not math.isfinite(loss_value):
+                bar.close()
+                raise TrainingDiverged(name, epoch, step, f"the training loss is {loss_value}",
+                                       rate_hint)  # fmt: skip
             loss.backward()
             for optimizer in optimizers:
                 optimizer.step()
-            total_loss += loss.item() * labels.shape[0]
+            total_loss += loss_value * labels.shape[0]
             seen += labels.shape[0]
             bar.update(labels.shape[0])
         bar.close()
+        bad = first_non_finite(model)
+        if bad is not None:
+            raise TrainingDiverged(name, epoch, step, f"parameter {bad} is not finite", rate_hint)
         record = {
             "epoch": epoch,
             "train_loss": total_loss / max(seen, 1),
@@ -201,7 +233,7 @@ def fit(
         else:
             score = record["valid_auc"]
         if math.isnan(score):
-            raise FloatingPointError(f"{name} diverged in epoch {epoch}: lower the learning rate")
+            raise TrainingDiverged(name, epoch, step, "the validation metric is NaN", rate_hint)
         if score > best_score:
             best_score, best_state, best_epoch = score, copy.deepcopy(model.state_dict()), epoch
         elif epoch - best_epoch >= patience:
@@ -255,6 +287,7 @@ def train_fm(
         seed=config.seed,
         name="FM",
         progress=progress,
+        rate_hint=f"--fm-lr (now {config.fm_lr:g}, rule {config.fm_optimizer})",
     )
     return fm, history
 
@@ -356,6 +389,10 @@ def train_fnn(
         seed=config.seed + 1,
         name="FNN" if config.fnn_init == "fm" else "FNN(random)",
         progress=progress,
+        rate_hint=(
+            f"--fnn-embedding-lr (now {config.fnn_embedding_lr:g}, rule {config.fnn_optimizer}) "
+            f"or --fnn-lr (now {config.fnn_lr:g})"
+        ),
     )
     return fnn, history
 
