@@ -47,6 +47,7 @@ class TrainConfig:
     fm_lr: float = 3.0
     fm_weight_decay: float = 1e-4  # L2 on the rows present in a batch
     fm_init_std: float = 0.01
+    fm_initial_accumulator: float = 0.0  # Adagrad rules: the starting sum of squared gradients
     # Stage 2: FNN.
     fnn_epochs: int = 40
     fnn_init: str = "fm"  # "fm": embedding from the trained FM; "random": the baseline
@@ -56,6 +57,7 @@ class TrainConfig:
     fnn_optimizer: str = "sgd"  # rule for the sparse embedding update
     fnn_embedding_lr: float = 0.1  # FM-initialized embedding: far below the FM's own rate
     fnn_weight_decay: float = 1e-5  # L2 on embedding rows present in a batch
+    fnn_initial_accumulator: float = 0.0  # Adagrad rules for the embedding: the starting sum
     fnn_layer_optimizer: str = "adam"  # hidden and output layers: "adam" or "sgd"
     fnn_lr: float = 3e-5  # hidden and output layers: slow, the FM input overfits fast
     # Layer-wise rates: one per hidden layer, then the output layer; None: fnn_lr for all.
@@ -269,12 +271,18 @@ def train_fm(
         fm.w0.fill_(base_rate_logit(train))
     # The native kernels apply the table's update inside backward; on the reference backend the
     # table gets a sparse gradient and the optimizer below applies the same rule.
-    fm.fuse_update(RowUpdate(config.fm_optimizer, config.fm_lr, config.fm_weight_decay))
+    fm.fuse_update(
+        RowUpdate(
+            config.fm_optimizer, config.fm_lr, config.fm_weight_decay,
+            initial_accumulator_value=config.fm_initial_accumulator,
+        )
+    )  # fmt: skip
     optimizer = SparseRowOptimizer(
         fm.parameters(),
         config.fm_optimizer,
         lr=config.fm_lr,
         weight_decay=config.fm_weight_decay,
+        initial_accumulator_value=config.fm_initial_accumulator,
     )
     history = fit(
         fm,
@@ -317,6 +325,7 @@ def fnn_optimizers(fnn: FNN, config: TrainConfig) -> list[torch.optim.Optimizer]
         config.fnn_optimizer,
         lr=config.fnn_embedding_lr,
         weight_decay=config.fnn_weight_decay,
+        initial_accumulator_value=config.fnn_initial_accumulator,
     )
     if config.fnn_layer_optimizer not in LAYER_OPTIMIZERS:
         raise ValueError(
@@ -372,8 +381,11 @@ def train_fnn(
     with torch.no_grad():
         fnn.output.bias.fill_(base_rate_logit(train))
     fnn.fuse_update(
-        RowUpdate(config.fnn_optimizer, config.fnn_embedding_lr, config.fnn_weight_decay)
-    )
+        RowUpdate(
+            config.fnn_optimizer, config.fnn_embedding_lr, config.fnn_weight_decay,
+            initial_accumulator_value=config.fnn_initial_accumulator,
+        )
+    )  # fmt: skip
     if config.pretrain == "rbm":
         pretrain_rbm(fnn, train, config, progress)
     elif config.pretrain != "none":
