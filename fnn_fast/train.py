@@ -120,7 +120,8 @@ def predict_logits(model: torch.nn.Module, split: Split, batch_size: int = 8192)
 
 def predict_probabilities(model: torch.nn.Module, split: Split, batch_size: int = 8192):
     """Click probabilities [N] (float64)."""
-    return 1.0 / (1.0 + np.exp(-predict_logits(model, split, batch_size).astype(np.float64)))
+    logits = predict_logits(model, split, batch_size).astype(np.float64)
+    return torch.sigmoid(torch.from_numpy(logits)).numpy()  # no overflow for large |logit|
 
 
 def evaluate(model: torch.nn.Module, split: Split) -> dict:
