@@ -39,6 +39,7 @@ DATA = Path(os.environ.get("FNN_FAST_DATA", Path(__file__).parents[1] / ".." / "
 # current default, so the table shows what a change gains.
 FM_CANDIDATES = {
     "sgd-3": {},
+    "sgd-1": {"fm_lr": 1.0},
     "sgd-0.3": {"fm_lr": 0.3},
     "adagrad-0.01": {"fm_optimizer": "adagrad", "fm_lr": 0.01},
     "adagrad-0.03": {"fm_optimizer": "adagrad", "fm_lr": 0.03},
@@ -54,6 +55,30 @@ FM_CANDIDATES = {
         "fm_lr": 0.03,
         "fm_initial_accumulator": 0.01,
     },
+    "adagrad-0.1-init0.01": {
+        "fm_optimizer": "adagrad",
+        "fm_lr": 0.1,
+        "fm_initial_accumulator": 0.01,
+        "fm_epochs": 60,
+    },
+    "adagrad-0.05-init0.01": {
+        "fm_optimizer": "adagrad",
+        "fm_lr": 0.05,
+        "fm_initial_accumulator": 0.01,
+        "fm_epochs": 60,
+    },
+    "adagrad-0.03-init0.01-60": {
+        "fm_optimizer": "adagrad",
+        "fm_lr": 0.03,
+        "fm_initial_accumulator": 0.01,
+        "fm_epochs": 60,
+    },
+    "adagrad-0.3-init0.1": {
+        "fm_optimizer": "adagrad",
+        "fm_lr": 0.3,
+        "fm_initial_accumulator": 0.1,
+        "fm_epochs": 60,
+    },
     "rowwise-0.1-init0.1": {
         "fm_optimizer": "rowwise_adagrad",
         "fm_lr": 0.1,
@@ -64,9 +89,14 @@ FNN_CANDIDATES = {
     "default": {},
     "layers-1e-4": {"fnn_lr": 1e-4},
     "layers-3e-4": {"fnn_lr": 3e-4},
-    "layers-1e-4-dropout": {"fnn_lr": 1e-4, "dropout": 0.2},
-    "emb-adagrad-0.003": {"fnn_optimizer": "adagrad", "fnn_embedding_lr": 0.003},
-    "emb-adagrad-0.01": {"fnn_optimizer": "adagrad", "fnn_embedding_lr": 0.01},
+    "layers-1e-3": {"fnn_lr": 1e-3},
+    "layers-3e-4-dropout-0.2": {"fnn_lr": 3e-4, "dropout": 0.2},
+    "layers-3e-4-emb-adagrad": {
+        "fnn_lr": 3e-4,
+        "fnn_optimizer": "adagrad",
+        "fnn_embedding_lr": 0.005,
+        "fnn_initial_accumulator": 0.01,
+    },
 }
 
 
