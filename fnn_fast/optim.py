@@ -158,9 +158,17 @@ class RowUpdate:
     weight_decay: float = 0.0
     eps: float | None = None
     betas: tuple[float, float] = (0.9, 0.999)
+    # Adagrad's starting sum (PyTorch's and TensorFlow's initial_accumulator_value): a row's
+    # first steps are lr g / sqrt(init + g^2) rather than a full lr, so a rare feature cannot
+    # jump as far on its few occurrences as a frequent one moves over thousands.
+    initial_accumulator_value: float = 0.0
 
     def __post_init__(self):
         check_rule(self.kind, self.lr)
+        if self.initial_accumulator_value < 0:
+            raise ValueError(
+                f"initial_accumulator_value must be >= 0, got {self.initial_accumulator_value}"
+            )
 
     @property
     def resolved_eps(self) -> float:
@@ -173,12 +181,12 @@ class RowUpdate:
         )
 
     def new_state(self, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Zeroed optimizer state laid out as the kernels expect (see csrc/row_update.h)."""
+        """Fresh optimizer state laid out as the kernels expect (see csrc/row_update.h)."""
         empty = table.new_zeros(0)
         if self.kind == "adagrad":
-            return zeros_like_table(table), empty
+            return zeros_like_table(table).fill_(self.initial_accumulator_value), empty
         if self.kind == "rowwise_adagrad":
-            return zeros_like_table(table[:, 0]), empty
+            return zeros_like_table(table[:, 0]).fill_(self.initial_accumulator_value), empty
         if self.kind == "adam":
             return zeros_like_table(table), zeros_like_table(table)
         return empty, empty

@@ -130,3 +130,34 @@ def test_bad_arguments():
         SparseRowOptimizer([p], "lbfgs")
     with pytest.raises(ValueError, match="learning rate"):
         SparseRowOptimizer([p], "sgd", lr=0)
+
+
+@pytest.mark.parametrize("kind", ["adagrad", "rowwise_adagrad"])
+def test_fused_initial_accumulator_matches_the_optimizer(kind):
+    """RowUpdate's starting sum gives the fused kernels the steps SparseRowOptimizer takes."""
+    import fnn_fast
+    from fnn_fast import FM
+    from fnn_fast.optim import RowUpdate
+
+    g = torch.Generator().manual_seed(5)
+    data = [(torch.randint(0, 30, (12, 4), generator=g), torch.rand(12, generator=g).round())
+            for _ in range(3)]  # fmt: skip
+    tables = {}
+    for backend in ("reference", "auto"):
+        fnn_fast.set_backend(backend)
+        try:
+            torch.manual_seed(0)
+            fm = FM(30, 3, init_std=0.3)
+            if backend == "auto":
+                fm.fuse_update(RowUpdate(kind, lr=0.1, initial_accumulator_value=0.5))
+            optimizer = SparseRowOptimizer([fm.table], kind, lr=0.1, initial_accumulator_value=0.5)
+            for ids, labels in data:
+                optimizer.zero_grad()
+                F.binary_cross_entropy_with_logits(fm(ids), labels).backward()
+                optimizer.step()
+            tables[backend] = fm.table.detach().clone()
+        finally:
+            fnn_fast.set_backend("auto")
+    torch.testing.assert_close(tables["auto"], tables["reference"], atol=2e-6, rtol=1e-5)
+    with_zero = RowUpdate(kind, lr=0.1).new_state(torch.zeros(4, 3))[0]
+    assert float(with_zero.sum()) == 0.0

@@ -1,0 +1,257 @@
+"""Choose the trainer's defaults on validation data only, over several data sets and seeds.
+
+Each data set's training file is split 80/20 (a new split per seed) into training and validation
+rows; no test file is read. Stage 1 candidates are FM settings, judged by the FM's validation AUC
+and logloss; stage 2 candidates are FNN settings, each trained from the FM that the current
+defaults give, judged the same way. A candidate that diverges on any data set and seed is out.
+
+    python benchmarks/choose_defaults.py --stage fm --seeds 3 --json defaults-fm.json
+    python benchmarks/choose_defaults.py --stage fnn --seeds 3 --json defaults-fnn.json
+
+The data: iPinYou 2997 (0.1 % clicks) and UCI Adult (24 % positives) from ../shared/data
+(``FNN_FAST_DATA`` overrides the folder), and two planted Criteo-shaped sets (39 fields) at 3 %
+and 30 % positives. A candidate is ranked by its mean shortfall from the best candidate's
+validation AUC on each data set (so each data set counts the same, whatever its AUC level), then
+by mean validation logloss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fnn_fast.data import FeatureEncoder, Schema, load_rows
+from fnn_fast.data.synthetic import criteo_like_cardinalities, plant_model
+from fnn_fast.train import Split, TrainConfig, TrainingDiverged, evaluate, train_fm, train_fnn
+
+DATA = Path(os.environ.get("FNN_FAST_DATA", Path(__file__).parents[1] / ".." / "shared" / "data"))
+
+# Stage 1 and stage 2 candidates: overrides of TrainConfig. The first of each list is the
+# current default, so the table shows what a change gains.
+FM_CANDIDATES = {
+    "sgd-3": {},
+    "sgd-1": {"fm_lr": 1.0},
+    "sgd-0.3": {"fm_lr": 0.3},
+    "adagrad-0.01": {"fm_optimizer": "adagrad", "fm_lr": 0.01},
+    "adagrad-0.03": {"fm_optimizer": "adagrad", "fm_lr": 0.03},
+    "adagrad-0.1": {"fm_optimizer": "adagrad", "fm_lr": 0.1},
+    "rowwise-0.03": {"fm_optimizer": "rowwise_adagrad", "fm_lr": 0.03},
+    "rowwise-0.1": {"fm_optimizer": "rowwise_adagrad", "fm_lr": 0.1},
+    "adam-0.001": {"fm_optimizer": "adam", "fm_lr": 0.001},
+    # Adagrad with a starting sum: a row's first steps are those of SGD at lr / sqrt(init).
+    "adagrad-0.1-init0.1": {"fm_optimizer": "adagrad", "fm_lr": 0.1, "fm_initial_accumulator": 0.1},
+    "adagrad-0.3-init1": {"fm_optimizer": "adagrad", "fm_lr": 0.3, "fm_initial_accumulator": 1.0},
+    "adagrad-0.03-init0.01": {
+        "fm_optimizer": "adagrad",
+        "fm_lr": 0.03,
+        "fm_initial_accumulator": 0.01,
+    },
+    "adagrad-0.1-init0.01": {
+        "fm_optimizer": "adagrad",
+        "fm_lr": 0.1,
+        "fm_initial_accumulator": 0.01,
+        "fm_epochs": 60,
+    },
+    "adagrad-0.05-init0.01": {
+        "fm_optimizer": "adagrad",
+        "fm_lr": 0.05,
+        "fm_initial_accumulator": 0.01,
+        "fm_epochs": 60,
+    },
+    "adagrad-0.03-init0.01-60": {
+        "fm_optimizer": "adagrad",
+        "fm_lr": 0.03,
+        "fm_initial_accumulator": 0.01,
+        "fm_epochs": 60,
+    },
+    "adagrad-0.3-init0.1": {
+        "fm_optimizer": "adagrad",
+        "fm_lr": 0.3,
+        "fm_initial_accumulator": 0.1,
+        "fm_epochs": 60,
+    },
+    "rowwise-0.1-init0.1": {
+        "fm_optimizer": "rowwise_adagrad",
+        "fm_lr": 0.1,
+        "fm_initial_accumulator": 0.1,
+    },
+}
+FNN_CANDIDATES = {
+    "default": {},
+    "layers-1e-4": {"fnn_lr": 1e-4},
+    "layers-3e-4": {"fnn_lr": 3e-4},
+    "layers-1e-3": {"fnn_lr": 1e-3},
+    "layers-3e-4-dropout-0.2": {"fnn_lr": 3e-4, "dropout": 0.2},
+    "layers-3e-4-emb-adagrad": {
+        "fnn_lr": 3e-4,
+        "fnn_optimizer": "adagrad",
+        "fnn_embedding_lr": 0.005,
+        "fnn_initial_accumulator": 0.01,
+    },
+}
+
+
+def _split_rows(rows, seed: int, valid_fraction: float = 0.2):
+    order = np.random.default_rng(seed).permutation(len(rows.labels))
+    cut = int(round(len(order) * (1 - valid_fraction)))
+    return np.sort(order[:cut]), np.sort(order[cut:])
+
+
+def _file_splits(path: Path, schema: Schema, seed: int):
+    rows = load_rows(path, schema, progress=False)
+    train_index, valid_index = _split_rows(rows, seed)
+    encoder = FeatureEncoder.fit(rows.keys[train_index], rows.slot_fields, rows.field_names)
+
+    def encode(index):
+        ids, values = encoder.transform(rows.keys[index], rows.values[index])
+        values = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+        return Split(
+            ids=torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)),
+            values=None if bool((values == 1).all()) else values,
+            labels=torch.from_numpy(np.ascontiguousarray(rows.labels[index], dtype=np.float32)),
+        )
+
+    return encode(train_index), encode(valid_index), encoder
+
+
+def _planted_splits(positive_rate: float, seed: int, rows: int = 60_000):
+    from fnn_fast.demo import planted_splits
+
+    cards = criteo_like_cardinalities(39, largest=2_000, seed=0)
+    # The bias that gives the wanted share of positives: bisect on sampled logits.
+    low, high = -12.0, 6.0
+    probe = plant_model(cards, num_factors=4, nonlinear=1.0, bias=0.0, seed=0)
+    logits = probe.logits(probe.draw_ids(40_000, np.random.default_rng(0)))
+    for _ in range(50):
+        bias = (low + high) / 2
+        rate = float((1 / (1 + np.exp(-(logits + bias)))).mean())
+        low, high = (bias, high) if rate < positive_rate else (low, bias)
+    truth = plant_model(cards, num_factors=4, nonlinear=1.0, bias=bias, seed=0)
+    encoder, (train, valid), _ = planted_splits(truth, (rows, rows // 4), 1000 * seed + 1)
+    return train, valid, encoder
+
+
+def data_sets(names: list[str]):
+    adult = Schema(
+        format="csv",
+        label="label",
+        categorical="workclass,education,marital_status,occupation,relationship,race,sex,"
+        "native_country".split(","),
+        numeric="age,fnlwgt,education_num,capital_gain,capital_loss,hours_per_week".split(","),
+    )
+    ipinyou = Schema(
+        format="libfm", featindex=str((DATA / "ipinyou-2997" / "featindex.fm.txt").resolve())
+    )
+    makers = {
+        "ipinyou": lambda seed: _file_splits(DATA / "ipinyou-2997" / "train.fm.txt", ipinyou, seed),
+        "adult": lambda seed: _file_splits(DATA / "adult" / "train.csv", adult, seed),
+        "planted-3": lambda seed: _planted_splits(0.03, seed),
+        "planted-30": lambda seed: _planted_splits(0.30, seed),
+    }
+    return {name: makers[name] for name in names}
+
+
+def run_trial(stage, config, train, valid, encoder, fm=None):
+    slot_fields = [int(f) for f in encoder.slot_fields]
+    started = time.perf_counter()
+    try:
+        if stage == "fm":
+            model, history = train_fm(train, valid, encoder.num_features, config, progress=False)
+        else:
+            model, history = train_fnn(
+                train, valid, fm, encoder.num_features, slot_fields, config, progress=False
+            )
+    except TrainingDiverged as error:
+        return {"diverged": str(error)}
+    metrics = evaluate(model, valid)
+    return {
+        "valid_auc": metrics["auc"],
+        "valid_logloss": metrics["logloss"],
+        "epochs": len(history),
+        "best_epoch": next(r["epoch"] for r in history if r["best"]),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def rank(trials: list[dict], candidates) -> list[dict]:
+    """Mean shortfall from the per-(data set, seed) best AUC, then mean logloss."""
+    best = {}
+    for t in trials:
+        if "valid_auc" in t:
+            key = (t["data"], t["seed"])
+            best[key] = max(best.get(key, -math.inf), t["valid_auc"])
+    table = []
+    for name in candidates:
+        mine = [t for t in trials if t["candidate"] == name]
+        row = {"candidate": name, "diverged": sum("diverged" in t for t in mine)}
+        ok = [t for t in mine if "valid_auc" in t]
+        row["shortfall"] = float(
+            np.mean([best[(t["data"], t["seed"])] - t["valid_auc"] for t in ok]) if ok else math.inf
+        )
+        for data in sorted({t["data"] for t in mine}):
+            these = [t for t in ok if t["data"] == data]
+            row[data] = (
+                float(np.mean([t["valid_auc"] for t in these])) if these else float("nan"),
+                float(np.mean([t["valid_logloss"] for t in these])) if these else float("nan"),
+            )
+        table.append(row)
+    return sorted(table, key=lambda r: (r["diverged"] > 0, r["shortfall"]))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stage", choices=("fm", "fnn"), default="fm")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--data", default="ipinyou,adult,planted-3,planted-30")
+    parser.add_argument("--candidates", default=None, help="comma-separated subset of names")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: unchanged)")
+    parser.add_argument("--json", default=None, help="write every trial and the ranking here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pool = FM_CANDIDATES if args.stage == "fm" else FNN_CANDIDATES
+    names = args.candidates.split(",") if args.candidates else list(pool)
+    base = TrainConfig()
+    trials = []
+    for data, make in data_sets(args.data.split(",")).items():
+        for seed in range(args.seeds):
+            train, valid, encoder = make(seed)
+            fm = None
+            if args.stage == "fnn":
+                fm, _ = train_fm(
+                    train, valid, encoder.num_features, replace(base, seed=seed), progress=False
+                )
+            for name in names:
+                config = replace(base, seed=seed, **pool[name])
+                trial = run_trial(args.stage, config, train, valid, encoder, fm)
+                trial.update(data=data, seed=seed, candidate=name, overrides=pool[name])
+                trials.append(trial)
+                shown = trial.get("diverged") or (
+                    f"auc {trial['valid_auc']:.4f} logloss {trial['valid_logloss']:.4f} "
+                    f"best epoch {trial['best_epoch']}/{trial['epochs']} {trial['seconds']:.0f}s"
+                )
+                print(f"{data} seed {seed} {name}: {shown}", file=sys.stderr, flush=True)
+    table = rank(trials, names)
+    datas = args.data.split(",")
+    print("| candidate | diverged | AUC shortfall | " + " | ".join(datas) + " |")
+    print("|---|---:|---:|" + "---:|" * len(datas))
+    for row in table:
+        cells = [f"{row[d][0]:.4f} / {row[d][1]:.4f}" if d in row else "-" for d in datas]
+        print(f"| {row['candidate']} | {row['diverged']} | {row['shortfall']:.4f} | "
+              + " | ".join(cells) + " |")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps({"trials": trials, "ranking": table}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
