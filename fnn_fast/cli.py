@@ -120,7 +120,41 @@ def _config_from_args(args) -> TrainConfig:
         fnn_layer_weight_decay=args.fnn_layer_weight_decay,
         fnn_embedding_lr=args.fnn_embedding_lr,
         fnn_weight_decay=args.fnn_weight_decay,
+        fm_initial_accumulator=args.fm_initial_accumulator,
+        fnn_initial_accumulator=args.fnn_initial_accumulator,
     )
+
+
+def _config_file_defaults(path: str) -> dict:
+    """A training config file (``best.json`` from ``tune``, or a TrainConfig as JSON) as
+    parser defaults: flags given on the command line still win."""
+    try:
+        loaded = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"--config {path}: cannot read a JSON training config ({error})") from None
+    config = loaded.get("config", loaded) if isinstance(loaded, dict) else None
+    fields = set(TrainConfig.__dataclass_fields__)
+    if not isinstance(config, dict) or not set(config) <= fields:
+        unknown = sorted(set(config) - fields) if isinstance(config, dict) else []
+        raise ValueError(
+            f"--config {path}: not a training config"
+            + (f" (unknown settings: {', '.join(unknown)})" if unknown else "")
+        )
+    defaults = dict(config)
+    if "hidden" in defaults:
+        defaults["hidden"] = ",".join(str(h) for h in defaults["hidden"])
+    if defaults.get("fnn_layer_lrs") is not None:
+        defaults["fnn_layer_lrs"] = ",".join(str(r) for r in defaults["fnn_layer_lrs"])
+    return defaults
+
+
+def _config_option(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -196,6 +230,33 @@ def cmd_train(args) -> int:
         )  # fmt: skip
     _print_metrics(result.metrics)
     print(f"model written to {args.out} (report: {Path(args.out) / 'report.html'})")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from fnn_fast.tune import run_tune
+
+    config = _config_from_args(args)
+    _check_inputs(args, "--train", "--valid", "--featindex")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a directory")
+    args.test, args.input_format = None, args.format
+    train, valid, _, encoder, schema = _load_splits(args)
+    settings = {
+        "train": str(Path(args.train).resolve()),
+        "valid": str(Path(args.valid).resolve()) if args.valid else None,
+        "valid_fraction": args.valid_fraction,
+        "schema": schema.to_dict(),
+        "min_count": args.min_count,
+    }
+    best = run_tune(
+        train, valid, encoder, config, out, trials=args.trials, minutes=args.minutes,
+        seed=args.seed, resume=args.resume, settings=settings, progress=not args.no_progress,
+    )  # fmt: skip
+    tuned = {k: best[k] for k in best if best[k] != getattr(config, k)}
+    print(f"best settings ({out / 'best.json'}): {json.dumps(tuned)}")
+    print(f"train with them: fnn-fast train --config {out / 'best.json'} ...")
     return 0
 
 
@@ -366,6 +427,12 @@ def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> 
         default=defaults.fm_weight_decay,
         help="L2 on the rows present in a batch",
     )
+    p.add_argument(
+        "--fm-initial-accumulator",
+        type=float,
+        default=defaults.fm_initial_accumulator,
+        help="Adagrad rules: the starting sum of squared gradients (damps rare rows' first steps)",
+    )
     p.add_argument("--fnn-epochs", type=int, default=defaults.fnn_epochs, help="stage 2, at most")
     p.add_argument(
         "--fnn-init",
@@ -406,6 +473,12 @@ def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> 
         help="L2 on the embedding rows present in a batch",
     )
     p.add_argument(
+        "--fnn-initial-accumulator",
+        type=float,
+        default=defaults.fnn_initial_accumulator,
+        help="Adagrad rules for the embedding: the starting sum of squared gradients",
+    )
+    p.add_argument(
         "--fnn-layer-optimizer",
         choices=("adam", "sgd"),
         default=defaults.fnn_layer_optimizer,
@@ -431,6 +504,11 @@ def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> 
     p.add_argument("--rbm-epochs", type=int, default=defaults.rbm_epochs, help="per layer")
     p.add_argument("--rbm-lr", type=float, default=defaults.rbm_lr, help="RBM learning rate")
     p.add_argument("--rbm-k", type=int, default=defaults.rbm_k, help="Gibbs steps of CD-k")
+    p.add_argument(
+        "--config",
+        help="training settings from a JSON file (best.json of `fnn-fast tune`); flags given "
+        "here override it",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -478,6 +556,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_options(p, format_required=False)
     _add_training_options(p, defaults)
     p.set_defaults(func=cmd_compare)
+
+    p = command(
+        "tune",
+        help="random search over each stage's rates, L2 and dropout, judged on validation",
+    )
+    p.add_argument("--train", required=True, help="training file")
+    p.add_argument("--valid", help="validation file (default: a random part of --train)")
+    p.add_argument(
+        "--valid-fraction", type=float, default=0.2, help="as for train, without --valid"
+    )
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--trials", type=int, help="trials in all, half per stage")
+    budget.add_argument("--minutes", type=float, help="wall-clock budget, half per stage")
+    p.add_argument("--out", required=True, help="writes tune.json (every trial) and best.json")
+    p.add_argument("--resume", action="store_true", help="continue a killed search in --out")
+    _add_input_options(p)
+    _add_training_options(p, defaults)
+    p.set_defaults(func=cmd_tune)
+    parser.training_commands = [sub.choices[name] for name in ("train", "compare", "tune")]
 
     p = command("evaluate", help="AUC and logloss of a saved model on a labelled file")
     p.add_argument("--model", required=True, help="model directory written by train")
@@ -550,7 +647,18 @@ def _data_error_hint(error: DataError, args) -> str | None:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    config_path = _config_option(argv)
+    if config_path is not None:
+        try:
+            defaults = _config_file_defaults(config_path)
+        except ValueError as error:
+            print(f"fnn-fast: error: {error}", file=sys.stderr)
+            return 2
+        for command in parser.training_commands:
+            command.set_defaults(**defaults)
+    args = parser.parse_args(argv)
     reason = missing_native_reason()
     if reason is not None and not native_warning_shown():
         print(f"fnn-fast: warning: {reason}", file=sys.stderr)

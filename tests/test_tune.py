@@ -83,3 +83,46 @@ def test_budget_must_be_trials_or_minutes(planted, tmp_path):
     train, valid, encoder = planted
     with pytest.raises(ValueError, match="trials or as minutes"):
         tune.run_tune(train, valid, encoder, BASE, tmp_path, progress=False)
+
+
+def test_cli_tune_then_train_with_its_config(tmp_path, capsys):
+    from fnn_fast.cli import main
+    from fnn_fast.data.synthetic import write_libfm
+
+    truth = plant_model((12,) * 4, num_factors=3, bias=-1.0, seed=1)
+    sample = truth.sample(1200, seed=0).rows
+    data = tmp_path / "train.libfm"
+    write_libfm(data, sample.labels, sample.keys)
+    small = ["--factors", "3", "--hidden", "8", "--fm-epochs", "2", "--fnn-epochs", "2",
+             "--batch-size", "128", "--no-progress"]  # fmt: skip
+    search = tmp_path / "search"
+    args = [
+        "tune",
+        "--train",
+        str(data),
+        "--format",
+        "libfm",
+        "--trials",
+        "2",
+        "--out",
+        str(search),
+    ]
+    assert main([*args, *small]) == 0
+    best = json.loads((search / "best.json").read_text())["config"]
+    assert "fnn-fast train --config" in capsys.readouterr().out
+    assert main([*args, *small]) == 2  # the search exists: continuing it needs --resume
+    assert "--resume" in capsys.readouterr().err
+
+    run = tmp_path / "run"
+    config = ["--config", str(search / "best.json"), "--fnn-epochs", "1", "--no-progress"]
+    code = main(["train", "--train", str(data), "--format", "libfm", "--out", str(run), *config])
+    assert code == 0
+    used = json.loads((run / "config.json").read_text())["train"]
+    assert used["fm_lr"] == best["fm_lr"] and used["dropout"] == best["dropout"]
+    assert used["hidden"] == [8] and used["fnn_epochs"] == 1  # the file's, then the flag's
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"fm_rate": 1}))
+    assert main(["train", "--train", str(data), "--format", "libfm", "--out", str(tmp_path / "x"),
+                 "--config", str(bad)]) == 2  # fmt: skip
+    assert "unknown settings: fm_rate" in capsys.readouterr().err
