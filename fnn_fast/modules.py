@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from fnn_fast import ops
-from fnn_fast.ops import checks
 from fnn_fast.memory import table_zeros
+from fnn_fast.ops import checks
 from fnn_fast.optim import RowUpdate
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
@@ -27,7 +27,7 @@ def _as_slot_fields(slot_fields, num_fields: int | None):
     if slot_fields is None:
         if num_fields is None:
             raise ValueError("FNN needs num_fields (or slot_fields)")
-        checks.check_fields(torch.zeros(0, num_fields, dtype=torch.int64), None, num_fields)
+        checks.check_num_fields(num_fields)
         return None, num_fields
     slot_fields = torch.as_tensor(slot_fields)
     if slot_fields.dim() != 1 or slot_fields.numel() == 0 or slot_fields.is_floating_point():
@@ -35,7 +35,8 @@ def _as_slot_fields(slot_fields, num_fields: int | None):
     slot_fields = slot_fields.to(torch.int64)
     if num_fields is None:
         num_fields = int(slot_fields.max()) + 1
-    checks.check_fields(torch.zeros(0, len(slot_fields), dtype=torch.int64), slot_fields, num_fields)
+    columns = torch.zeros(0, len(slot_fields), dtype=torch.int64)  # their shape, for the check
+    checks.check_fields(columns, slot_fields, num_fields)
     if torch.equal(slot_fields, torch.arange(num_fields)):
         return None, num_fields
     return slot_fields, num_fields
@@ -118,6 +119,7 @@ class FM(_FusedUpdate, nn.Module):
         return {"num_features": self.num_features, "num_factors": self.num_factors}
 
     def forward(self, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
+        checks.check_batch(self.table, ids, values)
         ops.check_ids(ids, self.num_features, self.slot_names)
         return ops.fm_forward(self.table, self.w0, ids, values, self.sparse, self._fused_args())
 
@@ -215,6 +217,7 @@ class FNN(_FusedUpdate, nn.Module):
         return groups + [list(self.output.parameters())]
 
     def input(self, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
+        checks.check_batch(self.table, ids, values)
         ops.check_ids(ids, self.num_features, self.slot_names)
         return ops.fnn_input(
             self.table, self.w0, ids, values, self.slot_fields, self.num_fields, self.sparse,
@@ -229,6 +232,7 @@ class FNN(_FusedUpdate, nn.Module):
         first = layers[0] if layers else self.output
         if not isinstance(first, nn.Linear):
             return self.output(self.hidden_layers(self.input(ids, values))).squeeze(-1)
+        checks.check_batch(self.table, ids, values)
         ops.check_ids(ids, self.num_features, self.slot_names)
         width = self.num_fields * (1 + self.num_factors)
         # Training on the CPU: z and its gradient in rows of a multiple of 16 floats (zero

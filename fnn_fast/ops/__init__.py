@@ -90,7 +90,7 @@ class FusedArgs(NamedTuple):
 
 
 def _fused_kernels_apply(table) -> bool:
-    if _forced == "reference" or table.dtype != torch.float32:
+    if _forced == "reference" or table.dtype != torch.float32 or not table.is_contiguous():
         return False
     if table.device.type == "cpu":
         return native.available()

@@ -74,16 +74,14 @@ def check_batch(table, ids, values, kernels: bool = False) -> None:
         raise ValueError("values must be contiguous")
 
 
-def check_fields(ids: Tensor, slot_fields, num_fields, kernels: bool = False) -> int:
+def check_fields(ids: Tensor, slot_fields, num_fields, kernels=False, read=True) -> int:
     """The FNN's field layout: without slot_fields, one id column per field; with it, one entry
-    per id column, each a field in [0, num_fields). Returns num_fields."""
+    per id column, each a field in [0, num_fields) (checked where slot_fields is on the CPU and
+    ``read``: fake tensors have no values). Returns num_fields."""
     slots = ids.shape[1]
     if num_fields is None and slot_fields is None:
         num_fields = slots
-    if isinstance(num_fields, bool) or not isinstance(num_fields, int):
-        raise TypeError(f"num_fields must be an int, got {num_fields!r}")
-    if num_fields < 1:
-        raise ValueError(f"num_fields must be at least 1, got {num_fields}")
+    check_num_fields(num_fields)
     if slot_fields is None:
         if slots != num_fields:
             raise ValueError(
@@ -103,9 +101,16 @@ def check_fields(ids: Tensor, slot_fields, num_fields, kernels: bool = False) ->
         raise ValueError(f"slot_fields is on {slot_fields.device} but the ids on {ids.device}")
     if kernels and not slot_fields.is_contiguous():
         raise ValueError("slot_fields must be contiguous")
-    if slot_fields.device.type == "cpu" and slots:
+    if read and slot_fields.device.type == "cpu" and slots:
         check_slot_fields_range(*(int(v) for v in slot_fields.aminmax()), num_fields)
     return num_fields
+
+
+def check_num_fields(num_fields) -> None:
+    if isinstance(num_fields, bool) or not isinstance(num_fields, int):
+        raise TypeError(f"num_fields must be an int, got {num_fields!r}")
+    if num_fields < 1:
+        raise ValueError(f"num_fields must be at least 1, got {num_fields}")
 
 
 def check_slot_fields_range(low: int, high: int, num_fields: int) -> None:

@@ -24,7 +24,6 @@ import torch
 from torch import Tensor
 
 from fnn_fast.ops import checks
-from fnn_fast.ops.checks import RULES
 
 try:
     from fnn_fast import _C
@@ -37,6 +36,9 @@ except ImportError as error:  # the package stays usable through the reference p
 else:
     IMPORT_ERROR = None
 
+RULES = checks.RULES
+
+
 def available() -> bool:
     return _C is not None
 
@@ -45,9 +47,9 @@ def _check_fm(table: Tensor, ids: Tensor, values: Tensor | None) -> None:
     checks.check_batch(table, ids, values, kernels=True)
 
 
-def _check_gather(table, ids, values, slot_fields, num_fields, width) -> None:
+def _check_gather(table, ids, values, slot_fields, num_fields, width, read=True) -> None:
     checks.check_batch(table, ids, values, kernels=True)
-    checks.check_fields(ids, slot_fields, num_fields, kernels=True)
+    checks.check_fields(ids, slot_fields, num_fields, kernels=True, read=read)
     checks.check_width(width)
 
 
@@ -59,9 +61,10 @@ def _check_fm_backward(table, ids, values, sums, grad_logits, state1, state2, st
 
 
 def _check_gather_backward(
-    table, ids, values, slot_fields, num_fields, grad_z, state1, state2, step, hparams, rule
+    table, ids, values, slot_fields, num_fields, grad_z, state1, state2, step, hparams, rule,
+    read=True,
 ):  # fmt: skip
-    _check_gather(table, ids, values, slot_fields, num_fields, 0)
+    _check_gather(table, ids, values, slot_fields, num_fields, 0, read)
     if not (
         isinstance(grad_z, Tensor) and grad_z.dim() == 2 and grad_z.shape[0] == ids.shape[0]
         and grad_z.shape[1] >= num_fields * table.shape[1]
@@ -101,7 +104,7 @@ def fm_scores(table: Tensor, ids: Tensor, values: Tensor | None) -> Tensor:
     """FM logits without the bias w0 (inference: no sums kept for a backward)."""
     _check_fm(table, ids, values)
     logits = torch.empty(ids.shape[0], dtype=torch.float32)
-    if ids.numel():
+    if ids.shape[0]:  # zero slots still give each sample its output
         bad = _C.fm_forward(
             table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
             ids.shape[0], ids.shape[1], logits.data_ptr(), 0,
@@ -110,8 +113,11 @@ def fm_scores(table: Tensor, ids: Tensor, values: Tensor | None) -> Tensor:
     return logits
 
 
+# The fake implementations check too: they stand in for the kernels under torch.compile, and
+# run (instead of a kernel) when any argument is on the meta device.
 @fm_scores.register_fake
 def _(table, ids, values):
+    _check_fm(table, ids, values)
     return table.new_empty(ids.shape[0])
 
 
@@ -131,7 +137,7 @@ def _cpu_fm_train_forward(
     batch, k = ids.shape[0], table.shape[1] - 1
     logits = torch.empty(batch, dtype=torch.float32)
     sums = torch.empty(batch, k, dtype=torch.float32)
-    if ids.numel():
+    if ids.shape[0]:  # zero slots still give each sample its output
         bad = _C.fm_forward(
             table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
             batch, ids.shape[1], logits.data_ptr(), _address(sums),
@@ -147,6 +153,8 @@ fm_train_forward = torch.library.custom_op(
 
 @fm_train_forward.register_fake
 def _(table, ids, values, state1, state2, step, hparams, rule):
+    _check_fm(table, ids, values)
+    checks.check_update(table, state1, state2, step, hparams, rule)
     return table.new_empty(ids.shape[0]), table.new_empty(ids.shape[0], table.shape[1] - 1)
 
 
@@ -183,6 +191,7 @@ fm_backward_update = torch.library.custom_op(
 
 @fm_backward_update.register_fake
 def _(table, ids, values, sums, grad_logits, state1, state2, step, hparams, rule):
+    _check_fm_backward(table, ids, values, sums, grad_logits, state1, state2, step, hparams, rule)
     return None
 
 
@@ -244,7 +253,7 @@ def _cpu_fnn_gather(
     padded to ``width`` columns when that is larger."""
     _check_gather(table, ids, values, slot_fields, num_fields, width)
     z = torch.empty(ids.shape[0], z_width(table, num_fields, width), dtype=torch.float32)
-    if ids.numel():
+    if ids.shape[0]:  # zero slots still give each sample its output
         bad = _C.fnn_gather(
             table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
             ids.shape[0], ids.shape[1], _address(slot_fields), num_fields, z.data_ptr(),
@@ -254,13 +263,14 @@ def _cpu_fnn_gather(
     return z
 
 
-fnn_gather = torch.library.custom_op(
-    "fnn_fast::fnn_gather", mutates_args=(), device_types="cpu"
-)(_cpu_fnn_gather)
+fnn_gather = torch.library.custom_op("fnn_fast::fnn_gather", mutates_args=(), device_types="cpu")(
+    _cpu_fnn_gather
+)
 
 
 @fnn_gather.register_fake
 def _(table, ids, values, slot_fields, num_fields, width=0):
+    _check_gather(table, ids, values, slot_fields, num_fields, width, read=False)
     return table.new_empty(ids.shape[0], z_width(table, num_fields, width))
 
 
@@ -289,6 +299,8 @@ fnn_gather_train = torch.library.custom_op(
 
 @fnn_gather_train.register_fake
 def _(table, ids, values, slot_fields, num_fields, state1, state2, step, hparams, rule, width=0):
+    _check_gather(table, ids, values, slot_fields, num_fields, width, read=False)
+    checks.check_update(table, state1, state2, step, hparams, rule)
     return table.new_empty(ids.shape[0], z_width(table, num_fields, width))
 
 
@@ -330,6 +342,20 @@ fnn_gather_backward_update = torch.library.custom_op(
 
 @fnn_gather_backward_update.register_fake
 def _(table, ids, values, slot_fields, num_fields, grad_z, state1, state2, step, hparams, rule):
+    _check_gather_backward(
+        table,
+        ids,
+        values,
+        slot_fields,
+        num_fields,
+        grad_z,
+        state1,
+        state2,
+        step,
+        hparams,
+        rule,
+        read=False,
+    )
     return None
 
 
@@ -377,9 +403,9 @@ def host_checks_range(ids: Tensor) -> bool:
     """Whether a range check may read ``ids`` on the host: always for CPU tensors; for CUDA ones
     only with the GPU bounds check on, and never inside CUDA graph capture (no sync may happen
     there: the scorer checks its batches before replaying a graph)."""
-    if ids.device.type == "cpu":
-        return True
-    return GPU_BOUNDS_CHECK and not (ids.is_cuda and torch.cuda.is_current_stream_capturing())
+    if ids.device.type != "cuda":
+        return ids.device.type == "cpu"  # others (meta, ...) have no values to read
+    return GPU_BOUNDS_CHECK and not torch.cuda.is_current_stream_capturing()
 
 
 def gpu_module(name: str) -> tuple[ModuleType | None, str | None]:
