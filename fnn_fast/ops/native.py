@@ -288,6 +288,7 @@ def _cpu_fnn_gather_train(
     width: int = 0,
 ) -> Tensor:
     """fnn_gather whose backward updates the table and its optimizer state in place."""
+    _check_gather(table, ids, values, slot_fields, num_fields, width)
     checks.check_update(table, state1, state2, step, hparams, rule)
     return _cpu_fnn_gather(table, ids, values, slot_fields, num_fields, width)
 
@@ -508,6 +509,7 @@ def _gpu_fnn_gather(table, ids, values, slot_fields, num_fields, width=0):
 def _gpu_fnn_gather_train(
     table, ids, values, slot_fields, num_fields, state1, state2, step, hparams, rule, width=0
 ):  # fmt: skip
+    _check_gather(table, ids, values, slot_fields, num_fields, width)
     checks.check_update(table, state1, state2, step, hparams, rule)
     return _gpu_fnn_gather(table, ids, values, slot_fields, num_fields, width)
 
