@@ -238,7 +238,7 @@ int64_t fnn_gather_kernel(const float* table, int64_t num_rows, int64_t dim_arg,
     const int64_t dim = width<kDim>(dim_arg), row_width = num_fields * dim;
     float* out = z + b * z_width;
     std::fill(out + row_width, out + z_width, 0.0f);
-    if (slot_fields) std::fill(out, out + row_width, 0.0f);
+    if (slot_fields || slots == 0) std::fill(out, out + row_width, 0.0f);
     for (int64_t s = 0; s < slots; ++s) {
       // Random rows miss the cache: ask for a later lookup's row while this one is copied.
       const int64_t ahead = b * slots + s + kGatherAhead;
@@ -296,13 +296,15 @@ void check_batch(int64_t num_rows, int64_t dim, int64_t batch, int64_t slots) {
 }
 
 // Without slot_fields slot s is field s, so slots must equal num_fields (more would write past
-// z's row, fewer would leave fields unwritten); with it, every entry must name a field.
+// z's row, fewer would leave fields unwritten), or be 0 (an empty slot_fields arrives as
+// nullptr: every field sums nothing); with it, every entry must name a field.
 void check_fields(int64_t slots, const int64_t* slot_fields, int64_t num_fields, int64_t dim,
                   int64_t row_width) {
-  require(num_fields >= 1, "num_fields must be at least 1");
+  require(num_fields >= 0, "num_fields must not be negative");
   require(row_width >= num_fields * dim, "z's rows are narrower than num_fields * dim");
   if (!slot_fields) {
-    require(slots == num_fields, "without slot_fields, slots must equal num_fields");
+    require(slots == num_fields || slots == 0,
+            "without slot_fields, slots must equal num_fields");
     return;
   }
   for (int64_t s = 0; s < slots; ++s) {

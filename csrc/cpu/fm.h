@@ -28,8 +28,9 @@ int64_t fm_backward_update(float* table, int64_t num_rows, int64_t dim, const in
 // z[b, f * dim + d] = sum over slots s of field f of x_bs table[ids_bs, d]   ([batch, z_width])
 // slot_fields: int64 [slots] or nullptr (slot s is field s). z_width >= F * dim: the columns
 // past F * dim are zeroed (padding a row to a multiple of 16 floats makes the matrix products
-// on z and its gradient much faster). Without slot_fields, slots must equal num_fields. Returns
-// as fm_forward does; sizes that do not fit (num_fields < 1, z_width < F * dim, a slot_fields
+// on z and its gradient much faster). Without slot_fields, slots must equal num_fields (or be 0:
+// z is then zeros, as with an empty slot_fields). Returns
+// as fm_forward does; sizes that do not fit (num_fields < 0, z_width < F * dim, a slot_fields
 // entry outside [0, F)) throw std::invalid_argument before anything is written.
 int64_t fnn_gather(const float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
                    const float* values, int64_t batch, int64_t slots, const int64_t* slot_fields,

@@ -253,9 +253,7 @@ def _cpu_fnn_gather(
     padded to ``width`` columns when that is larger."""
     _check_gather(table, ids, values, slot_fields, num_fields, width)
     z = torch.empty(ids.shape[0], z_width(table, num_fields, width), dtype=torch.float32)
-    if not ids.shape[1]:  # no slots (an empty slot_fields): every field sums nothing
-        z.zero_()
-    elif ids.shape[0]:
+    if ids.shape[0]:  # zero slots still give each sample its output
         bad = _C.fnn_gather(
             table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
             ids.shape[0], ids.shape[1], _address(slot_fields), num_fields, z.data_ptr(),
