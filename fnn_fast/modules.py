@@ -37,6 +37,7 @@ def _as_slot_fields(slot_fields, num_fields: int | None):
         num_fields = int(slot_fields.max()) + 1
     columns = torch.zeros(0, len(slot_fields), dtype=torch.int64)  # their shape, for the check
     checks.check_fields(columns, slot_fields, num_fields)
+    checks.check_slot_fields_range(int(slot_fields.min()), int(slot_fields.max()), num_fields)
     if torch.equal(slot_fields, torch.arange(num_fields)):
         return None, num_fields
     return slot_fields, num_fields
@@ -119,7 +120,6 @@ class FM(_FusedUpdate, nn.Module):
         return {"num_features": self.num_features, "num_factors": self.num_factors}
 
     def forward(self, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
-        checks.check_batch(self.table, ids, values)
         ops.check_ids(ids, self.num_features, self.slot_names)
         return ops.fm_forward(self.table, self.w0, ids, values, self.sparse, self._fused_args())
 
@@ -217,7 +217,6 @@ class FNN(_FusedUpdate, nn.Module):
         return groups + [list(self.output.parameters())]
 
     def input(self, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
-        checks.check_batch(self.table, ids, values)
         ops.check_ids(ids, self.num_features, self.slot_names)
         return ops.fnn_input(
             self.table, self.w0, ids, values, self.slot_fields, self.num_fields, self.sparse,
@@ -232,7 +231,6 @@ class FNN(_FusedUpdate, nn.Module):
         first = layers[0] if layers else self.output
         if not isinstance(first, nn.Linear):
             return self.output(self.hidden_layers(self.input(ids, values))).squeeze(-1)
-        checks.check_batch(self.table, ids, values)
         ops.check_ids(ids, self.num_features, self.slot_names)
         width = self.num_fields * (1 + self.num_factors)
         # Training on the CPU: z and its gradient in rows of a multiple of 16 floats (zero

@@ -314,7 +314,7 @@ def test_kernels_refuse_sizes_that_do_not_fit():
 
     with pytest.raises(ValueError, match="slots must equal num_fields"):
         gather(None, 3)
-    with pytest.raises(ValueError, match="slot_fields has an entry outside"):
+    with pytest.raises(ValueError, match="slot_fields maps a column to field 3, outside the 3"):
         gather(torch.tensor([0, 1, 2, 3, 0]), 3)
     with pytest.raises(ValueError, match="narrower than num_fields"):
         gather(torch.tensor([0, 1, 2, 3, 0]), 4)

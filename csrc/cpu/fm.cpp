@@ -308,8 +308,10 @@ void check_fields(int64_t slots, const int64_t* slot_fields, int64_t num_fields,
     return;
   }
   for (int64_t s = 0; s < slots; ++s) {
-    require(slot_fields[s] >= 0 && slot_fields[s] < num_fields,
-            "slot_fields has an entry outside [0, num_fields)");
+    if (slot_fields[s] < 0 || slot_fields[s] >= num_fields) {
+      require(false, "slot_fields maps a column to field " + std::to_string(slot_fields[s]) +
+                         ", outside the " + std::to_string(num_fields) + " fields");
+    }
   }
 }
 

@@ -167,4 +167,6 @@ def fnn_fields(
                 table, *inputs, slot_fields, fields, fused.state1, fused.state2, fused.step,
                 fused.hparams, native.RULES[fused.kind], width,
             )  # fmt: skip
+    if slot_fields is not None and slot_fields.device.type == "cpu" and slot_fields.numel():
+        checks.check_slot_fields_range(*(int(v) for v in slot_fields.aminmax()), fields)
     return reference.fnn_fields(table, ids, values, slot_fields, fields, sparse)

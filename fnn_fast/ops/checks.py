@@ -4,9 +4,8 @@ address crosses into one, with the same error whichever backend would have run.
 The public ops (``fnn_fast.ops``) call them with ``kernels=False`` (the reference also takes
 float64 tables and int32 ids); the custom ops of ``fnn_fast.ops.native`` (CPU and CUDA kernels)
 with ``kernels=True``. They read shapes, dtypes and devices only: no pass over a batch and no
-device sync. Id ranges are checked where reading them is already paid for (the CPU kernels as
-they read, ``ops.check_ids``, the GPU ops' optional check); slot_fields ranges on the CPU, where
-the tensor is tiny (FNN checks its own once, when built).
+device sync. Id and slot_fields ranges are checked where reading them is already paid for (the
+CPU kernels as they read, ``ops.check_ids``, the GPU ops' optional check, FNN when built).
 """
 
 from __future__ import annotations
@@ -74,10 +73,11 @@ def check_batch(table, ids, values, kernels: bool = False) -> None:
         raise ValueError("values must be contiguous")
 
 
-def check_fields(ids: Tensor, slot_fields, num_fields, kernels=False, read=True) -> int:
+def check_fields(ids: Tensor, slot_fields, num_fields, kernels: bool = False) -> int:
     """The FNN's field layout: without slot_fields, one id column per field; with it, one entry
-    per id column, each a field in [0, num_fields) (checked where slot_fields is on the CPU and
-    ``read``: fake tensors have no values). Returns num_fields."""
+    per id column. Returns num_fields. That each entry is a field in [0, num_fields) is checked
+    apart (check_slot_fields_range), by whoever reads slot_fields anyway: the modules once when
+    built, the CPU kernels as they start, the GPU ops with the ids' range check."""
     slots = ids.shape[1]
     if num_fields is None and slot_fields is None:
         num_fields = slots
@@ -101,8 +101,6 @@ def check_fields(ids: Tensor, slot_fields, num_fields, kernels=False, read=True)
         raise ValueError(f"slot_fields is on {slot_fields.device} but the ids on {ids.device}")
     if kernels and not slot_fields.is_contiguous():
         raise ValueError("slot_fields must be contiguous")
-    if read and slot_fields.device.type == "cpu" and slots:
-        check_slot_fields_range(*(int(v) for v in slot_fields.aminmax()), num_fields)
     return num_fields
 
 
@@ -114,7 +112,7 @@ def check_num_fields(num_fields) -> None:
 
 
 def check_slot_fields_range(low: int, high: int, num_fields: int) -> None:
-    """slot_fields' smallest and largest entries within [0, num_fields)."""
+    """slot_fields' smallest and largest entries (read by the caller) within [0, num_fields)."""
     if low < 0 or high >= num_fields:
         raise ValueError(
             f"slot_fields maps a column to field {low if low < 0 else high}, outside the "

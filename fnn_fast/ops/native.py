@@ -47,9 +47,9 @@ def _check_fm(table: Tensor, ids: Tensor, values: Tensor | None) -> None:
     checks.check_batch(table, ids, values, kernels=True)
 
 
-def _check_gather(table, ids, values, slot_fields, num_fields, width, read=True) -> None:
+def _check_gather(table, ids, values, slot_fields, num_fields, width) -> None:
     checks.check_batch(table, ids, values, kernels=True)
-    checks.check_fields(ids, slot_fields, num_fields, kernels=True, read=read)
+    checks.check_fields(ids, slot_fields, num_fields, kernels=True)
     checks.check_width(width)
 
 
@@ -61,10 +61,9 @@ def _check_fm_backward(table, ids, values, sums, grad_logits, state1, state2, st
 
 
 def _check_gather_backward(
-    table, ids, values, slot_fields, num_fields, grad_z, state1, state2, step, hparams, rule,
-    read=True,
+    table, ids, values, slot_fields, num_fields, grad_z, state1, state2, step, hparams, rule
 ):  # fmt: skip
-    _check_gather(table, ids, values, slot_fields, num_fields, 0, read)
+    _check_gather(table, ids, values, slot_fields, num_fields, 0)
     if not (
         isinstance(grad_z, Tensor) and grad_z.dim() == 2 and grad_z.shape[0] == ids.shape[0]
         and grad_z.shape[1] >= num_fields * table.shape[1]
@@ -104,12 +103,11 @@ def fm_scores(table: Tensor, ids: Tensor, values: Tensor | None) -> Tensor:
     """FM logits without the bias w0 (inference: no sums kept for a backward)."""
     _check_fm(table, ids, values)
     logits = torch.empty(ids.shape[0], dtype=torch.float32)
-    if ids.shape[0]:  # zero slots still give each sample its output
-        bad = _C.fm_forward(
-            table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
-            ids.shape[0], ids.shape[1], logits.data_ptr(), 0,
-        )  # fmt: skip
-        _raise_if_bad(bad, ids, table.shape[0])
+    bad = _C.fm_forward(
+        table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
+        ids.shape[0], ids.shape[1], logits.data_ptr(), 0,
+    )  # fmt: skip
+    _raise_if_bad(bad, ids, table.shape[0])
     return logits
 
 
@@ -137,12 +135,11 @@ def _cpu_fm_train_forward(
     batch, k = ids.shape[0], table.shape[1] - 1
     logits = torch.empty(batch, dtype=torch.float32)
     sums = torch.empty(batch, k, dtype=torch.float32)
-    if ids.shape[0]:  # zero slots still give each sample its output
-        bad = _C.fm_forward(
-            table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
-            batch, ids.shape[1], logits.data_ptr(), _address(sums),
-        )  # fmt: skip
-        _raise_if_bad(bad, ids, table.shape[0])
+    bad = _C.fm_forward(
+        table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
+        batch, ids.shape[1], logits.data_ptr(), _address(sums),
+    )  # fmt: skip
+    _raise_if_bad(bad, ids, table.shape[0])
     return logits, sums
 
 
@@ -172,14 +169,13 @@ def _cpu_fm_backward_update(
 ) -> None:
     _check_fm_backward(table, ids, values, sums, grad_logits, state1, state2, step, hparams, rule)
     step.add_(1)
-    if ids.numel():
-        grad_logits = grad_logits.to(torch.float32).contiguous()
-        bad = _C.fm_backward_update(
-            table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
-            ids.shape[0], ids.shape[1], sums.data_ptr(), grad_logits.data_ptr(), rule,
-            *_hyper(hparams), int(step), _address(state1), _address(state2),
-        )  # fmt: skip
-        _raise_if_bad(bad, ids, table.shape[0])
+    grad_logits = grad_logits.to(torch.float32).contiguous()
+    bad = _C.fm_backward_update(
+        table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
+        ids.shape[0], ids.shape[1], sums.data_ptr(), grad_logits.data_ptr(), rule,
+        *_hyper(hparams), int(step), _address(state1), _address(state2),
+    )  # fmt: skip
+    _raise_if_bad(bad, ids, table.shape[0])
 
 
 fm_backward_update = torch.library.custom_op(
@@ -253,13 +249,12 @@ def _cpu_fnn_gather(
     padded to ``width`` columns when that is larger."""
     _check_gather(table, ids, values, slot_fields, num_fields, width)
     z = torch.empty(ids.shape[0], z_width(table, num_fields, width), dtype=torch.float32)
-    if ids.shape[0]:  # zero slots still give each sample its output
-        bad = _C.fnn_gather(
-            table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
-            ids.shape[0], ids.shape[1], _address(slot_fields), num_fields, z.data_ptr(),
-            z.shape[1],
-        )  # fmt: skip
-        _raise_if_bad(bad, ids, table.shape[0])
+    bad = _C.fnn_gather(
+        table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
+        ids.shape[0], ids.shape[1], _address(slot_fields), num_fields, z.data_ptr(),
+        z.shape[1],
+    )  # fmt: skip
+    _raise_if_bad(bad, ids, table.shape[0])
     return z
 
 
@@ -270,7 +265,7 @@ fnn_gather = torch.library.custom_op("fnn_fast::fnn_gather", mutates_args=(), de
 
 @fnn_gather.register_fake
 def _(table, ids, values, slot_fields, num_fields, width=0):
-    _check_gather(table, ids, values, slot_fields, num_fields, width, read=False)
+    _check_gather(table, ids, values, slot_fields, num_fields, width)
     return table.new_empty(ids.shape[0], z_width(table, num_fields, width))
 
 
@@ -300,7 +295,7 @@ fnn_gather_train = torch.library.custom_op(
 
 @fnn_gather_train.register_fake
 def _(table, ids, values, slot_fields, num_fields, state1, state2, step, hparams, rule, width=0):
-    _check_gather(table, ids, values, slot_fields, num_fields, width, read=False)
+    _check_gather(table, ids, values, slot_fields, num_fields, width)
     checks.check_update(table, state1, state2, step, hparams, rule)
     return table.new_empty(ids.shape[0], z_width(table, num_fields, width))
 
@@ -322,16 +317,15 @@ def _cpu_fnn_gather_backward_update(
         table, ids, values, slot_fields, num_fields, grad_z, state1, state2, step, hparams, rule
     )
     step.add_(1)
-    if ids.numel():
-        # [B, z's width]: padding columns are not read
-        grad_z = grad_z.to(torch.float32).contiguous()
-        bad = _C.fnn_gather_backward_update(
-            table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
-            ids.shape[0], ids.shape[1], _address(slot_fields), num_fields, grad_z.data_ptr(),
-            grad_z.shape[1], rule, *_hyper(hparams), int(step), _address(state1),
-            _address(state2),
-        )  # fmt: skip
-        _raise_if_bad(bad, ids, table.shape[0])
+    # [B, z's width]: padding columns are not read
+    grad_z = grad_z.to(torch.float32).contiguous()
+    bad = _C.fnn_gather_backward_update(
+        table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
+        ids.shape[0], ids.shape[1], _address(slot_fields), num_fields, grad_z.data_ptr(),
+        grad_z.shape[1], rule, *_hyper(hparams), int(step), _address(state1),
+        _address(state2),
+    )  # fmt: skip
+    _raise_if_bad(bad, ids, table.shape[0])
 
 
 fnn_gather_backward_update = torch.library.custom_op(
@@ -344,18 +338,7 @@ fnn_gather_backward_update = torch.library.custom_op(
 @fnn_gather_backward_update.register_fake
 def _(table, ids, values, slot_fields, num_fields, grad_z, state1, state2, step, hparams, rule):
     _check_gather_backward(
-        table,
-        ids,
-        values,
-        slot_fields,
-        num_fields,
-        grad_z,
-        state1,
-        state2,
-        step,
-        hparams,
-        rule,
-        read=False,
+        table, ids, values, slot_fields, num_fields, grad_z, state1, state2, step, hparams, rule
     )
     return None
 
