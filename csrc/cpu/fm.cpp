@@ -82,9 +82,9 @@ struct RowBuffer<0> {
 // the flat position of the first id outside the table, and then updates nothing.
 template <int kDim, typename Accumulate, typename Finish, typename Source>
 int64_t update_grouped_rows(float* table, int64_t num_rows, int64_t dim_arg, const int64_t* ids,
-                         int64_t batch, int64_t slots, const UpdateParams& params,
-                         const OptimizerState& state, Accumulate accumulate, Finish finish,
-                         Source source) {
+                            int64_t batch, int64_t slots, const UpdateParams& params,
+                            const OptimizerState& state, Accumulate accumulate, Finish finish,
+                            Source source) {
   const int64_t dim = width<kDim>(dim_arg);
   static thread_local RowGroups workspace;
   const int64_t first_bad = group_by_row(ids, batch, slots, num_rows, workspace);
@@ -199,9 +199,9 @@ int64_t fm_forward_kernel(const float* table, int64_t num_rows, int64_t dim_arg,
 
 template <int kDim>
 int64_t fm_backward_update_kernel(float* table, int64_t num_rows, int64_t dim_arg,
-                               const int64_t* ids, const float* values, int64_t batch,
-                               int64_t slots, const float* sums, const float* grad_logits,
-                               const UpdateParams& params, const OptimizerState& state) {
+                                  const int64_t* ids, const float* values, int64_t batch,
+                                  int64_t slots, const float* sums, const float* grad_logits,
+                                  const UpdateParams& params, const OptimizerState& state) {
   const int64_t dim = width<kDim>(dim_arg);
   // Summed over a row's occurrences, g x (sums_b - x v) = sum(g x sums_b) - v sum(g x^2): the
   // loop accumulates the first term and the scalar sum(g x^2) (kept in grad[dim]), and the row
@@ -263,11 +263,11 @@ int64_t fnn_gather_kernel(const float* table, int64_t num_rows, int64_t dim_arg,
 
 template <int kDim>
 int64_t fnn_gather_backward_update_kernel(float* table, int64_t num_rows, int64_t dim_arg,
-                                       const int64_t* ids, const float* values, int64_t batch,
-                                       int64_t slots, const int64_t* slot_fields,
-                                       int64_t num_fields, const float* grad_z,
-                                       int64_t grad_width, const UpdateParams& params,
-                                       const OptimizerState& state) {
+                                          const int64_t* ids, const float* values, int64_t batch,
+                                          int64_t slots, const int64_t* slot_fields,
+                                          int64_t num_fields, const float* grad_z,
+                                          int64_t grad_width, const UpdateParams& params,
+                                          const OptimizerState& state) {
   return update_grouped_rows<kDim>(
       table, num_rows, dim_arg, ids, batch, slots, params, state,
       [=](int64_t b, int64_t s, float* __restrict grad) {
@@ -336,8 +336,8 @@ int64_t fm_backward_update(float* table, int64_t num_rows, int64_t dim, const in
   check_batch(num_rows, dim, batch, slots);
   int64_t first_bad = -1;
   with_dim(dim, [&](auto d) {
-    first_bad = fm_backward_update_kernel<decltype(d)::value>(table, num_rows, dim, ids, values, batch,
-                                                  slots, sums, grad_logits, params, state);
+    first_bad = fm_backward_update_kernel<decltype(d)::value>(
+        table, num_rows, dim, ids, values, batch, slots, sums, grad_logits, params, state);
   });
   return first_bad;
 }
@@ -364,9 +364,9 @@ int64_t fnn_gather_backward_update(float* table, int64_t num_rows, int64_t dim,
   check_fields(slots, slot_fields, num_fields, dim, grad_width);
   int64_t first_bad = -1;
   with_dim(dim, [&](auto d) {
-    first_bad = fnn_gather_backward_update_kernel<decltype(d)::value>(table, num_rows, dim, ids, values,
-                                                          batch, slots, slot_fields, num_fields,
-                                                          grad_z, grad_width, params, state);
+    first_bad = fnn_gather_backward_update_kernel<decltype(d)::value>(
+        table, num_rows, dim, ids, values, batch, slots, slot_fields, num_fields, grad_z,
+        grad_width, params, state);
   });
   return first_bad;
 }

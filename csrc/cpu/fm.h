@@ -1,7 +1,8 @@
 // Torch-free CPU kernels for the factorization machine and the FNN input. Tables are row-major
 // float32 [num_rows, dim], dim = 1 + K: column 0 holds w_i, columns 1..K hold v_i. ids are
 // int64 [batch, slots], their range checked by every kernel as it reads them; values are
-// float32 [batch, slots] or nullptr (all ones). Row offsets are computed in int64, so tables above 2^31 elements work.
+// float32 [batch, slots] or nullptr (all ones). Row offsets are computed in int64, so tables above
+// 2^31 elements work.
 #pragma once
 #include <cstdint>
 

@@ -171,7 +171,7 @@ int64_t group_indirect(const int64_t* ids, int64_t n, int64_t num_rows, int64_t 
 }  // namespace
 
 int64_t group_by_row(const int64_t* ids, int64_t batch, int64_t slots, int64_t num_rows,
-                  RowGroups& groups) {
+                     RowGroups& groups) {
   groups.slot_bits = bits_for(slots);
   const int position_bits = bits_for(batch) + groups.slot_bits;
   const int row_bits = bits_for(num_rows);

@@ -25,6 +25,6 @@ struct RowGroups {
 // memory. Call it from outside a parallel region. Returns -1, or the flat position b * slots + s
 // of the first id outside [0, num_rows) (checked as the ids are read): `groups` is then unusable.
 int64_t group_by_row(const int64_t* ids, int64_t batch, int64_t slots, int64_t num_rows,
-                  RowGroups& groups);
+                     RowGroups& groups);
 
 }  // namespace fnn_fast::cpu
