@@ -1,6 +1,7 @@
 // pybind11 module fnn_fast._C. Kernels take raw addresses (Tensor.data_ptr()) and sizes; the
-// Python side (fnn_fast/ops/native.py, fnn_fast/ops/cuda.py) checks dtype, device, shape,
-// contiguity and id range before any address crosses over. The GIL is released while a CPU
+// Python side (fnn_fast/ops/checks.py) checks dtype, device, shape and contiguity before any
+// address crosses over; the CPU kernels also check the sizes they are given and each id they
+// read (an invalid size raises ValueError here). The GIL is released while a CPU
 // kernel runs. The submodule _C.cuda exists when the CUDA kernels were compiled in
 // (FNN_FAST_CUDA): its functions queue work on a stream given as an integer (a cudaStream_t).
 #include <pybind11/pybind11.h>
@@ -116,6 +117,9 @@ PYBIND11_MODULE(_C, m) {
 #ifndef FNN_FAST_CUDA
   m.attr("cuda_unavailable_reason") = FNN_FAST_NO_CUDA_REASON;
 #endif
+  // The sanitizer this build runs under (FNN_FAST_SANITIZE), "" for none: lets CI confirm that
+  // its sanitized test run loaded the sanitized build.
+  m.attr("sanitize") = FNN_FAST_SANITIZE_NAME;
 
   m.def(
       "fm_forward",
@@ -137,12 +141,13 @@ PYBIND11_MODULE(_C, m) {
          Address state2) {
         const auto params = update_params(rule, lr, weight_decay, eps, beta1, beta2, step);
         py::gil_scoped_release release;
-        cpu::fm_backward_update(ptr<float>(table), num_rows, dim, ptr<const int64_t>(ids),
+        return cpu::fm_backward_update(ptr<float>(table), num_rows, dim, ptr<const int64_t>(ids),
                                 ptr<const float>(values), batch, slots, ptr<const float>(sums),
                                 ptr<const float>(grad_logits), params,
                                 {ptr<float>(state1), ptr<float>(state2)});
       },
-      "FM backward fused with the sparse update of the rows present in the batch.");
+      "FM backward fused with the sparse update of the rows present in the batch. Returns as "
+      "fm_forward does (nothing is updated when an id is outside the table).");
 
   m.def(
       "fnn_gather",
@@ -166,13 +171,13 @@ PYBIND11_MODULE(_C, m) {
          float beta2, int64_t step, Address state1, Address state2) {
         const auto params = update_params(rule, lr, weight_decay, eps, beta1, beta2, step);
         py::gil_scoped_release release;
-        cpu::fnn_gather_backward_update(
+        return cpu::fnn_gather_backward_update(
             ptr<float>(table), num_rows, dim, ptr<const int64_t>(ids), ptr<const float>(values),
             batch, slots, ptr<const int64_t>(slot_fields), num_fields, ptr<const float>(grad_z),
             grad_width, params, {ptr<float>(state1), ptr<float>(state2)});
       },
       "FNN gather backward fused with the sparse update of the rows present in the batch; "
-      "grad_z rows are grad_width floats apart.");
+      "grad_z rows are grad_width floats apart. Returns as fm_backward_update does.");
 
   py::class_<cpu::Vocabulary>(m, "Vocabulary",
                               "A FeatureEncoder's (key, field) -> feature id, as one hash table.")

@@ -15,18 +15,29 @@ from torch import nn
 
 from fnn_fast import ops
 from fnn_fast.memory import table_zeros
+from fnn_fast.ops import checks
 from fnn_fast.optim import RowUpdate
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
 
 
 def _as_slot_fields(slot_fields, num_fields: int | None):
-    """Slots map to fields one to one unless a multi-valued field has several slots."""
+    """Slots map to fields one to one unless a multi-valued field has several slots. Checked
+    here, once: the ops then need no device sync to trust the map on a GPU."""
     if slot_fields is None:
+        if num_fields is None:
+            raise ValueError("FNN needs num_fields (or slot_fields)")
+        checks.check_num_fields(num_fields)
         return None, num_fields
-    slot_fields = torch.as_tensor(slot_fields, dtype=torch.int64)
+    slot_fields = torch.as_tensor(slot_fields)
+    if slot_fields.dim() != 1 or slot_fields.numel() == 0 or slot_fields.is_floating_point():
+        raise ValueError(f"slot_fields must be a non-empty list of ints, got {slot_fields!r:.80}")
+    slot_fields = slot_fields.to(torch.int64)
     if num_fields is None:
-        num_fields = int(slot_fields.max()) + 1 if slot_fields.numel() else 0
+        num_fields = int(slot_fields.max()) + 1
+    columns = torch.zeros(0, len(slot_fields), dtype=torch.int64)  # their shape, for the check
+    checks.check_fields(columns, slot_fields, num_fields)
+    checks.check_slot_fields_range(int(slot_fields.min()), int(slot_fields.max()), num_fields)
     if torch.equal(slot_fields, torch.arange(num_fields)):
         return None, num_fields
     return slot_fields, num_fields

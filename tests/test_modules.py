@@ -4,13 +4,14 @@ import itertools
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 import torch
 
 import fnn_fast
 from fnn_fast import FM, FNN
-from fnn_fast.ops import reference
+from fnn_fast.ops import native, reference
 
 
 def fm_direct(table, w0, ids, values):
@@ -186,3 +187,83 @@ print("ok")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("given", [9, 16, 7])
+def test_fnn_refuses_a_wrong_number_of_id_columns(backend, given):
+    """One id column per field: more columns were zero-padded into the first layer (or, in the
+    native gather, written past z), fewer left fields unwritten."""
+    fnn = FNN(100, num_fields=8, num_factors=3, hidden=(4,))
+    ids = torch.randint(0, 100, (5, given))
+    fnn_fast.set_backend(backend)
+    try:
+        for call in (fnn, fnn.input):
+            with pytest.raises(ValueError, match=f"expected 8 id columns.*got {given}"):
+                call(ids)
+            with (
+                torch.no_grad(),
+                pytest.raises(ValueError, match=f"expected 8 id columns.*{given}"),
+            ):
+                call(ids)
+    finally:
+        fnn_fast.set_backend("auto")
+
+
+@pytest.mark.parametrize("num_fields,given", [(3, 5), (5, 3)])
+def test_fnn_with_mismatched_fields_raises_before_the_kernels(num_fields, given):
+    fnn = FNN(50, num_fields=num_fields, num_factors=4, hidden=(4,))
+    with torch.no_grad(), pytest.raises(ValueError, match=f"expected {num_fields} id columns"):
+        fnn(torch.randint(0, 50, (64, given)))
+
+
+def test_fnn_checks_its_field_map_when_built():
+    with pytest.raises(ValueError, match="field 3, outside the 3 fields"):
+        FNN(10, num_fields=3, slot_fields=[0, 1, 3], hidden=(4,))
+    with pytest.raises(ValueError, match="field -1"):
+        FNN(10, num_fields=3, slot_fields=[0, -1, 2], hidden=(4,))
+    with pytest.raises(ValueError, match="at least 1"):
+        FNN(10, num_fields=0, hidden=(4,))
+    fnn = FNN(10, num_fields=3, slot_fields=[0, 1, 1, 2], hidden=(4,))
+    with pytest.raises(ValueError, match="expected 4 id columns, one per entry of slot_fields"):
+        fnn(torch.zeros(2, 3, dtype=torch.int64))
+
+
+def _cuda_like_ids():
+    """Stands in for CUDA ids: records every call made on it, and has no data to read."""
+    ids = mock.MagicMock(spec=torch.Tensor)
+    ids.dim.return_value = 2
+    ids.dtype = torch.int64
+    ids.numel.return_value = 12
+    ids.device = torch.device("cuda", 0)
+    ids.is_cuda = True
+    ids.aminmax.return_value = (torch.tensor(0), torch.tensor(3))
+    return ids
+
+
+def test_gpu_bounds_check_off_reads_no_cuda_ids(monkeypatch):
+    """FNN_FAST_GPU_BOUNDS_CHECK=0 (or set_gpu_bounds_check(False)) drops the host sync of the
+    modules' own id check (ops.check_ids) as well as the GPU ops' check; CPU ids stay checked."""
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    fnn_fast.ops.set_gpu_bounds_check(False)
+    try:
+        ids = _cuda_like_ids()
+        fnn_fast.ops.check_ids(ids, 10)
+        native._check_gpu_bounds(ids, 10)
+        read = {name for name, *_ in ids.mock_calls} - {"dim", "numel"}
+        assert not read, f"the CUDA ids were read: {read}"
+        with pytest.raises(IndexError, match="outside the table of 10 rows"):
+            fnn_fast.ops.check_ids(torch.tensor([[1, 10]]), 10)
+    finally:
+        fnn_fast.ops.set_gpu_bounds_check(True)
+    ids = _cuda_like_ids()
+    fnn_fast.ops.check_ids(ids, 10)  # on: the one read (a sync on a real GPU) happens
+    assert ids.aminmax.called
+
+
+def test_gpu_bounds_check_environment_variable():
+    script = "from fnn_fast.ops import native; print(native.GPU_BOUNDS_CHECK)"
+    env = {**os.environ, "FNN_FAST_GPU_BOUNDS_CHECK": "0"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

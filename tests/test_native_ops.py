@@ -35,7 +35,9 @@ def assert_close_to_reference(got, table, w0, ids, values, op=reference.fm_forwa
 
 
 # factors 4, 8, 10, 16, 32 run the kernels compiled for their row width, the others the generic ones
-SHAPES = [(1, 1, 1), (0, 4, 3), (33, 7, 5), (64, 39, 10), (17, 16, 16), (9, 5, 4), (5, 3, 8), (6, 4, 32)]
+SHAPES = [
+    (1, 1, 1), (0, 4, 3), (33, 7, 5), (64, 39, 10), (17, 16, 16), (9, 5, 4), (5, 3, 8), (6, 4, 32),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("batch,slots,factors", SHAPES)
@@ -120,7 +122,15 @@ def compare_states(models, rule):
 @pytest.mark.parametrize("kind", OPTIMIZERS)
 @pytest.mark.parametrize(
     "slots,factors,with_values",
-    [(5, 3, True), (7, 10, False), (1, 1, True), (4, 4, True), (3, 8, False), (6, 16, True), (2, 32, True)],
+    [
+        (5, 3, True),
+        (7, 10, False),
+        (1, 1, True),
+        (4, 4, True),
+        (3, 8, False),
+        (6, 16, True),
+        (2, 32, True),
+    ],  # fmt: skip
 )
 def test_fm_fused_update_matches_reference(kind, slots, factors, with_values):
     rule = RowUpdate(kind, lr=0.1 if kind != "adam" else 0.01, weight_decay=0.01)
@@ -282,3 +292,102 @@ def test_large_batch_update_is_the_reference_and_thread_independent(kind):
     for other in tables[1:]:
         assert torch.equal(other["native"][0].table, tables[0]["native"][0].table)
         assert torch.equal(other["native"][0].update_state1, tables[0]["native"][0].update_state1)
+
+
+def test_kernels_refuse_sizes_that_do_not_fit():
+    """5 id columns for 3 fields wrote past z's rows (a heap overflow at the last row); the ops
+    refuse first, and the C++ kernels themselves refuse sizes that do not fit."""
+    table, ids = torch.randn(10, 4), torch.randint(0, 10, (4, 5))
+    with pytest.raises(ValueError, match="expected 3 id columns, one per field"):
+        native.fnn_gather(table, ids, None, None, 3)
+    with pytest.raises(ValueError, match="expected 5 id columns, one per field"):
+        native.fnn_gather(table, ids[:, :3].contiguous(), None, None, 5)
+    with pytest.raises(ValueError, match="slot_fields maps a column to field 3"):
+        native.fnn_gather(table, ids, None, torch.tensor([0, 1, 2, 3, 0]), 3)
+    z = torch.empty(4, 3 * 4)
+
+    def gather(slot_fields, num_fields, z_width=z.shape[1]):
+        native._C.fnn_gather(
+            table.data_ptr(), 10, 4, ids.data_ptr(), 0, 4, 5, native._address(slot_fields),
+            num_fields, z.data_ptr(), z_width,
+        )  # fmt: skip
+
+    with pytest.raises(ValueError, match="slots must equal num_fields"):
+        gather(None, 3)
+    with pytest.raises(ValueError, match="slot_fields maps a column to field 3, outside the 3"):
+        gather(torch.tensor([0, 1, 2, 3, 0]), 3)
+    with pytest.raises(ValueError, match="narrower than num_fields"):
+        gather(torch.tensor([0, 1, 2, 3, 0]), 4)
+
+
+@pytest.mark.parametrize("op", ["fm", "gather"])
+def test_backward_update_with_an_id_outside_the_table_raises_and_writes_nothing(op):
+    buffer = torch.randn(11, 4)
+    table, before = buffer[:10], buffer.clone()  # row 10 lies just past the table
+    ids = torch.tensor([[1, 10], [2, 3]])
+    rule = RowUpdate("sgd", lr=0.1)
+    state = (*rule.new_state(table), torch.zeros((), dtype=torch.int64), rule.hparams(), 0)
+    with pytest.raises(IndexError, match="feature id 10 is outside the table of 10 rows"):
+        if op == "fm":
+            native.fm_backward_update(table, ids, None, torch.randn(2, 3), torch.randn(2), *state)
+        else:
+            native.fnn_gather_backward_update(table, ids, None, None, 2, torch.randn(2, 8), *state)
+    torch.testing.assert_close(buffer, before, rtol=0, atol=0)
+
+
+def test_zero_slots_give_each_sample_its_output():
+    """A batch without slots used to return torch.empty: whatever memory held."""
+    table = torch.randn(10, 4)
+    ids = torch.zeros(64, 0, dtype=torch.int64)
+    stale = table.new_full((64 * 8,), float("nan"))
+    del stale  # freed memory that an uninitialized output would likely reuse
+    assert torch.equal(native.fm_scores(table, ids, None), torch.zeros(64))
+    none = torch.zeros(0, dtype=torch.int64)
+    assert torch.equal(native.fnn_gather(table, ids, None, none, 2), torch.zeros(64, 8))
+
+
+def test_an_argument_on_another_device_raises():
+    """An argument on the meta device sent the op to its fake kernel, which returned an
+    uninitialized tensor on the table's device."""
+    table = torch.randn(10, 4)
+    ids = torch.zeros(3, 2, dtype=torch.int64)
+    with pytest.raises(ValueError, match="ids is on meta but the table on cpu"):
+        native.fm_scores(table, ids.to("meta"), None)
+    with pytest.raises(ValueError, match="values is on meta but the table on cpu"):
+        native.fnn_gather(table, ids, torch.ones(3, 2, device="meta"), None, 2)
+
+
+@pytest.mark.parametrize("path", ["eager", "custom_op"])
+@pytest.mark.parametrize("model_kind", ["fm", "fnn", "fnn_multi_valued"])
+def test_fused_training_gives_values_their_gradient(model_kind, path, monkeypatch):
+    """The fused kernels returned no gradient for values (the reference did): d loss / d values
+    now comes from the rows before the update, on the eager path and the custom ops'."""
+    if path == "custom_op":  # the torch.library ops' autograd, as torch.compile runs them
+        monkeypatch.setattr(native, "_eager", lambda ids: False)
+    slot_fields = [0, 1, 1, 2, 0] if model_kind == "fnn_multi_valued" else None
+    ids, values, labels = batch_of(12, 5, 30, seed=4)
+    grads, tables = {}, {}
+    for backend in ("reference", "native"):
+        torch.manual_seed(0)
+        if model_kind == "fm":
+            model = FM(30, 4, init_std=0.3)
+        else:
+            fields = 3 if slot_fields else 5
+            model = FNN(30, fields, 4, hidden=(6,), slot_fields=slot_fields, init_std=0.3)
+        fnn_fast.set_backend(backend)
+        try:
+            rule = RowUpdate("sgd", lr=0.1)
+            if backend == "native":
+                model.fuse_update(rule)
+            x = values.clone().requires_grad_(True)
+            F.binary_cross_entropy_with_logits(model(ids, x), labels).backward()
+            if backend == "reference":  # the same SGD step the fused kernels take
+                SparseRowOptimizer([model.table], "sgd", lr=0.1).step()
+            else:
+                assert model.table.grad is None  # the fused path ran
+        finally:
+            fnn_fast.set_backend("auto")
+        grads[backend], tables[backend] = x.grad, model.table.detach()
+    assert grads["native"] is not None
+    torch.testing.assert_close(grads["native"], grads["reference"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(tables["native"], tables["reference"], atol=1e-5, rtol=1e-4)

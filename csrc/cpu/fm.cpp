@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -76,15 +78,17 @@ struct RowBuffer<0> {
 // Groups the batch's lookups by row; for each unique row, sums the gradient of its occurrences
 // in (b, s) order with accumulate(b, s, grad), completes it with finish(row, grad), then updates
 // the row. grad has one spare element after the row's dim. source(b, s) is the address
-// accumulate will read for that lookup, fetched kPrefetchLookups lookups ahead.
+// accumulate will read for that lookup, fetched kPrefetchLookups lookups ahead. Returns -1, or
+// the flat position of the first id outside the table, and then updates nothing.
 template <int kDim, typename Accumulate, typename Finish, typename Source>
-void update_grouped_rows(float* table, int64_t num_rows, int64_t dim_arg, const int64_t* ids,
-                         int64_t batch, int64_t slots, const UpdateParams& params,
-                         const OptimizerState& state, Accumulate accumulate, Finish finish,
-                         Source source) {
+int64_t update_grouped_rows(float* table, int64_t num_rows, int64_t dim_arg, const int64_t* ids,
+                            int64_t batch, int64_t slots, const UpdateParams& params,
+                            const OptimizerState& state, Accumulate accumulate, Finish finish,
+                            Source source) {
   const int64_t dim = width<kDim>(dim_arg);
   static thread_local RowGroups workspace;
-  group_by_row(ids, batch, slots, num_rows, workspace);
+  const int64_t first_bad = group_by_row(ids, batch, slots, num_rows, workspace);
+  if (first_bad >= 0) return first_bad;
   // A plain reference for the OpenMP threads: inside the parallel region, `workspace` would
   // name each worker thread's own (empty) thread_local instance.
   const RowGroups& groups = workspace;
@@ -137,6 +141,7 @@ void update_grouped_rows(float* table, int64_t num_rows, int64_t dim_arg, const 
       update_row(params, state, groups.rows[r], row, grad, row_dim);
     }
   }
+  return -1;
 }
 
 // An id outside the table: the lookup is skipped and the first such position kept.
@@ -193,15 +198,15 @@ int64_t fm_forward_kernel(const float* table, int64_t num_rows, int64_t dim_arg,
 }
 
 template <int kDim>
-void fm_backward_update_kernel(float* table, int64_t num_rows, int64_t dim_arg,
-                               const int64_t* ids, const float* values, int64_t batch,
-                               int64_t slots, const float* sums, const float* grad_logits,
-                               const UpdateParams& params, const OptimizerState& state) {
+int64_t fm_backward_update_kernel(float* table, int64_t num_rows, int64_t dim_arg,
+                                  const int64_t* ids, const float* values, int64_t batch,
+                                  int64_t slots, const float* sums, const float* grad_logits,
+                                  const UpdateParams& params, const OptimizerState& state) {
   const int64_t dim = width<kDim>(dim_arg);
   // Summed over a row's occurrences, g x (sums_b - x v) = sum(g x sums_b) - v sum(g x^2): the
   // loop accumulates the first term and the scalar sum(g x^2) (kept in grad[dim]), and the row
   // is read once at the end.
-  update_grouped_rows<kDim>(
+  return update_grouped_rows<kDim>(
       table, num_rows, dim, ids, batch, slots, params, state,
       [=](int64_t b, int64_t s, float* __restrict grad) {
         const int64_t d = width<kDim>(dim), k = d - 1;
@@ -233,7 +238,7 @@ int64_t fnn_gather_kernel(const float* table, int64_t num_rows, int64_t dim_arg,
     const int64_t dim = width<kDim>(dim_arg), row_width = num_fields * dim;
     float* out = z + b * z_width;
     std::fill(out + row_width, out + z_width, 0.0f);
-    if (slot_fields) std::fill(out, out + row_width, 0.0f);
+    if (slot_fields || slots == 0) std::fill(out, out + row_width, 0.0f);
     for (int64_t s = 0; s < slots; ++s) {
       // Random rows miss the cache: ask for a later lookup's row while this one is copied.
       const int64_t ahead = b * slots + s + kGatherAhead;
@@ -257,13 +262,13 @@ int64_t fnn_gather_kernel(const float* table, int64_t num_rows, int64_t dim_arg,
 }
 
 template <int kDim>
-void fnn_gather_backward_update_kernel(float* table, int64_t num_rows, int64_t dim_arg,
-                                       const int64_t* ids, const float* values, int64_t batch,
-                                       int64_t slots, const int64_t* slot_fields,
-                                       int64_t num_fields, const float* grad_z,
-                                       int64_t grad_width, const UpdateParams& params,
-                                       const OptimizerState& state) {
-  update_grouped_rows<kDim>(
+int64_t fnn_gather_backward_update_kernel(float* table, int64_t num_rows, int64_t dim_arg,
+                                          const int64_t* ids, const float* values, int64_t batch,
+                                          int64_t slots, const int64_t* slot_fields,
+                                          int64_t num_fields, const float* grad_z,
+                                          int64_t grad_width, const UpdateParams& params,
+                                          const OptimizerState& state) {
+  return update_grouped_rows<kDim>(
       table, num_rows, dim_arg, ids, batch, slots, params, state,
       [=](int64_t b, int64_t s, float* __restrict grad) {
         const int64_t dim = width<kDim>(dim_arg);
@@ -279,11 +284,43 @@ void fnn_gather_backward_update_kernel(float* table, int64_t num_rows, int64_t d
       });
 }
 
+// What the kernels index with, checked before they run (the Python side checks first, with
+// clearer messages; this keeps a direct call from writing outside its outputs).
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument("fnn_fast CPU kernels: " + what);
+}
+
+void check_batch(int64_t num_rows, int64_t dim, int64_t batch, int64_t slots) {
+  require(num_rows >= 0 && dim >= 1 && batch >= 0 && slots >= 0,
+          "need num_rows >= 0, dim >= 1, batch >= 0 and slots >= 0");
+}
+
+// Without slot_fields slot s is field s, so slots must equal num_fields (more would write past
+// z's row, fewer would leave fields unwritten), or be 0 (an empty slot_fields arrives as
+// nullptr: every field sums nothing); with it, every entry must name a field.
+void check_fields(int64_t slots, const int64_t* slot_fields, int64_t num_fields, int64_t dim,
+                  int64_t row_width) {
+  require(num_fields >= 0, "num_fields must not be negative");
+  require(row_width >= num_fields * dim, "z's rows are narrower than num_fields * dim");
+  if (!slot_fields) {
+    require(slots == num_fields || slots == 0,
+            "without slot_fields, slots must equal num_fields");
+    return;
+  }
+  for (int64_t s = 0; s < slots; ++s) {
+    if (slot_fields[s] < 0 || slot_fields[s] >= num_fields) {
+      require(false, "slot_fields maps a column to field " + std::to_string(slot_fields[s]) +
+                         ", outside the " + std::to_string(num_fields) + " fields");
+    }
+  }
+}
+
 }  // namespace
 
 int64_t fm_forward(const float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
                    const float* values, int64_t batch, int64_t slots, float* logits,
                    float* sums) {
+  check_batch(num_rows, dim, batch, slots);
   int64_t first_bad = -1;
   with_dim(dim, [&](auto d) {
     first_bad = fm_forward_kernel<decltype(d)::value>(table, num_rows, dim, ids, values, batch,
@@ -292,19 +329,24 @@ int64_t fm_forward(const float* table, int64_t num_rows, int64_t dim, const int6
   return first_bad;
 }
 
-void fm_backward_update(float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
-                        const float* values, int64_t batch, int64_t slots, const float* sums,
-                        const float* grad_logits, const UpdateParams& params,
-                        const OptimizerState& state) {
+int64_t fm_backward_update(float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
+                           const float* values, int64_t batch, int64_t slots, const float* sums,
+                           const float* grad_logits, const UpdateParams& params,
+                           const OptimizerState& state) {
+  check_batch(num_rows, dim, batch, slots);
+  int64_t first_bad = -1;
   with_dim(dim, [&](auto d) {
-    fm_backward_update_kernel<decltype(d)::value>(table, num_rows, dim, ids, values, batch,
-                                                  slots, sums, grad_logits, params, state);
+    first_bad = fm_backward_update_kernel<decltype(d)::value>(
+        table, num_rows, dim, ids, values, batch, slots, sums, grad_logits, params, state);
   });
+  return first_bad;
 }
 
 int64_t fnn_gather(const float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
                    const float* values, int64_t batch, int64_t slots, const int64_t* slot_fields,
                    int64_t num_fields, float* z, int64_t z_width) {
+  check_batch(num_rows, dim, batch, slots);
+  check_fields(slots, slot_fields, num_fields, dim, z_width);
   int64_t first_bad = -1;
   with_dim(dim, [&](auto d) {
     first_bad = fnn_gather_kernel<decltype(d)::value>(table, num_rows, dim, ids, values, batch,
@@ -313,16 +355,20 @@ int64_t fnn_gather(const float* table, int64_t num_rows, int64_t dim, const int6
   return first_bad;
 }
 
-void fnn_gather_backward_update(float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
-                                const float* values, int64_t batch, int64_t slots,
-                                const int64_t* slot_fields, int64_t num_fields,
-                                const float* grad_z, int64_t grad_width,
-                                const UpdateParams& params, const OptimizerState& state) {
+int64_t fnn_gather_backward_update(float* table, int64_t num_rows, int64_t dim,
+                                   const int64_t* ids, const float* values, int64_t batch,
+                                   int64_t slots, const int64_t* slot_fields, int64_t num_fields,
+                                   const float* grad_z, int64_t grad_width,
+                                   const UpdateParams& params, const OptimizerState& state) {
+  check_batch(num_rows, dim, batch, slots);
+  check_fields(slots, slot_fields, num_fields, dim, grad_width);
+  int64_t first_bad = -1;
   with_dim(dim, [&](auto d) {
-    fnn_gather_backward_update_kernel<decltype(d)::value>(table, num_rows, dim, ids, values,
-                                                          batch, slots, slot_fields, num_fields,
-                                                          grad_z, grad_width, params, state);
+    first_bad = fnn_gather_backward_update_kernel<decltype(d)::value>(
+        table, num_rows, dim, ids, values, batch, slots, slot_fields, num_fields, grad_z,
+        grad_width, params, state);
   });
+  return first_bad;
 }
 
 }  // namespace fnn_fast::cpu

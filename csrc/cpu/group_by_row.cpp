@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <climits>
 #include <cstdint>
 
 #ifdef FNN_FAST_OPENMP
@@ -29,13 +30,17 @@ int thread_count() {
 // Thread t of `threads` takes items [n t / threads, n (t + 1) / threads).
 inline int64_t chunk_start(int64_t n, int t, int threads) { return n * t / threads; }
 
+inline bool out_of_range(int64_t id, int64_t num_rows) {
+  return static_cast<uint64_t>(id) >= static_cast<uint64_t>(num_rows);
+}
+
 // Packs (row, b, s) into one word per lookup and sorts the words with a stable LSD radix sort
 // on the row bits only, digits of at most 12 bits (two passes up to 2^24 rows). Each pass
 // runs on every thread: a histogram per thread over its own chunk, then each thread scatters
 // its chunk to offsets that keep the global order, so the result is the same for any number
-// of threads. The last pass also finds the runs of equal rows.
-void group_packed(const int64_t* ids, int64_t n, int slot_bits, int position_bits, int row_bits,
-                  int64_t slots, RowGroups& groups) {
+// of threads. The last pass also finds the runs of equal rows. Returns as group_by_row does.
+int64_t group_packed(const int64_t* ids, int64_t n, int64_t num_rows, int slot_bits,
+                     int position_bits, int row_bits, int64_t slots, RowGroups& groups) {
   const int passes = std::max(1, (row_bits + 11) / 12);
   const int digit_bits = std::max(1, (row_bits + passes - 1) / passes);
   const int64_t digits = int64_t{1} << digit_bits;
@@ -51,8 +56,9 @@ void group_packed(const int64_t* ids, int64_t n, int slot_bits, int position_bit
   uint64_t* scratch = groups.scratch.data();
   int64_t* counts = groups.counts.data();
   int64_t* thread_runs = groups.thread_runs.data();
+  int64_t first_bad = INT64_MAX;
 
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(threads) reduction(min : first_bad)
   {
 #ifdef FNN_FAST_OPENMP
     const int t = omp_get_thread_num();
@@ -63,6 +69,8 @@ void group_packed(const int64_t* ids, int64_t n, int slot_bits, int position_bit
     int64_t* count = counts + static_cast<int64_t>(t) * digits;
     // Pack, counting the first digit on the way.
     for (int64_t i = lo, b = lo / slots, s = lo % slots; i < hi; ++i) {
+      // A bad id still sorts (its digits are masked) but the caller gets its position back.
+      if (out_of_range(ids[i], num_rows)) first_bad = std::min(first_bad, i);
       const uint64_t item = (static_cast<uint64_t>(ids[i]) << position_bits) |
                             (static_cast<uint64_t>(b) << slot_bits) | static_cast<uint64_t>(s);
       items[i] = item;
@@ -125,12 +133,16 @@ void group_packed(const int64_t* ids, int64_t n, int slot_bits, int position_bit
       }
     }
   }
+  return first_bad == INT64_MAX ? -1 : first_bad;
 }
 
 // More rows and lookups than one word packs: sort flat indices, reading rows indirectly
 // (single-threaded; only tables beyond 2^40 rows or so get here).
-void group_indirect(const int64_t* ids, int64_t n, int64_t slots, int slot_bits, int row_bits,
-                    RowGroups& groups) {
+int64_t group_indirect(const int64_t* ids, int64_t n, int64_t num_rows, int64_t slots,
+                       int slot_bits, int row_bits, RowGroups& groups) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (out_of_range(ids[i], num_rows)) return i;
+  }
   std::vector<int64_t> order(n), scratch(n);
   for (int64_t i = 0; i < n; ++i) order[i] = i;
   for (int shift = 0; shift < row_bits; shift += 8) {
@@ -153,12 +165,13 @@ void group_indirect(const int64_t* ids, int64_t n, int64_t slots, int slot_bits,
     }
   }
   groups.run_starts.push_back(n);
+  return -1;
 }
 
 }  // namespace
 
-void group_by_row(const int64_t* ids, int64_t batch, int64_t slots, int64_t num_rows,
-                  RowGroups& groups) {
+int64_t group_by_row(const int64_t* ids, int64_t batch, int64_t slots, int64_t num_rows,
+                     RowGroups& groups) {
   groups.slot_bits = bits_for(slots);
   const int position_bits = bits_for(batch) + groups.slot_bits;
   const int row_bits = bits_for(num_rows);
@@ -167,11 +180,13 @@ void group_by_row(const int64_t* ids, int64_t batch, int64_t slots, int64_t num_
     groups.positions.clear();
     groups.rows.clear();
     groups.run_starts.assign(1, 0);
-  } else if (position_bits + row_bits <= 64) {
-    group_packed(ids, n, groups.slot_bits, position_bits, row_bits, slots, groups);
-  } else {
-    group_indirect(ids, n, slots, groups.slot_bits, row_bits, groups);
+    return -1;
   }
+  if (position_bits + row_bits <= 64) {
+    return group_packed(ids, n, num_rows, groups.slot_bits, position_bits, row_bits, slots,
+                        groups);
+  }
+  return group_indirect(ids, n, num_rows, slots, groups.slot_bits, row_bits, groups);
 }
 
 }  // namespace fnn_fast::cpu

@@ -22,8 +22,9 @@ struct RowGroups {
 // ids: [batch, slots] row indices in [0, num_rows). LSD radix sort on only the bits num_rows
 // needs, so the sort is stable and lookups stay in (b, s) order within a row; every OpenMP
 // thread takes part, with the same result for any thread count. Fills `groups`, reusing its
-// memory. Call it from outside a parallel region.
-void group_by_row(const int64_t* ids, int64_t batch, int64_t slots, int64_t num_rows,
-                  RowGroups& groups);
+// memory. Call it from outside a parallel region. Returns -1, or the flat position b * slots + s
+// of the first id outside [0, num_rows) (checked as the ids are read): `groups` is then unusable.
+int64_t group_by_row(const int64_t* ids, int64_t batch, int64_t slots, int64_t num_rows,
+                     RowGroups& groups);
 
 }  // namespace fnn_fast::cpu

@@ -14,7 +14,8 @@ from typing import NamedTuple
 
 import torch
 
-from fnn_fast.ops import native, reference
+from fnn_fast.ops import checks, native, reference
+from fnn_fast.ops.native import set_gpu_bounds_check as set_gpu_bounds_check  # re-exported
 
 _BACKENDS = ("auto", "reference", "native", *native.GPU_BACKENDS)
 _forced = os.environ.get("FNN_FAST_BACKEND", "auto")
@@ -56,24 +57,22 @@ def _use_native() -> bool:
     return _forced != "reference" and native.available()
 
 
-def _capturing(ids: torch.Tensor) -> bool:
-    """Inside CUDA graph capture no host sync may happen (the scorer checks ids beforehand)."""
-    return ids.is_cuda and torch.cuda.is_current_stream_capturing()
-
-
 def check_ids(ids: torch.Tensor, num_features: int, slot_names=None) -> None:
-    """Raise a clear error for ids outside [0, num_features), naming the offending field."""
-    if ids.dim() != 2:
-        raise ValueError(f"ids must be an int tensor [batch, fields], got shape {tuple(ids.shape)}")
+    """Raise a clear error for ids outside [0, num_features), naming the offending field. On
+    CUDA tensors this costs a host sync, and is skipped where the GPU bounds check is off
+    (``FNN_FAST_GPU_BOUNDS_CHECK=0``, :func:`set_gpu_bounds_check`)."""
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+        raise ValueError(f"ids must be an int tensor [batch, fields], got {ids!r:.80}")
     if ids.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"ids must be int32 or int64, got {ids.dtype}")
-    if ids.numel() == 0 or torch.compiler.is_compiling() or _capturing(ids):
+    if ids.numel() == 0 or torch.compiler.is_compiling() or not native.host_checks_range(ids):
         return  # under torch.compile the kernels check bounds; a CUDA graph's caller checks
     low, high = (int(v) for v in ids.aminmax())  # one pass; locate the culprit only on error
     if low < 0 or high >= num_features:
         bad = (ids < 0) | (ids >= num_features)
         row, slot = (int(i) for i in bad.nonzero()[0])
-        name = slot_names[slot] if slot_names is not None else f"in column {slot}"
+        named = slot_names is not None and slot < len(slot_names)
+        name = slot_names[slot] if named else f"in column {slot}"
         raise IndexError(
             f"feature id {int(ids[row, slot])} of field {name} (row {row}) is outside the "
             f"table of {num_features} rows"
@@ -91,7 +90,7 @@ class FusedArgs(NamedTuple):
 
 
 def _fused_kernels_apply(table) -> bool:
-    if _forced == "reference" or table.dtype != torch.float32:
+    if _forced == "reference" or table.dtype != torch.float32 or not table.is_contiguous():
         return False
     if table.device.type == "cpu":
         return native.available()
@@ -106,19 +105,29 @@ def _native_inputs(table, ids, values):
     ids = ids.to(torch.int64).contiguous()
     if values is not None:
         values = values.to(torch.float32).contiguous()
-    native.check_inputs(table, ids, values)
     return ids, values
+
+
+def _grads(table, values) -> tuple[bool, bool]:
+    """Whether the table and the values need gradients here."""
+    enabled = torch.is_grad_enabled()
+    return (
+        enabled and table.requires_grad,
+        enabled and values is not None and values.requires_grad,
+    )
 
 
 def fm_forward(table, w0, ids, values=None, sparse=True, fused: FusedArgs | None = None):
     """FM logits [B]. Native kernels serve inference, and training when the table's update is
-    fused (``fused``); otherwise the reference computes them with a sparse table gradient."""
+    fused (``fused``); otherwise the reference computes them with a sparse table gradient. The
+    values get their gradient on every path."""
+    checks.check_batch(table, ids, values)
     inputs = _native_inputs(table, ids, values)
     if inputs is not None:
-        needs_grad = torch.is_grad_enabled() and table.requires_grad
-        if not needs_grad:
+        table_grad, values_grad = _grads(table, values)
+        if not (table_grad or values_grad):
             return w0 + native.fm_scores(table.detach(), *inputs)
-        if fused is not None:
+        if fused is not None and table_grad:
             logits, _ = native.fm_train(
                 table, *inputs, fused.state1, fused.state2, fused.step, fused.hparams,
                 native.RULES[fused.kind],
@@ -143,15 +152,21 @@ def fnn_fields(
     """z without its w0 column, [B, F (1 + K)]: the FNN folds w0 into its first layer's bias.
     Native kernels serve inference, and training when the table's update is fused (``fused``);
     they pad z with zero columns up to ``width`` when that is larger. Otherwise the reference
-    computes it, with a sparse table gradient (and no padding)."""
+    computes it, with a sparse table gradient (and no padding). The values get their gradient on
+    every path."""
+    checks.check_batch(table, ids, values)
+    fields = checks.check_fields(ids, slot_fields, num_fields)
+    checks.check_width(width)
     inputs = _native_inputs(table, ids, values)
     if inputs is not None:
-        fields = num_fields if num_fields is not None else ids.shape[1]
-        if not (torch.is_grad_enabled() and table.requires_grad):
+        table_grad, values_grad = _grads(table, values)
+        if not (table_grad or values_grad):
             return native.fnn_gather(table.detach(), *inputs, slot_fields, fields, width)
-        if fused is not None:
+        if fused is not None and table_grad:
             return native.gather_train(
                 table, *inputs, slot_fields, fields, fused.state1, fused.state2, fused.step,
                 fused.hparams, native.RULES[fused.kind], width,
             )  # fmt: skip
-    return reference.fnn_fields(table, ids, values, slot_fields, num_fields, sparse)
+    if slot_fields is not None and slot_fields.device.type == "cpu" and slot_fields.numel():
+        checks.check_slot_fields_range(*(int(v) for v in slot_fields.aminmax()), fields)
+    return reference.fnn_fields(table, ids, values, slot_fields, fields, sparse)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from fnn_fast.ops import checks
+
 try:
     from fnn_fast import _C
 except ImportError as error:  # the package stays usable without its compiled module
@@ -24,7 +26,7 @@ except ImportError as error:  # the package stays usable without its compiled mo
 else:
     _IMPORT_ERROR = None
 
-RULES = {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 2, "adam": 3}
+RULES = checks.RULES
 
 # A row with more occurrences than this in a batch (a hot row) is cut into segments of this many,
 # summed by separate groups of lanes, then combined by one block in a fixed order; shorter runs

@@ -4,7 +4,8 @@ and for CUDA tensors the GPU kernels of ``fnn_fast.ops.cuda`` (CUDA C++) or
 
 Each op is registered with ``torch.library`` (a fake implementation for tracing, and autograd
 where it has a backward), so ``torch.compile(fullgraph=True)`` and ``opcheck`` work through them.
-Every check happens here, before a raw address crosses into a kernel.
+Every op checks its arguments (``fnn_fast.ops.checks``) before a raw address crosses into a
+kernel, whoever calls it.
 
 The training ops fuse the optimizer into backward, following FBGEMM: the forward op takes the
 table *and its optimizer state*; its backward calls an op declared as mutating them, which
@@ -22,6 +23,8 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from fnn_fast.ops import checks
+
 try:
     from fnn_fast import _C
 except ImportError as error:  # the package stays usable through the reference path
@@ -33,46 +36,48 @@ except ImportError as error:  # the package stays usable through the reference p
 else:
     IMPORT_ERROR = None
 
-RULES = {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 2, "adam": 3}
+RULES = checks.RULES
 
 
 def available() -> bool:
     return _C is not None
 
 
-def check_inputs(table: Tensor, ids: Tensor, values: Tensor | None) -> None:
-    """What the kernels assume; ids must already be range-checked (see ops.check_ids)."""
-    if table.device.type not in ("cpu", "cuda"):
-        raise ValueError(f"the fused kernels need CPU or CUDA tensors, got {table.device}")
-    for name, tensor in (("ids", ids), ("values", values)):
-        if tensor is not None and tensor.device != table.device:
-            raise ValueError(f"{name} is on {tensor.device} but the table on {table.device}")
-    if table.dtype != torch.float32 or table.dim() != 2 or not table.is_contiguous():
+def _check_fm(table: Tensor, ids: Tensor, values: Tensor | None) -> None:
+    checks.check_batch(table, ids, values, kernels=True)
+
+
+def _check_gather(table, ids, values, slot_fields, num_fields, width) -> None:
+    checks.check_batch(table, ids, values, kernels=True)
+    checks.check_fields(ids, slot_fields, num_fields, kernels=True)
+    checks.check_width(width)
+
+
+def _check_fm_backward(table, ids, values, sums, grad_logits, state1, state2, step, hparams, rule):
+    _check_fm(table, ids, values)
+    checks.check_grad("sums", sums, (ids.shape[0], table.shape[1] - 1), table.device)
+    checks.check_grad("grad_logits", grad_logits, (ids.shape[0],), table.device)
+    checks.check_update(table, state1, state2, step, hparams, rule)
+
+
+def _check_gather_backward(
+    table, ids, values, slot_fields, num_fields, grad_z, state1, state2, step, hparams, rule
+):  # fmt: skip
+    _check_gather(table, ids, values, slot_fields, num_fields, 0)
+    if not (
+        isinstance(grad_z, Tensor) and grad_z.dim() == 2 and grad_z.shape[0] == ids.shape[0]
+        and grad_z.shape[1] >= num_fields * table.shape[1]
+    ):  # fmt: skip
         raise ValueError(
-            f"table must be a contiguous float32 [rows, 1 + K] tensor, got {table.dtype} "
-            f"{tuple(table.shape)}"
+            f"grad_z must be [{ids.shape[0]}, >= {num_fields * table.shape[1]}] (z's shape), "
+            f"got {checks._described(grad_z)}"
         )
-    if ids.dtype != torch.int64 or ids.dim() != 2:
-        raise ValueError(f"ids must be int64 [batch, slots], got {ids.dtype} {tuple(ids.shape)}")
-    if values is not None and (values.shape != ids.shape or values.dtype != torch.float32):
-        raise ValueError(
-            f"values must be float32 of the ids' shape {tuple(ids.shape)}, "
-            f"got {values.dtype} {tuple(values.shape)}"
-        )
+    checks.check_grad("grad_z", grad_z, grad_z.shape, table.device)
+    checks.check_update(table, state1, state2, step, hparams, rule)
 
 
 def _out_of_range(bad: int, num_rows: int) -> IndexError:
     return IndexError(f"feature id {bad} is outside the table of {num_rows} rows")
-
-
-def _check_bounds(ids: Tensor, num_rows: int) -> None:
-    """The GPU kernels' last line of defence (module-level checks name the field; under
-    torch.compile those are skipped and this one remains). The CPU kernels check as they read."""
-    if not ids.numel():
-        return
-    low, high = (int(v) for v in ids.aminmax())
-    if low < 0 or high >= num_rows:
-        raise _out_of_range(low if low < 0 else high, num_rows)
 
 
 def _raise_if_bad(first_bad: int, ids: Tensor, num_rows: int) -> None:
@@ -96,18 +101,21 @@ def _hyper(hparams: Tensor) -> tuple[float, float, float, float, float]:
 @torch.library.custom_op("fnn_fast::fm_scores", mutates_args=(), device_types="cpu")
 def fm_scores(table: Tensor, ids: Tensor, values: Tensor | None) -> Tensor:
     """FM logits without the bias w0 (inference: no sums kept for a backward)."""
+    _check_fm(table, ids, values)
     logits = torch.empty(ids.shape[0], dtype=torch.float32)
-    if ids.numel():
-        bad = _C.fm_forward(
-            table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
-            ids.shape[0], ids.shape[1], logits.data_ptr(), 0,
-        )  # fmt: skip
-        _raise_if_bad(bad, ids, table.shape[0])
+    bad = _C.fm_forward(
+        table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
+        ids.shape[0], ids.shape[1], logits.data_ptr(), 0,
+    )  # fmt: skip
+    _raise_if_bad(bad, ids, table.shape[0])
     return logits
 
 
+# The fake implementations check too: they stand in for the kernels under torch.compile, and
+# run (instead of a kernel) when any argument is on the meta device.
 @fm_scores.register_fake
 def _(table, ids, values):
+    _check_fm(table, ids, values)
     return table.new_empty(ids.shape[0])
 
 
@@ -122,15 +130,16 @@ def _cpu_fm_train_forward(
     rule: int,
 ) -> tuple[Tensor, Tensor]:
     """(logits without w0 [B], sums [B, K]); its backward updates table and state in place."""
+    _check_fm(table, ids, values)
+    checks.check_update(table, state1, state2, step, hparams, rule)
     batch, k = ids.shape[0], table.shape[1] - 1
     logits = torch.empty(batch, dtype=torch.float32)
     sums = torch.empty(batch, k, dtype=torch.float32)
-    if ids.numel():
-        bad = _C.fm_forward(
-            table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
-            batch, ids.shape[1], logits.data_ptr(), _address(sums),
-        )  # fmt: skip
-        _raise_if_bad(bad, ids, table.shape[0])
+    bad = _C.fm_forward(
+        table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
+        batch, ids.shape[1], logits.data_ptr(), _address(sums),
+    )  # fmt: skip
+    _raise_if_bad(bad, ids, table.shape[0])
     return logits, sums
 
 
@@ -141,6 +150,8 @@ fm_train_forward = torch.library.custom_op(
 
 @fm_train_forward.register_fake
 def _(table, ids, values, state1, state2, step, hparams, rule):
+    _check_fm(table, ids, values)
+    checks.check_update(table, state1, state2, step, hparams, rule)
     return table.new_empty(ids.shape[0]), table.new_empty(ids.shape[0], table.shape[1] - 1)
 
 
@@ -156,14 +167,15 @@ def _cpu_fm_backward_update(
     hparams: Tensor,
     rule: int,
 ) -> None:
+    _check_fm_backward(table, ids, values, sums, grad_logits, state1, state2, step, hparams, rule)
     step.add_(1)
-    if ids.numel():
-        grad_logits = grad_logits.contiguous()
-        _C.fm_backward_update(
-            table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
-            ids.shape[0], ids.shape[1], sums.data_ptr(), grad_logits.data_ptr(), rule,
-            *_hyper(hparams), int(step), _address(state1), _address(state2),
-        )  # fmt: skip
+    grad_logits = grad_logits.to(torch.float32).contiguous()
+    bad = _C.fm_backward_update(
+        table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
+        ids.shape[0], ids.shape[1], sums.data_ptr(), grad_logits.data_ptr(), rule,
+        *_hyper(hparams), int(step), _address(state1), _address(state2),
+    )  # fmt: skip
+    _raise_if_bad(bad, ids, table.shape[0])
 
 
 fm_backward_update = torch.library.custom_op(
@@ -175,7 +187,27 @@ fm_backward_update = torch.library.custom_op(
 
 @fm_backward_update.register_fake
 def _(table, ids, values, sums, grad_logits, state1, state2, step, hparams, rule):
+    _check_fm_backward(table, ids, values, sums, grad_logits, state1, state2, step, hparams, rule)
     return None
+
+
+def _fm_values_grad(table, ids, values, sums, grad_logits):
+    """d loss / d values of the FM logits: g_b (w_i + <v_i, sums_b> - x v_i . v_i), read from
+    the rows before the update."""
+    rows = torch.nn.functional.embedding(ids, table)
+    w, v = rows[..., 0], rows[..., 1:]
+    dot = (v * sums.unsqueeze(1)).sum(-1) - values * v.square().sum(-1)
+    return grad_logits.unsqueeze(1) * (w + dot)
+
+
+def _gather_values_grad(table, ids, slot_fields, num_fields, grad_z):
+    """d loss / d values of z: the dot of each lookup's row with its field's block of grad_z,
+    read from the rows before the update."""
+    dim = table.shape[1]
+    grad_fields = grad_z[:, : num_fields * dim].reshape(ids.shape[0], num_fields, dim)
+    if slot_fields is not None:
+        grad_fields = grad_fields.index_select(1, slot_fields)
+    return (torch.nn.functional.embedding(ids, table) * grad_fields).sum(-1)
 
 
 def _fm_setup_context(ctx, inputs, output):
@@ -186,9 +218,12 @@ def _fm_setup_context(ctx, inputs, output):
 
 def _fm_backward(ctx, grad_logits, grad_sums):
     table, ids, values, sums, state1, state2, step, hparams = ctx.saved_tensors
+    grad_values = None
+    if ctx.needs_input_grad[2]:  # before the update changes the rows
+        grad_values = _fm_values_grad(table, ids, values, sums, grad_logits)
     fm_backward_update(table, ids, values, sums, grad_logits, state1, state2, step, hparams,
                        ctx.rule)  # fmt: skip
-    return None, None, None, None, None, None, None, None
+    return None, None, grad_values, None, None, None, None, None
 
 
 fm_train_forward.register_autograd(_fm_backward, setup_context=_fm_setup_context)
@@ -212,24 +247,25 @@ def _cpu_fnn_gather(
 ) -> Tensor:
     """The value-weighted rows of each field, [B, num_fields * (1 + K)] (no w0 column), zero
     padded to ``width`` columns when that is larger."""
+    _check_gather(table, ids, values, slot_fields, num_fields, width)
     z = torch.empty(ids.shape[0], z_width(table, num_fields, width), dtype=torch.float32)
-    if ids.numel():
-        bad = _C.fnn_gather(
-            table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
-            ids.shape[0], ids.shape[1], _address(slot_fields), num_fields, z.data_ptr(),
-            z.shape[1],
-        )  # fmt: skip
-        _raise_if_bad(bad, ids, table.shape[0])
+    bad = _C.fnn_gather(
+        table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
+        ids.shape[0], ids.shape[1], _address(slot_fields), num_fields, z.data_ptr(),
+        z.shape[1],
+    )  # fmt: skip
+    _raise_if_bad(bad, ids, table.shape[0])
     return z
 
 
-fnn_gather = torch.library.custom_op(
-    "fnn_fast::fnn_gather", mutates_args=(), device_types="cpu"
-)(_cpu_fnn_gather)
+fnn_gather = torch.library.custom_op("fnn_fast::fnn_gather", mutates_args=(), device_types="cpu")(
+    _cpu_fnn_gather
+)
 
 
 @fnn_gather.register_fake
 def _(table, ids, values, slot_fields, num_fields, width=0):
+    _check_gather(table, ids, values, slot_fields, num_fields, width)
     return table.new_empty(ids.shape[0], z_width(table, num_fields, width))
 
 
@@ -247,6 +283,8 @@ def _cpu_fnn_gather_train(
     width: int = 0,
 ) -> Tensor:
     """fnn_gather whose backward updates the table and its optimizer state in place."""
+    _check_gather(table, ids, values, slot_fields, num_fields, width)
+    checks.check_update(table, state1, state2, step, hparams, rule)
     return _cpu_fnn_gather(table, ids, values, slot_fields, num_fields, width)
 
 
@@ -257,6 +295,8 @@ fnn_gather_train = torch.library.custom_op(
 
 @fnn_gather_train.register_fake
 def _(table, ids, values, slot_fields, num_fields, state1, state2, step, hparams, rule, width=0):
+    _check_gather(table, ids, values, slot_fields, num_fields, width)
+    checks.check_update(table, state1, state2, step, hparams, rule)
     return table.new_empty(ids.shape[0], z_width(table, num_fields, width))
 
 
@@ -273,15 +313,19 @@ def _cpu_fnn_gather_backward_update(
     hparams: Tensor,
     rule: int,
 ) -> None:
+    _check_gather_backward(
+        table, ids, values, slot_fields, num_fields, grad_z, state1, state2, step, hparams, rule
+    )
     step.add_(1)
-    if ids.numel():
-        grad_z = grad_z.contiguous()  # [B, z's width]: padding columns are not read
-        _C.fnn_gather_backward_update(
-            table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
-            ids.shape[0], ids.shape[1], _address(slot_fields), num_fields, grad_z.data_ptr(),
-            grad_z.shape[1], rule, *_hyper(hparams), int(step), _address(state1),
-            _address(state2),
-        )  # fmt: skip
+    # [B, z's width]: padding columns are not read
+    grad_z = grad_z.to(torch.float32).contiguous()
+    bad = _C.fnn_gather_backward_update(
+        table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
+        ids.shape[0], ids.shape[1], _address(slot_fields), num_fields, grad_z.data_ptr(),
+        grad_z.shape[1], rule, *_hyper(hparams), int(step), _address(state1),
+        _address(state2),
+    )  # fmt: skip
+    _raise_if_bad(bad, ids, table.shape[0])
 
 
 fnn_gather_backward_update = torch.library.custom_op(
@@ -293,6 +337,9 @@ fnn_gather_backward_update = torch.library.custom_op(
 
 @fnn_gather_backward_update.register_fake
 def _(table, ids, values, slot_fields, num_fields, grad_z, state1, state2, step, hparams, rule):
+    _check_gather_backward(
+        table, ids, values, slot_fields, num_fields, grad_z, state1, state2, step, hparams, rule
+    )
     return None
 
 
@@ -304,9 +351,12 @@ def _gather_setup_context(ctx, inputs, output):
 
 def _gather_backward(ctx, grad_z):
     table, ids, values, slot_fields, state1, state2, step, hparams = ctx.saved_tensors
+    grad_values = None
+    if ctx.needs_input_grad[2]:  # before the update changes the rows
+        grad_values = _gather_values_grad(table, ids, slot_fields, ctx.num_fields, grad_z)
     fnn_gather_backward_update(table, ids, values, slot_fields, ctx.num_fields, grad_z, state1,
                                state2, step, hparams, ctx.rule)  # fmt: skip
-    return (None,) * 11
+    return None, None, grad_values, *(None,) * 8
 
 
 fnn_gather_train.register_autograd(_gather_backward, setup_context=_gather_setup_context)
@@ -320,10 +370,26 @@ GPU_BACKENDS = ("cuda", "triton")  # "auto" takes the first that can run
 _gpu_modules: dict[str, tuple[ModuleType | None, str | None]] = {}
 _gpu_choice = "auto"
 
-# An id range check costs a device-to-host sync per forward. The kernels never touch memory
-# outside the table whatever the ids (a bad id adds nothing), so FNN_FAST_GPU_BOUNDS_CHECK=0
-# trades the clear error for that sync; ops.check_ids (eager modules) still checks.
+# An id range check of CUDA tensors costs a device-to-host sync per forward. The kernels never
+# read outside the table whatever the ids (a bad id adds nothing), so FNN_FAST_GPU_BOUNDS_CHECK=0
+# or set_gpu_bounds_check(False) trades the clear error for that sync, in the ops and in
+# ops.check_ids (the modules' check) alike. CPU tensors are always checked: it costs no sync.
 GPU_BOUNDS_CHECK = os.environ.get("FNN_FAST_GPU_BOUNDS_CHECK", "1") != "0"
+
+
+def set_gpu_bounds_check(enabled: bool) -> None:
+    """Whether CUDA ids (and slot_fields) are range-checked, at one host sync per forward."""
+    global GPU_BOUNDS_CHECK
+    GPU_BOUNDS_CHECK = bool(enabled)
+
+
+def host_checks_range(ids: Tensor) -> bool:
+    """Whether a range check may read ``ids`` on the host: always for CPU tensors; for CUDA ones
+    only with the GPU bounds check on, and never inside CUDA graph capture (no sync may happen
+    there: the scorer checks its batches before replaying a graph)."""
+    if ids.device.type != "cuda":
+        return ids.device.type == "cpu"  # others (meta, ...) have no values to read
+    return GPU_BOUNDS_CHECK and not torch.cuda.is_current_stream_capturing()
 
 
 def gpu_module(name: str) -> tuple[ModuleType | None, str | None]:
@@ -373,28 +439,32 @@ def _gpu() -> ModuleType:
     return _gpu_modules[name][0]
 
 
-def _check_gpu_bounds(ids: Tensor, num_rows: int) -> None:
-    if GPU_BOUNDS_CHECK and not (ids.is_cuda and torch.cuda.is_current_stream_capturing()):
-        _check_bounds(ids, num_rows)
-
-
-def _check_states(table: Tensor, *states: Tensor) -> None:
-    for state in states:
-        if state.numel() and state.device != table.device:
-            raise ValueError(
-                f"optimizer state on {state.device} but the table on {table.device}: move the "
-                "module after fuse_update, or call fuse_update again"
-            )
+def _check_gpu_bounds(ids: Tensor, num_rows: int, slot_fields=None, num_fields=0) -> None:
+    """The GPU kernels' last line of defence (module-level checks name the field; under
+    torch.compile those are skipped and this one remains): ids and slot_fields in range, for
+    one host sync. The CPU kernels check as they read."""
+    tensors = [t for t in (ids, slot_fields) if t is not None and t.numel()]
+    if not tensors or not host_checks_range(ids):
+        return
+    bounds = torch.stack([v for t in tensors for v in t.aminmax()]).tolist()
+    if ids.numel():
+        (low, high), bounds = bounds[:2], bounds[2:]
+        if low < 0 or high >= num_rows:
+            raise _out_of_range(low if low < 0 else high, num_rows)
+    if bounds:
+        checks.check_slot_fields_range(*bounds, num_fields)
 
 
 def _gpu_fm_scores(table, ids, values):
+    _check_fm(table, ids, values)
     _check_gpu_bounds(ids, table.shape[0])
     return _gpu().fm_forward(table, ids, values, None)
 
 
 def _gpu_fm_train_forward(table, ids, values, state1, state2, step, hparams, rule):
+    _check_fm(table, ids, values)
+    checks.check_update(table, state1, state2, step, hparams, rule)
     _check_gpu_bounds(ids, table.shape[0])
-    _check_states(table, state1, state2)
     sums = torch.empty(ids.shape[0], table.shape[1] - 1, dtype=torch.float32, device=table.device)
     return _gpu().fm_forward(table, ids, values, sums), sums
 
@@ -402,6 +472,7 @@ def _gpu_fm_train_forward(table, ids, values, state1, state2, step, hparams, rul
 def _gpu_fm_backward_update(
     table, ids, values, sums, grad_logits, state1, state2, step, hparams, rule
 ):  # fmt: skip
+    _check_fm_backward(table, ids, values, sums, grad_logits, state1, state2, step, hparams, rule)
     step.add_(1)  # step and hparams normally live on the CPU (FM/FNN keep them there): no sync
     if ids.numel():
         _gpu().fm_backward_update(
@@ -411,7 +482,8 @@ def _gpu_fm_backward_update(
 
 
 def _gpu_fnn_gather(table, ids, values, slot_fields, num_fields, width=0):
-    _check_gpu_bounds(ids, table.shape[0])
+    _check_gather(table, ids, values, slot_fields, num_fields, width)
+    _check_gpu_bounds(ids, table.shape[0], slot_fields, num_fields)
     z = _gpu().fnn_gather(table, ids, values, slot_fields, num_fields)
     extra = z_width(table, num_fields, width) - z.shape[1]
     return torch.nn.functional.pad(z, (0, extra)) if extra else z
@@ -420,13 +492,17 @@ def _gpu_fnn_gather(table, ids, values, slot_fields, num_fields, width=0):
 def _gpu_fnn_gather_train(
     table, ids, values, slot_fields, num_fields, state1, state2, step, hparams, rule, width=0
 ):  # fmt: skip
-    _check_states(table, state1, state2)
+    _check_gather(table, ids, values, slot_fields, num_fields, width)
+    checks.check_update(table, state1, state2, step, hparams, rule)
     return _gpu_fnn_gather(table, ids, values, slot_fields, num_fields, width)
 
 
 def _gpu_fnn_gather_backward_update(
     table, ids, values, slot_fields, num_fields, grad_z, state1, state2, step, hparams, rule
 ):  # fmt: skip
+    _check_gather_backward(
+        table, ids, values, slot_fields, num_fields, grad_z, state1, state2, step, hparams, rule
+    )
     step.add_(1)
     if ids.numel():
         grad_z = grad_z[:, : num_fields * table.shape[1]]  # without z's padding columns
@@ -478,9 +554,12 @@ class _FMTrain(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logits, grad_sums):
         table, ids, values, sums, state1, state2, step, hparams = ctx.saved_tensors
+        grad_values = None
+        if ctx.needs_input_grad[2]:  # before the update changes the rows
+            grad_values = _fm_values_grad(table, ids, values, sums, grad_logits)
         ctx.update(table, ids, values, sums, grad_logits, state1, state2, step, hparams, ctx.rule)
         torch.autograd.graph.increment_version((table, state1, state2))
-        return (None,) * 8
+        return None, None, grad_values, *(None,) * 5
 
 
 class _GatherTrain(torch.autograd.Function):
@@ -497,10 +576,13 @@ class _GatherTrain(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_z):
         table, ids, values, slot_fields, state1, state2, step, hparams = ctx.saved_tensors
+        grad_values = None
+        if ctx.needs_input_grad[2]:  # before the update changes the rows
+            grad_values = _gather_values_grad(table, ids, slot_fields, ctx.num_fields, grad_z)
         ctx.update(table, ids, values, slot_fields, ctx.num_fields, grad_z, state1, state2, step,
                    hparams, ctx.rule)  # fmt: skip
         torch.autograd.graph.increment_version((table, state1, state2))
-        return (None,) * 11
+        return None, None, grad_values, *(None,) * 8
 
 
 def fm_train(table, ids, values, state1, state2, step, hparams, rule):

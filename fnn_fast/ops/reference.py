@@ -12,10 +12,11 @@ import torch.nn.functional as F
 
 
 def lookup(table: torch.Tensor, ids: torch.Tensor, values: torch.Tensor | None, sparse: bool):
-    """Value-weighted rows x_bs * table[ids_bs]: [B, S, 1 + K]."""
+    """Value-weighted rows x_bs * table[ids_bs]: [B, S, 1 + K], in the table's dtype (as the
+    kernels compute them)."""
     rows = F.embedding(ids, table, sparse=sparse)
     if values is not None:
-        rows = rows * values.unsqueeze(-1)
+        rows = rows * values.to(rows.dtype).unsqueeze(-1)
     return rows
 
 
