@@ -463,8 +463,7 @@ def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> 
         "--fnn-embedding-lr",
         type=float,
         default=defaults.fnn_embedding_lr,
-        help="sparse update rate of the FM-initialized embedding (by default far below the FM "
-        "stage's --fm-lr, so fine-tuning keeps what the FM learned)",
+        help="sparse update rate of the FM-initialized embedding (its rule: --fnn-optimizer)",
     )
     p.add_argument(
         "--fnn-weight-decay",

@@ -27,6 +27,7 @@ DEMO_CONFIG = TrainConfig(
     fm_epochs=10,
     fm_optimizer="adagrad",
     fm_lr=0.05,
+    fm_initial_accumulator=0.0,
     fm_weight_decay=1e-5,
     fnn_epochs=10,
     fnn_optimizer="adagrad",

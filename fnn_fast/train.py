@@ -57,7 +57,7 @@ class TrainConfig:
     activation: str = "tanh"
     dropout: float = 0.0
     fnn_optimizer: str = "sgd"  # rule for the sparse embedding update
-    fnn_embedding_lr: float = 0.1  # FM-initialized embedding: far below the FM's own rate
+    fnn_embedding_lr: float = 0.1  # FM-initialized embedding (sparse SGD by default)
     fnn_weight_decay: float = 1e-5  # L2 on embedding rows present in a batch
     fnn_initial_accumulator: float = 0.0  # Adagrad rules for the embedding: the starting sum
     fnn_layer_optimizer: str = "adam"  # hidden and output layers: "adam" or "sgd"

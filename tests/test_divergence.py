@@ -61,3 +61,17 @@ def test_cli_exits_non_zero_and_writes_no_model(tmp_path, capsys):
     assert code != 0
     assert "FM training diverged in epoch 1" in capsys.readouterr().err
     assert not (out / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e39", "1e999"])
+def test_non_finite_libfm_values_are_bad_lines(tmp_path, value):
+    from fnn_fast.data import DataError, Schema, read_rows
+
+    path = tmp_path / "rows.libfm"
+    path.write_text(f"1 1:1 2:0.5\n0 1:{value} 2:1\n1 1:1 3:1\n")
+    with pytest.raises(
+        DataError, match=rf"rows.libfm:2: value '{value}' of feature 1 is not a fin"
+    ):
+        read_rows(path, Schema("libfm"), progress=False)
+    rows = read_rows(path, Schema("libfm"), progress=False, skip_bad_lines=True)
+    assert rows.bad_lines == 1 and len(rows.labels) == 2

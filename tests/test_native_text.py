@@ -275,3 +275,20 @@ def test_quoted_csv_goes_to_python(tmp_path, monkeypatch):
     native, python, taken = _encode_both(path, schema, monkeypatch)
     assert taken == 0
     _assert_same(native, python)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_value_past_float32_is_a_bad_line_for_both_readers(tmp_path, monkeypatch, native):
+    """In value mode a number trains as float32: 1e39 would be inf there, so it is bad input."""
+    lines = [b"1\t1e39" + b"\t1" * 12 + b"\ta" * 26, *_criteo_lines(np.random.default_rng(7), 20)]
+    path = tmp_path / "day.txt"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    schema = Schema.from_dict({**Schema.criteo().to_dict(), "numeric_mode": "value"})
+    rows = read_rows(path, schema, progress=False, skip_bad_lines=True)
+    assert rows.bad_lines == 1 and "float32" in rows.bad_examples[0]
+    encoder = FeatureEncoder.fit_rows(rows)
+    if not native:
+        monkeypatch.setattr(parts_module, "_native_text_part", lambda *args: None)
+    skipped = encode_part(plan_parts([str(path)], schema)[0], schema, encoder, True)
+    assert not skipped.good[0] and skipped.good[1:].all()
+    assert "past float32's range" in skipped.rejects[0][1]

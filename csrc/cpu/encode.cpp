@@ -6,6 +6,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "cpu/blake2b.h"
 
@@ -271,6 +272,10 @@ bool DelimitedEncoder::resolve_block(std::vector<Cell>& cells, int64_t* out_ids,
         double x;
         if (!parse_number(cell.bytes, cell.size, &x)) {
           result.reason = "a numeric cell not in plain decimal";
+          return false;
+        }
+        if (!(std::fabs(x) <= std::numeric_limits<float>::max())) {  // inf as a float32 value
+          result.reason = "a numeric value past float32's range";
           return false;
         }
         key = kValueKey;

@@ -40,8 +40,8 @@ from fnn_fast import FM, FNN, SparseRowOptimizer
 from fnn_fast.bench.cases import OPS, Case
 from fnn_fast.bench.shapes import Batch, CaseData
 from fnn_fast.bench.traffic import state_floats
-from fnn_fast.ops import native, reference
 from fnn_fast.memory import table_zeros
+from fnn_fast.ops import native, reference
 from fnn_fast.optim import RowUpdate
 
 # Table learning rates per rule (the batch-mean loss makes plain SGD need a large one), the

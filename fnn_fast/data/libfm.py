@@ -14,7 +14,7 @@ from fnn_fast.data.featindex import load_featindex
 from fnn_fast.data.rows import ArrayChunks, ParsedRows
 from fnn_fast.data.schema import Schema
 from fnn_fast.data.textfile import TextPart, lines_of
-from fnn_fast.data.tokens import KEY_MAX, PAD_KEY, parse_label
+from fnn_fast.data.tokens import FLOAT32_MAX, KEY_MAX, PAD_KEY, parse_label
 
 _MAX_MEMO_VALUES = 1 << 16  # real-valued features are mostly distinct: don't memoize them all
 
@@ -120,6 +120,12 @@ def _parse_features(items: list[str], value_of: dict[str, float]) -> tuple[list,
                 raise MalformedLine(
                     f"value {value_text!r} of feature {index} is not a number"
                 ) from None
+            # Values train as float32: nan, inf or a number past float32's range would make the
+            # loss non-finite, so they are bad input here, not a divergence later.
+            if not abs(value) <= FLOAT32_MAX:
+                raise MalformedLine(
+                    f"value {value_text!r} of feature {index} is not a finite float32 number"
+                )
             if len(value_of) < _MAX_MEMO_VALUES:
                 value_of[value_text] = value
         keys.append(index)

@@ -50,6 +50,9 @@ def bucket_token(x: float, rule: int) -> str:
     return f"{sign}s{math.floor(math.log(size) * 4.0)}"
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def parse_number(cell: str, column: str) -> float:
     try:
         x = float(cell)
@@ -78,6 +81,10 @@ class NumericKeys(dict):
     def __missing__(self, cell: str) -> tuple[int, float]:
         x = parse_number(cell, self.column)
         if not self.bucketized:
+            if abs(x) > FLOAT32_MAX:  # a value trains as float32: this one would be inf
+                raise MalformedLine(
+                    f"numeric column {self.column}: {cell!r} is past float32's range"
+                )
             return VALUE_KEY, x
         key_value = self[cell] = (hash_token(bucket_token(x, self.rule)), 1.0)
         return key_value
