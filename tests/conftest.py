@@ -10,6 +10,12 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The subprocesses tests start (`python -m fnn_fast`, `python -c`) would put their working
+# directory first on sys.path: from the repository root that imports the source tree, which has
+# no fnn_fast._C after a regular `pip install .`. PYTHONSAFEPATH (Python 3.11+) keeps them on
+# the installed package, the one under test.
+os.environ.setdefault("PYTHONSAFEPATH", "1")
+
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
