@@ -381,7 +381,7 @@ def _add_input_options(
             "--numeric-mode",
             choices=("bucketize", "value"),
             default="bucketize",
-            help="numeric columns: floor(log(x)^2) buckets, or one value-weighted feature",
+            help="numeric columns: log-scaled buckets (README), or one value-weighted feature",
         )
         p.add_argument("--id-column", help="csv/parquet: pass-through id column for scores")
         p.add_argument("--delimiter", help="csv: column delimiter (default ',')")
