@@ -91,6 +91,12 @@ FNN_CANDIDATES = {
     "layers-3e-4": {"fnn_lr": 3e-4},
     "layers-1e-3": {"fnn_lr": 1e-3},
     "layers-3e-4-dropout-0.2": {"fnn_lr": 3e-4, "dropout": 0.2},
+    # Against stage 2's overfitting: a (nearly) frozen embedding, a smaller network, heavier
+    # dropout, L2 on the layers.
+    "emb-0.01": {"fnn_embedding_lr": 0.01},
+    "emb-0.01-hidden-64": {"fnn_embedding_lr": 0.01, "hidden": [64]},
+    "emb-0.01-dropout-0.5": {"fnn_embedding_lr": 0.01, "dropout": 0.5, "fnn_lr": 1e-4},
+    "emb-0.01-layer-l2": {"fnn_embedding_lr": 0.01, "fnn_layer_weight_decay": 1e-3},
     "layers-3e-4-emb-adagrad": {
         "fnn_lr": 3e-4,
         "fnn_optimizer": "adagrad",
