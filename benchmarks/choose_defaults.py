@@ -116,17 +116,11 @@ def _file_splits(path: Path, schema: Schema, seed: int):
     rows = load_rows(path, schema, progress=False)
     train_index, valid_index = _split_rows(rows, seed)
     encoder = FeatureEncoder.fit(rows.keys[train_index], rows.slot_fields, rows.field_names)
-
-    def encode(index):
-        ids, values = encoder.transform(rows.keys[index], rows.values[index])
-        values = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
-        return Split(
-            ids=torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)),
-            values=None if bool((values == 1).all()) else values,
-            labels=torch.from_numpy(np.ascontiguousarray(rows.labels[index], dtype=np.float32)),
-        )
-
-    return encode(train_index), encode(valid_index), encoder
+    return (
+        Split.encode(rows, encoder, train_index),
+        Split.encode(rows, encoder, valid_index),
+        encoder,
+    )
 
 
 def _planted_splits(positive_rate: float, seed: int, rows: int = 60_000):

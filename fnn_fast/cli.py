@@ -75,23 +75,6 @@ def _read(path, schema: Schema, args) -> ParsedRows:
     return rows
 
 
-def _encode(rows: ParsedRows, encoder: FeatureEncoder, index=None) -> Split:
-    if index is None:
-        return Split.encode(rows, encoder)
-    sub = ParsedRows(
-        labels=rows.labels[index],
-        keys=rows.keys[index],
-        values=rows.values[index],
-        slot_fields=rows.slot_fields,
-        field_names=rows.field_names,
-        row_ids=None,
-        lines=rows.lines[index],
-        bad_lines=0,
-        source=rows.source,
-    )
-    return Split.encode(sub, encoder)
-
-
 def _config_from_args(args) -> TrainConfig:
     return TrainConfig(
         factors=args.factors,
@@ -190,9 +173,9 @@ def _load_splits(args):
         f"{len(train_rows.field_names)} fields",
         file=sys.stderr,
     )
-    train = _encode(train_rows, encoder, train_index if valid_index is not None else None)
-    valid = _encode(valid_rows, encoder, valid_index)
-    test = _encode(_read(args.test, schema, args), encoder) if args.test else None
+    train = Split.encode(train_rows, encoder, train_index if valid_index is not None else None)
+    valid = Split.encode(valid_rows, encoder, valid_index)
+    test = Split.encode(_read(args.test, schema, args), encoder) if args.test else None
     return train, valid, test, encoder, schema
 
 

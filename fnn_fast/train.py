@@ -85,13 +85,17 @@ class Split:
     labels: torch.Tensor  # float32 [N]
 
     @classmethod
-    def encode(cls, rows: ParsedRows, encoder: FeatureEncoder) -> Split:
-        ids, values = encoder.transform(rows.keys, rows.values)
+    def encode(cls, rows: ParsedRows, encoder: FeatureEncoder, index=None) -> Split:
+        """The rows (those ``index`` selects, when given) as tensors."""
+        keys, values, labels = rows.keys, rows.values, rows.labels
+        if index is not None:
+            keys, values, labels = keys[index], values[index], labels[index]
+        ids, values = encoder.transform(keys, values)
         values = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
         return cls(
             ids=torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)),
             values=None if bool((values == 1).all()) else values,
-            labels=torch.from_numpy(np.ascontiguousarray(rows.labels, dtype=np.float32)),
+            labels=torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32)),
         )
 
     def __len__(self) -> int:

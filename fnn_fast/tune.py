@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from fnn_fast.metrics import finite_or_none
 from fnn_fast.train import Split, TrainConfig, TrainingDiverged, evaluate, train_fm, train_fnn
 
 # Each setting: (low, high, scale). Rates and L2 are drawn log-uniformly, dropout uniformly;
@@ -83,10 +84,6 @@ def _write_json(path: Path, payload) -> None:
     os.replace(staging, path)
 
 
-def _json_safe(value):
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def run_tune(
     train: Split,
     valid: Split,
@@ -131,6 +128,7 @@ def run_tune(
         budget = {"fm": (trials + 1) // 2, "fnn": trials // 2}
     bar = tqdm(total=trials, desc="tune", unit="trial", disable=None if progress else True)
     bar.update(len(done))
+    kept_fm = None  # (index, model) of the best FM trial run in this process
     best_fm_model = None
     config = base
     for stage_index, stage in enumerate(("fm", "fnn")):
@@ -139,8 +137,12 @@ def run_tune(
             if fm_best is None:
                 raise TrainingDiverged("FM", 0, 0, "every FM trial diverged", "the FM rates")
             config = replace(base, seed=seed, **fm_best["params"])
-            # Deterministic kernels: retraining the best FM gives the model its trial had.
-            best_fm_model, _ = train_fm(train, valid, encoder.num_features, config, progress=False)
+            if kept_fm is not None and kept_fm[0] == fm_best["index"]:
+                best_fm_model = kept_fm[1]
+            else:  # its trial ran before a resume; deterministic kernels give the same model
+                best_fm_model, _ = train_fm(
+                    train, valid, encoder.num_features, config, progress=False
+                )
         index = 0
         while True:
             if budget[stage] is not None and index >= budget[stage]:
@@ -169,8 +171,8 @@ def run_tune(
                     )  # fmt: skip
                 metrics = evaluate(model, valid)
                 trial.update(
-                    valid_auc=_json_safe(metrics["auc"]),
-                    valid_logloss=_json_safe(metrics["logloss"]),
+                    valid_auc=finite_or_none(metrics["auc"]),
+                    valid_logloss=finite_or_none(metrics["logloss"]),
                     best_epoch=next(r["epoch"] for r in history if r["best"]),
                 )
                 if trial["valid_auc"] is None:
@@ -179,6 +181,8 @@ def run_tune(
                 trial["diverged"] = str(error)
             trial["seconds"] = time.monotonic() - began
             done.append(trial)
+            if stage == "fm" and best_trial(done, "fm") is trial:
+                kept_fm = (index, model)
             _write_json(log_path, {**header, "done": done})
             bar.update(1)
             shown = (

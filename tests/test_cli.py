@@ -16,7 +16,8 @@ from fnn_fast.score import predict
 # Few epochs on small files: faster rates than the defaults (tuned for sparse real logs).
 FAST = [
     "--fm-epochs", "3", "--fnn-epochs", "3", "--hidden", "16,8", "--factors", "4",
-    "--fm-optimizer", "adagrad", "--fm-lr", "0.05", "--fm-initial-accumulator", "0", "--fnn-lr", "1e-3", "--batch-size", "64",
+    "--fm-optimizer", "adagrad", "--fm-lr", "0.05", "--fm-initial-accumulator", "0",
+    "--fnn-lr", "1e-3", "--batch-size", "64",
     "--no-progress",
 ]  # fmt: skip
 
