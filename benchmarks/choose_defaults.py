@@ -97,6 +97,13 @@ FNN_CANDIDATES = {
     "emb-0.01-hidden-64": {"fnn_embedding_lr": 0.01, "hidden": [64]},
     "emb-0.01-dropout-0.5": {"fnn_embedding_lr": 0.01, "dropout": 0.5, "fnn_lr": 1e-4},
     "emb-0.01-layer-l2": {"fnn_embedding_lr": 0.01, "fnn_layer_weight_decay": 1e-3},
+    # Third grid: layer L2 with faster layers, and dropout with a slower embedding.
+    "layers-3e-4-l2-emb-0.01": {
+        "fnn_lr": 3e-4,
+        "fnn_layer_weight_decay": 1e-3,
+        "fnn_embedding_lr": 0.01,
+    },
+    "layers-1e-4-dropout-0.3-emb-0.03": {"fnn_lr": 1e-4, "dropout": 0.3, "fnn_embedding_lr": 0.03},
     "layers-3e-4-emb-adagrad": {
         "fnn_lr": 3e-4,
         "fnn_optimizer": "adagrad",
