@@ -274,7 +274,7 @@ def train_peer(name: str, train, valid, test, encoder, config, seed: int) -> dic
     model, optimizer = setup.model, setup.optimizer
     generator = torch.Generator().manual_seed(seed)
     best_score, best_state, best_epoch, best_valid = -math.inf, None, 0, None
-    epochs_run = 0
+    epochs_run, valid_aucs = 0, []
     for epoch in range(1, setup.epochs + 1):
         epochs_run = epoch
         model.train()
@@ -290,6 +290,7 @@ def train_peer(name: str, train, valid, test, encoder, config, seed: int) -> dic
             loss.backward()
             optimizer.step()
         metrics = _metrics(model, valid_ids, valid_labels)
+        valid_aucs.append(metrics["auc"])
         score = metrics["auc"] if not math.isnan(metrics["auc"]) else -metrics["logloss"]
         if math.isnan(score):
             raise PeerDiverged(f"diverged in epoch {epoch}: the validation metric is NaN")
@@ -308,4 +309,5 @@ def train_peer(name: str, train, valid, test, encoder, config, seed: int) -> dic
         "valid_auc": best_valid["auc"],
         "valid_logloss": best_valid["logloss"],
         "epochs": epochs_run,
+        "valid_aucs": valid_aucs,  # one per epoch
     }
