@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from fnn_fast.data import FeatureEncoder, Schema, load_rows
-from fnn_fast.data.synthetic import criteo_like_cardinalities, plant_model
 from fnn_fast.train import Split, TrainConfig, TrainingDiverged, evaluate, train_fm, train_fnn
 
 DATA = Path(os.environ.get("FNN_FAST_DATA", Path(__file__).parents[1] / ".." / "shared" / "data"))
@@ -131,18 +130,9 @@ def _file_splits(path: Path, schema: Schema, seed: int):
 
 
 def _planted_splits(positive_rate: float, seed: int, rows: int = 60_000):
-    from fnn_fast.demo import planted_splits
+    from fnn_fast.demo import planted_at_rate, planted_splits
 
-    cards = criteo_like_cardinalities(39, largest=2_000, seed=0)
-    # The bias that gives the wanted share of positives: bisect on sampled logits.
-    low, high = -12.0, 6.0
-    probe = plant_model(cards, num_factors=4, nonlinear=1.0, bias=0.0, seed=0)
-    logits = probe.logits(probe.draw_ids(40_000, np.random.default_rng(0)))
-    for _ in range(50):
-        bias = (low + high) / 2
-        rate = float((1 / (1 + np.exp(-(logits + bias)))).mean())
-        low, high = (bias, high) if rate < positive_rate else (low, bias)
-    truth = plant_model(cards, num_factors=4, nonlinear=1.0, bias=bias, seed=0)
+    truth = planted_at_rate(positive_rate)
     encoder, (train, valid), _ = planted_splits(truth, (rows, rows // 4), 1000 * seed + 1)
     return train, valid, encoder
 

@@ -244,9 +244,11 @@ def cmd_tune(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from fnn_fast import peers
     from fnn_fast.compare import format_table, run_compare, summarize, write_compare
 
     config = _config_from_args(args)
+    wanted = peers.parse_peers(args.peers)
     if not args.synthetic:
         if not (args.train and args.test and args.format):
             raise ValueError("compare needs --train, --test and --format (or --synthetic)")
@@ -258,11 +260,17 @@ def cmd_compare(args) -> int:
         args.input_format = args.format
         train, valid, test, encoder, _ = _load_splits(args)
     seeds = range(args.seed, args.seed + args.seeds)
-    results = run_compare(train, valid, test, encoder, config, seeds, not args.no_progress)
+    runnable, notes = peers.resolve(wanted, (train, valid, test))
+    for note in notes:
+        print(note, file=sys.stderr)
+    results = run_compare(train, valid, test, encoder, config, seeds, not args.no_progress,
+                          peers=runnable, notes=notes)  # fmt: skip
     summary = summarize(results)
-    table = format_table(summary, args.seeds)
+    table = format_table(summary, args.seeds, notes)
+    settings = {peers.PEERS[name].label: peers.PEERS[name].settings for name in runnable}
     with writing_directory(args.out, args.overwrite, "comparison") as out:
-        write_compare(out, results, summary, table, "fnn-fast " + " ".join(sys.argv[1:]))
+        write_compare(out, results, summary, table, "fnn-fast " + " ".join(sys.argv[1:]),
+                      notes, settings)  # fmt: skip
     print(table)
     return 0
 
@@ -516,7 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = command(
-        "compare", help="ablation over seeds: LR, FM, FNN from random / FM / FM+RBM / one rate"
+        "compare",
+        help="ablation over seeds: LR, FM, FNN from random / FM / FM+RBM / one rate, and the "
+        "installed peers (pytorch-fm, DeepCTR-Torch)",
     )
     p.add_argument("--train", help="training file")
     p.add_argument("--valid", help="validation file (default: a random part of --train)")
@@ -533,6 +543,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--synthetic-rows", type=int, default=100_000, help="training rows of --synthetic"
     )
     p.add_argument("--seeds", type=int, default=5, help="seeds --seed .. --seed + N - 1")
+    p.add_argument(
+        "--peers",
+        default="auto",
+        help="other libraries' models as extra rows, each trained with its own settings and "
+        "early stopping on the same validation rows: auto (every one installed; pip install "
+        "'fnn-fast[peers]'), none, or a list of torchfm-fm, torchfm-fnn, deepctr-deepfm, "
+        "deepctr-pnn",
+    )
     p.add_argument("--out", default="fnn-fast-compare", help="writes compare.json, compare.md")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     _add_input_options(p, format_required=False)
