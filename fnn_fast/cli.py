@@ -17,7 +17,7 @@ from fnn_fast.metrics import finite_or_none
 from fnn_fast.native_check import missing_native_reason, native_warning_shown
 from fnn_fast.outputs import check_creatable, check_directory, writing_directory
 from fnn_fast.saved import save_run
-from fnn_fast.train import Split, TrainConfig, train_two_stage
+from fnn_fast.train import Split, TrainConfig, resolve_device, train_two_stage
 
 FORMATS = ("libfm", "criteo", "csv", "parquet")
 OVERWRITE_HELP = "replace an earlier output of fnn-fast's there (removes only the files it wrote)"
@@ -222,15 +222,18 @@ def _check_inputs(args, *options: str) -> None:
 
 def cmd_train(args) -> int:
     config = _config_from_args(args)
+    device = resolve_device(args.device)  # before any file is read: no GPU is a quick error
     _check_inputs(args, "--train", "--valid", "--test", "--featindex")
     check_directory(args.out, args.overwrite, "model")
     args.input_format = args.format
     train, valid, test, encoder, schema = _load_splits(args)
-    result = train_two_stage(train, valid, test, encoder, config, progress=not args.no_progress)
+    result = train_two_stage(
+        train, valid, test, encoder, config, progress=not args.no_progress, device=device
+    )
     with writing_directory(args.out, args.overwrite, "model") as out:
         save_run(
             out, result, encoder, schema, config,
-            extra=_encoder_metrics(encoder),
+            extra={**_encoder_metrics(encoder), "device": str(device)},
             report_split=test if test is not None else valid,
             split_name="test" if test is not None else "validation",
         )  # fmt: skip
@@ -554,6 +557,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", help="test file: evaluated at the end, never used for choices")
     p.add_argument("--out", required=True, help="output directory for the model and metrics")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="train both stages on cpu, cuda, cuda:N or auto (cuda when there is a GPU); on a "
+        "GPU the Triton or CUDA kernels run and batches are copied from pinned memory ahead",
+    )
     _add_input_options(p)
     _add_training_options(p, defaults)
     p.set_defaults(func=cmd_train)
