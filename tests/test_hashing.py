@@ -185,3 +185,26 @@ def test_hashing_refuses_min_count(libfm_files, tmp_path, capsys):
                  *FAST])  # fmt: skip
     assert code == 2
     assert "--min-count" in capsys.readouterr().err
+
+
+def test_hashed_criteo_model_scores_text_through_the_python_readers(tmp_path):
+    """Criteo text: a vocabulary model scores it with the C++ reader; a hashed one (no C++
+    table) through the other readers, with the ids its encoder gives the parsed keys."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for _ in range(400):
+        ints = [str(int(v)) if rng.random() > 0.1 else "" for v in rng.integers(0, 50, 13)]
+        cats = [f"{v:08x}" for v in rng.integers(0, 30, 26)]
+        lines.append("\t".join([str(int(rng.random() < 0.3)), *ints, *cats]))
+    tsv = tmp_path / "day.tsv"
+    tsv.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "criteo"
+    code = main(["train", "--train", str(tsv), "--format", "criteo", "--out", str(out),
+                 "--hash-buckets", "1000", "--hash-space", "shared", *FAST])  # fmt: skip
+    assert code == 0
+    scores = tmp_path / "s.npy"
+    assert main(["score", "--model", str(out), "--input", str(tsv), "--output", str(scores),
+                 "--no-progress"]) == 0  # fmt: skip
+    saved = load_model(out)
+    rows = read_rows(tsv, saved.schema, progress=False)
+    np.testing.assert_allclose(np.load(scores), predict(saved, rows), rtol=1e-6)
