@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from fnn_fast.bench import command as bench_command
-from fnn_fast.data import DataError, FeatureEncoder, ParsedRows, Schema, load_rows
+from fnn_fast.data import DataError, FeatureEncoder, HashedEncoder, ParsedRows, Schema, load_rows
 from fnn_fast.metrics import finite_or_none
 from fnn_fast.native_check import missing_native_reason, native_warning_shown
 from fnn_fast.outputs import check_creatable, check_directory, writing_directory
 from fnn_fast.saved import save_run
-from fnn_fast.train import Split, TrainConfig, train_two_stage
+from fnn_fast.train import Split, TrainConfig, resolve_device, train_two_stage
 
 FORMATS = ("libfm", "criteo", "csv", "parquet")
 OVERWRITE_HELP = "replace an earlier output of fnn-fast's there (removes only the files it wrote)"
@@ -162,21 +162,43 @@ def _load_splits(args):
         order = np.random.default_rng(args.seed).permutation(len(train_rows.labels))
         cut = int(round(len(order) * (1 - args.valid_fraction)))
         train_index, valid_index = np.sort(order[:cut]), np.sort(order[cut:])
-    encoder = FeatureEncoder.fit(
-        train_rows.keys[train_index],
-        train_rows.slot_fields,
-        train_rows.field_names,
-        min_count=args.min_count,
-    )
+    encoder = _fit_encoder(train_rows, train_index, args)
     print(
         f"{len(train_index):,} training rows, {encoder.num_features:,} features in "
         f"{len(train_rows.field_names)} fields",
         file=sys.stderr,
     )
+    if isinstance(encoder, HashedEncoder):
+        print(encoder.describe_collisions(), file=sys.stderr)
     train = Split.encode(train_rows, encoder, train_index if valid_index is not None else None)
     valid = Split.encode(valid_rows, encoder, valid_index)
     test = Split.encode(_read(args.test, schema, args), encoder) if args.test else None
     return train, valid, test, encoder, schema
+
+
+def _fit_encoder(train_rows: ParsedRows, train_index, args):
+    """The vocabularies of the training rows, or with --hash-buckets the hashed encoder (no
+    vocabulary; the pass over the keys only measures the collisions)."""
+    keys = train_rows.keys if len(train_index) == len(train_rows) else train_rows.keys[train_index]
+    progress = not args.no_progress
+    if getattr(args, "hash_buckets", None) is None:
+        return FeatureEncoder.fit(
+            keys, train_rows.slot_fields, train_rows.field_names, min_count=args.min_count,
+            progress=progress,
+        )  # fmt: skip
+    if args.min_count != 1:
+        raise ValueError("--min-count needs vocabularies: it cannot be used with --hash-buckets")
+    return HashedEncoder.fit(
+        keys, train_rows.slot_fields, train_rows.field_names, buckets=args.hash_buckets,
+        shared=args.hash_space == "shared", progress=progress,
+    )  # fmt: skip
+
+
+def _hash_buckets(text: str) -> int:
+    buckets = int(text)
+    if buckets < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of buckets, not {text}")
+    return buckets
 
 
 def _check_inputs(args, *options: str) -> None:
@@ -200,20 +222,29 @@ def _check_inputs(args, *options: str) -> None:
 
 def cmd_train(args) -> int:
     config = _config_from_args(args)
+    device = resolve_device(args.device)  # before any file is read: no GPU is a quick error
     _check_inputs(args, "--train", "--valid", "--test", "--featindex")
     check_directory(args.out, args.overwrite, "model")
     args.input_format = args.format
     train, valid, test, encoder, schema = _load_splits(args)
-    result = train_two_stage(train, valid, test, encoder, config, progress=not args.no_progress)
+    result = train_two_stage(
+        train, valid, test, encoder, config, progress=not args.no_progress, device=device
+    )
     with writing_directory(args.out, args.overwrite, "model") as out:
         save_run(
             out, result, encoder, schema, config,
+            extra={**_encoder_metrics(encoder), "device": str(device)},
             report_split=test if test is not None else valid,
             split_name="test" if test is not None else "validation",
         )  # fmt: skip
     _print_metrics(result.metrics)
     print(f"model written to {args.out} (report: {Path(args.out) / 'report.html'})")
     return 0
+
+
+def _encoder_metrics(encoder) -> dict:
+    """metrics.json's record of a hashed encoder's collisions (none for vocabularies)."""
+    return {"hashing": encoder.collisions} if isinstance(encoder, HashedEncoder) else {}
 
 
 def cmd_tune(args) -> int:
@@ -232,6 +263,7 @@ def cmd_tune(args) -> int:
         "valid_fraction": args.valid_fraction,
         "schema": schema.to_dict(),
         "min_count": args.min_count,
+        **({"hashing": encoder.spec()} if isinstance(encoder, HashedEncoder) else {}),
     }
     best = run_tune(
         train, valid, encoder, config, out, trials=args.trials, minutes=args.minutes,
@@ -394,6 +426,20 @@ def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> 
         help="features seen fewer times in training share their field's OOV row",
     )
     p.add_argument(
+        "--hash-buckets",
+        type=_hash_buckets,
+        metavar="N",
+        help="hash each key into N buckets instead of fitting vocabularies: no vocabulary pass "
+        "or file, any number of keys; prints the share of training keys that collide",
+    )
+    p.add_argument(
+        "--hash-space",
+        choices=("field", "shared"),
+        default="field",
+        help="--hash-buckets: N buckets per field, or one space of N for all fields (the field "
+        "mixed into the hash)",
+    )
+    p.add_argument(
         "--seed", type=int, default=defaults.seed, help="initialization, batch order, split"
     )
     p.add_argument("--factors", type=int, default=defaults.factors, help="K")
@@ -519,6 +565,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", help="test file: evaluated at the end, never used for choices")
     p.add_argument("--out", required=True, help="output directory for the model and metrics")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="train both stages on cpu, cuda, cuda:N or auto (cuda when there is a GPU); on a "
+        "GPU the Triton or CUDA kernels run and batches are copied from pinned memory ahead",
+    )
     _add_input_options(p)
     _add_training_options(p, defaults)
     p.set_defaults(func=cmd_train)

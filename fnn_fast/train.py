@@ -115,13 +115,84 @@ class Split:
             yield self.ids[index], values, self.labels[index]
 
 
+def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when there is a GPU) as a torch.device;
+    a CUDA device that is not here is a ValueError saying why."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r}: use cpu, cuda, cuda:N or auto") from None
+    if resolved.type == "cpu":
+        return resolved
+    if resolved.type != "cuda":
+        raise ValueError(f"device {device!r}: fnn_fast trains on cpu or cuda (cuda:N)")
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA (a CPU build)"
+        raise ValueError(
+            f"device {device!r}: CUDA is not available here (torch {torch.__version__} with "
+            f"{build}, {torch.cuda.device_count()} GPUs visible); train with --device cpu"
+        )
+    if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {device!r}: only {torch.cuda.device_count()} GPU(s) here (cuda:0.."
+            f"cuda:{torch.cuda.device_count() - 1})"
+        )
+    return resolved
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def to_device(batches, device: torch.device):
+    """The (ids, values, labels) batches on ``device``. For CUDA each batch is pinned and copied
+    on a side stream one batch ahead, so the copy of batch i + 1 overlaps the compute of batch
+    i; the compute stream waits for a batch's copy before using it."""
+    if device.type != "cuda":
+        yield from batches
+        return
+    copy_stream = torch.cuda.Stream(device)
+
+    def ahead(batch):
+        with torch.cuda.stream(copy_stream):
+            moved = tuple(
+                None if t is None else t.pin_memory().to(device, non_blocking=True) for t in batch
+            )
+        done = torch.cuda.Event()
+        done.record(copy_stream)
+        return moved, done
+
+    pending = None
+    for batch in batches:
+        incoming = ahead(batch)
+        if pending is not None:
+            yield _arrived(*pending, device)
+        pending = incoming
+    if pending is not None:
+        yield _arrived(*pending, device)
+
+
+def _arrived(batch, done, device):
+    compute = torch.cuda.current_stream(device)
+    compute.wait_event(done)
+    for t in batch:
+        if t is not None:
+            t.record_stream(compute)  # its memory is not reused before compute is done with it
+    return batch
+
+
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, split: Split, batch_size: int = 8192) -> np.ndarray:
+    """Logits [N] (float32, on the host), computed on the model's device."""
     was_training = model.training
     model.eval()
-    out = [model(ids, values) for ids, values, _ in split.batches(batch_size)]
+    device = model_device(model)
+    batches = to_device(split.batches(batch_size), device)
+    out = [model(ids, values) for ids, values, _ in batches]
     model.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+    return torch.cat(out).cpu().numpy() if out else np.zeros(0, dtype=np.float32)
 
 
 def predict_probabilities(model: torch.nn.Module, split: Split, batch_size: int = 8192):
@@ -192,7 +263,8 @@ def fit(
             leave=False,
             disable=None if progress else True,
         )
-        for step, (ids, values, labels) in enumerate(train.batches(batch_size, generator), 1):
+        batches = to_device(train.batches(batch_size, generator), model_device(model))
+        for step, (ids, values, labels) in enumerate(batches, 1):
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             loss = F.binary_cross_entropy_with_logits(model(ids, values), labels)
@@ -270,10 +342,13 @@ def train_fm(
     config: TrainConfig,
     slot_names=None,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> tuple[FM, list[dict]]:
-    """Stage 1: an FM trained with sparse row updates."""
+    """Stage 1: an FM trained with sparse row updates, on ``device``."""
+    device = resolve_device(device)
     torch.manual_seed(config.seed)
     fm = FM(num_features, config.factors, init_std=config.fm_init_std, slot_names=slot_names)
+    fm.to(device)
     with torch.no_grad():
         fm.w0.fill_(base_rate_logit(train))
     # The native kernels apply the table's update inside backward; on the reference backend the
@@ -362,7 +437,7 @@ def pretrain_rbm(fnn: FNN, train: Split, config: TrainConfig, progress: bool = T
 
     def batches():
         with torch.no_grad():
-            for ids, values, _ in train.batches(config.batch_size):
+            for ids, values, _ in to_device(train.batches(config.batch_size), model_device(fnn)):
                 yield fnn.input(ids, values)
 
     torch.manual_seed(config.seed + 2)
@@ -381,10 +456,14 @@ def train_fnn(
     config: TrainConfig,
     slot_names=None,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> tuple[FNN, list[dict]]:
-    """Stage 2: an FNN, from the FM's embedding (or a random one), fine-tuned end to end."""
+    """Stage 2: an FNN, from the FM's embedding (or a random one), fine-tuned end to end on
+    ``device``."""
+    device = resolve_device(device)
     torch.manual_seed(config.seed + 1)
     fnn = build_fnn(fm, num_features, slot_fields, config, slot_names)
+    fnn.to(device)
     with torch.no_grad():
         fnn.output.bias.fill_(base_rate_logit(train))
     fnn.fuse_update(
@@ -440,13 +519,19 @@ def train_two_stage(
     encoder: FeatureEncoder,
     config: TrainConfig,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> TwoStageResult:
-    """Stage 1 (FM) then stage 2 (FNN from the best FM, or from a random embedding)."""
+    """Stage 1 (FM) then stage 2 (FNN from the best FM, or from a random embedding), both on
+    ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``auto``): the splits stay in host memory and
+    each batch is copied over as it is needed. The result's models are back on the CPU."""
+    device = resolve_device(device)
     slot_fields = [int(f) for f in encoder.slot_fields]
     slot_names = [encoder.field_names[f] for f in slot_fields]
-    fm, fm_history = train_fm(train, valid, encoder.num_features, config, slot_names, progress)
+    fm, fm_history = train_fm(
+        train, valid, encoder.num_features, config, slot_names, progress, device
+    )
     fnn, fnn_history = train_fnn(
-        train, valid, fm, encoder.num_features, slot_fields, config, slot_names, progress
+        train, valid, fm, encoder.num_features, slot_fields, config, slot_names, progress, device
     )
     metrics = {
         "fm": {**_split_metrics(fm, valid, test), "epochs": len(fm_history)},
@@ -456,4 +541,7 @@ def train_two_stage(
             "init": config.fnn_init,
         },
     }
+    if device.type != "cpu":
+        fm.cpu()
+        fnn.cpu()
     return TwoStageResult(fm, fnn, metrics, {"fm": fm_history, "fnn": fnn_history})
