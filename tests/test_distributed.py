@@ -1,0 +1,270 @@
+"""Row-wise sharded tables (fnn_fast.distributed) against one process on the whole batch.
+
+Two gloo ranks on 127.0.0.1 (one spawn for every case, ~10 s on 2 cores) each step on their
+half of a global batch; the tables, optimizer state, dense parameters and predictions they end
+with must equal (``assert_close`` defaults, as TorchRec's sharded-vs-unsharded test) those of
+one process stepping on the whole batches. The batches have a hot id on both ranks, duplicates
+within a row, ids owned by one rank but used only on the other, odd batch sizes, a step in
+which one rank asks nothing of the other, and a rank with an empty batch.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from fnn_fast import FM, FNN, SparseRowOptimizer, ops
+from fnn_fast.optim import RowUpdate
+
+NUM_FEATURES, FACTORS, SLOTS = 50, 4, 6
+SLOT_FIELDS = [0, 1, 2, 3, 4, 4]  # the FNN's last field has two slots
+HOT, ONLY_ON_0, ONLY_ON_1 = 3, 40, 10  # 40 is owned by rank 1, 10 by rank 0 (block sharding)
+WORLD = 2
+
+RULES = {
+    "sgd": RowUpdate("sgd", lr=0.1, weight_decay=1e-3),
+    "adagrad": RowUpdate("adagrad", lr=0.05, initial_accumulator_value=0.01),
+    "rowwise_adagrad": RowUpdate("rowwise_adagrad", lr=0.05, weight_decay=1e-3),
+    "adam": RowUpdate("adam", lr=0.01),
+}
+# (model, rule, sharding scheme, backend)
+CASES = [(m, r, "block", "auto") for m in ("fm", "fnn") for r in RULES] + [
+    ("fm", "adam", "cyclic", "auto"),
+    ("fnn", "rowwise_adagrad", "cyclic", "auto"),
+    ("fm", "adagrad", "block", "reference"),
+    ("fnn", "adam", "block", "reference"),
+]
+
+
+def case_name(case) -> str:
+    return "-".join(case)
+
+
+def batches():
+    """[(ids [B, S], values [B, S], labels [B])]: the global batches, in order."""
+    g = torch.Generator().manual_seed(7)
+    common = torch.tensor([i for i in range(NUM_FEATURES) if i not in (HOT, ONLY_ON_0, ONLY_ON_1)])
+
+    def draw(rows, pool=common):
+        ids = pool[torch.randint(len(pool), (rows, SLOTS), generator=g)]
+        ids[:, 0] = HOT  # on both ranks, in every row
+        ids[::2, 5] = ids[::2, 4]  # duplicates within a row (and within the last field)
+        return ids
+
+    out = []
+    for size, kind in [(13, "split"), (9, "local"), (13, "plain"), (1, "one"), (11, "split")]:
+        ids = draw(size)
+        if kind == "split":  # 40 only in rank 0's half, 10 only in rank 1's
+            first = -(-size // WORLD)
+            ids[:first, 2], ids[first:, 2] = ONLY_ON_0, ONLY_ON_1
+        if kind == "local":  # rank 0's half asks rank 1 for nothing
+            first = -(-size // WORLD)
+            ids[:first] = draw(first, common[common < NUM_FEATURES // 2])
+        values = torch.rand(size, SLOTS, generator=g) + 0.5
+        labels = (torch.rand(size, generator=g) < 0.4).float()
+        out.append((ids, values, labels))
+    return out
+
+
+def eval_batch():
+    g = torch.Generator().manual_seed(11)
+    ids = torch.randint(NUM_FEATURES, (11, SLOTS), generator=g)
+    return ids, torch.rand(11, SLOTS, generator=g) + 0.5
+
+
+def full_model(model: str):
+    torch.manual_seed(3)
+    fm = FM(NUM_FEATURES, FACTORS, init_std=0.1)
+    with torch.no_grad():
+        fm.w0.fill_(-0.3)
+    if model == "fm":
+        return fm
+    return FNN.from_fm(fm, slot_fields=SLOT_FIELDS, hidden=(8, 6))
+
+
+def sparse_optimizer(params, rule: RowUpdate) -> SparseRowOptimizer:
+    return SparseRowOptimizer(
+        params, rule.kind, lr=rule.lr, weight_decay=rule.weight_decay,
+        initial_accumulator_value=rule.initial_accumulator_value,
+    )  # fmt: skip
+
+
+def optimizers(model, rule: RowUpdate, dense_params):
+    """The sparse rule for w0 (as the trainer does), Adam for the FNN's layers."""
+    w0 = [p for p in dense_params if p is model.w0]
+    opts = [sparse_optimizer(w0, rule)]
+    layers = [p for p in dense_params if p is not model.w0]
+    if layers:
+        opts.append(torch.optim.Adam(layers, lr=1e-3))
+    return opts
+
+
+def single_process(case) -> dict:
+    model_kind, rule_name, _, backend = case
+    ops.set_backend(backend)
+    try:
+        model = full_model(model_kind)
+        rule = RULES[rule_name]
+        model.fuse_update(rule)
+        dense = [p for n, p in model.named_parameters() if n != "table"]
+        opts = optimizers(model, rule, dense)
+        if backend == "reference":  # the table gets a sparse gradient: the optimizer's rule
+            opts.append(sparse_optimizer([model.table], rule))
+        for ids, values, labels in batches():
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
+            F.binary_cross_entropy_with_logits(model(ids, values), labels).backward()
+            for opt in opts:
+                opt.step()
+        with torch.no_grad():
+            predictions = model(*eval_batch())
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        optim_state = None
+        if backend != "reference":
+            optim_state = {"state1": model.update_state1, "state2": model.update_state2,
+                           "step": model.update_step}  # fmt: skip
+        return {"state_dict": state, "predictions": predictions, "optim": optim_state}
+    finally:
+        ops.set_backend("auto")
+
+
+# --- the ranks ---------------------------------------------------------------------------------
+
+
+def run_case(case, rank: int) -> dict | None:
+    from fnn_fast import distributed as fd
+
+    model_kind, rule_name, scheme, backend = case
+    ops.set_backend(backend)
+    try:
+        full = full_model(model_kind)
+        if model_kind == "fm":
+            model = fd.ShardedFM.from_fm(full, scheme=scheme)
+        else:
+            model = fd.ShardedFNN.from_fnn(full, scheme=scheme)
+        rule = RULES[rule_name]
+        model.fuse_update(rule)
+        opts = optimizers(model, rule, model.dense_parameters())
+        for ids, values, labels in batches():
+            part = fd.batch_slice(len(labels), rank, WORLD)
+            ids, values, labels = ids[part], values[part], labels[part]
+            total = fd.global_batch_size(len(labels))
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
+            logits = model(ids, values)
+            loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / total
+            loss.backward()
+            model.allreduce_dense_grads()
+            for opt in opts:
+                opt.step()
+        ids, values = eval_batch()
+        part = fd.batch_slice(len(ids), rank, WORLD)
+        with torch.no_grad():
+            mine = model(ids[part], values[part])
+        predictions = [None] * WORLD
+        dist.all_gather_object(predictions, mine)
+        gathered = model.to_fm() if model_kind == "fm" else model.to_fnn()
+        optim = model.embedding.gather_state()
+        if rank != 0:
+            return None
+        return {
+            "state_dict": gathered.state_dict(),
+            "predictions": torch.cat(predictions),
+            "optim": optim,
+            "bytes_sent": model.stats.bytes_sent,
+        }
+    finally:
+        ops.set_backend("auto")
+
+
+def worker(rank: int, port: int, out: str) -> None:
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD)  # fmt: skip
+    try:
+        results = {}
+        for case in CASES:
+            try:
+                results[case_name(case)] = run_case(case, rank)
+            except Exception:  # noqa: BLE001  (reported by the test of that case)
+                results[case_name(case)] = {"error": traceback.format_exc()}
+                raise
+        if rank == 0:
+            torch.save(results, Path(out) / "results.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sharded_results(tmp_path_factory):
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    out = tmp_path_factory.mktemp("dist")
+    torch.multiprocessing.spawn(worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
+    return torch.load(out / "results.pt")
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_name)
+def test_two_ranks_equal_one_process(case, sharded_results):
+    got = sharded_results[case_name(case)]
+    assert "error" not in got, got.get("error")
+    want = single_process(case)
+    assert got["state_dict"].keys() == want["state_dict"].keys()
+    for name, value in want["state_dict"].items():
+        torch.testing.assert_close(
+            got["state_dict"][name], value, msg=lambda m, n=name: f"{n}: {m}"
+        )
+    torch.testing.assert_close(got["predictions"], want["predictions"])
+    if want["optim"] is not None:
+        for name in ("state1", "state2", "step"):
+            torch.testing.assert_close(got["optim"][name], want["optim"][name])
+    assert got["bytes_sent"] > 0
+
+
+def test_row_sharding_maps_every_row_once():
+    from fnn_fast.distributed import RowSharding
+
+    for scheme in ("block", "cyclic"):
+        for rows, world in [(50, 2), (7, 3), (2, 4), (0, 2), (10, 1)]:
+            sharding = RowSharding(rows, world, scheme)
+            owned = torch.cat([sharding.global_rows(r) for r in range(world)])
+            assert sorted(owned.tolist()) == list(range(rows))
+            ids = torch.arange(rows)
+            owner = sharding.owner(ids)
+            local = sharding.local(ids, owner)
+            for r in range(world):
+                mine = sharding.global_rows(r)
+                assert torch.equal(ids[owner == r][local[owner == r]] if len(mine) else mine, mine)
+                assert len(mine) == sharding.shard_rows(r)
+
+
+def test_batch_slice_matches_tensor_split():
+    from fnn_fast.distributed import batch_slice
+
+    for total in range(0, 9):
+        for world in (1, 2, 3):
+            parts = torch.arange(total).tensor_split(world)
+            for rank in range(world):
+                assert (
+                    torch.arange(total)[batch_slice(total, rank, world)].tolist()
+                    == parts[rank].tolist()
+                )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
