@@ -393,6 +393,102 @@ class _ShardedLookup(torch.autograd.Function):
         return None, None, None
 
 
+# --- the rank's math on the fetched rows ----------------------------------------------------
+# The single-process modules fuse the update into backward; here the rows' gradients must be
+# handed back instead. The forwards run the native kernels on the fetched rows (with the batch's
+# positions among them as ids); the backwards sum each row's gradient over its occurrences with
+# index_add_ (in batch order). The reference (autograd) serves where the kernels do not apply.
+
+
+def _native_rows(rows: torch.Tensor) -> bool:
+    return rows.device.type == "cpu" and ops._fused_kernels_apply(rows)
+
+
+def _no_update(device) -> tuple:
+    """The optimizer arguments of a plain SGD rule, for forwards that only read them."""
+    empty = torch.zeros(0, device=device)
+    return empty, empty, torch.zeros((), dtype=torch.int64), RowUpdate("sgd", 1.0).hparams()
+
+
+class _RowsFM(torch.autograd.Function):
+    """FM logits without w0 from rows [U, 1 + K] and positions [B, S]; backward: the rows'
+    summed gradients (and the values')."""
+
+    @staticmethod
+    def forward(ctx, rows, inverse, values):
+        logits, sums = native._cpu_fm_train_forward(rows, inverse, values, *_no_update("cpu"), 0)
+        ctx.save_for_backward(rows, inverse, values, sums)
+        return logits
+
+    @staticmethod
+    def backward(ctx, grad_logits):
+        rows, inverse, values, sums = ctx.saved_tensors
+        grad_logits = grad_logits.contiguous()
+        batch, slots = inverse.shape
+        scale = grad_logits.unsqueeze(1).expand(batch, slots)  # d logit / d w = x
+        if values is not None:
+            scale = scale * values
+        flat = inverse.reshape(-1)
+        grad = rows.new_zeros(rows.shape)
+        grad[:, 0].index_add_(0, flat, scale.reshape(-1))
+        # d logit / d v_s = x_s (sums - x_s v_s): the sums' part per occurrence, the v part per row
+        per = (scale.unsqueeze(2) * sums.unsqueeze(1)).reshape(batch * slots, rows.shape[1] - 1)
+        grad[:, 1:].index_add_(0, flat, per)
+        square = scale if values is None else scale * values
+        own = rows.new_zeros(len(rows)).index_add_(0, flat, square.reshape(-1))
+        grad[:, 1:] -= own.unsqueeze(1) * rows[:, 1:]
+        grad_values = None
+        if ctx.needs_input_grad[2]:
+            grad_values = native._fm_values_grad(rows, inverse, values, sums, grad_logits)
+        return grad, None, grad_values
+
+
+class _RowsGather(torch.autograd.Function):
+    """FNN fields z (no w0 column, zero padded to ``width``) from rows and positions."""
+
+    @staticmethod
+    def forward(ctx, rows, inverse, values, slot_fields, num_fields, width):
+        ctx.save_for_backward(rows, inverse, values, slot_fields)
+        ctx.num_fields = num_fields
+        return native._cpu_fnn_gather(rows, inverse, values, slot_fields, num_fields, width)
+
+    @staticmethod
+    def backward(ctx, grad_z):
+        rows, inverse, values, slot_fields = ctx.saved_tensors
+        batch, slots = inverse.shape
+        dim = rows.shape[1]
+        blocks = grad_z[:, : ctx.num_fields * dim].reshape(batch, ctx.num_fields, dim)
+        if slot_fields is not None:
+            blocks = blocks.index_select(1, slot_fields)
+        if values is not None:
+            blocks = blocks * values.unsqueeze(2)
+        grad = rows.new_zeros(rows.shape)
+        grad.index_add_(0, inverse.reshape(-1), blocks.reshape(batch * slots, dim))
+        grad_values = None
+        if ctx.needs_input_grad[2]:
+            grad_values = native._gather_values_grad(
+                rows, inverse, slot_fields, ctx.num_fields, grad_z
+            )
+        return grad, None, grad_values, None, None, None
+
+
+def rows_fm(rows, w0, inverse, values=None) -> torch.Tensor:
+    """FM logits [B] from a lookup's rows and positions (as ``FM.forward`` on the table)."""
+    if _native_rows(rows):
+        values = None if values is None else values.to(torch.float32).contiguous()
+        return w0 + _RowsFM.apply(rows, inverse.contiguous(), values)
+    return reference.fm_forward(rows, w0, inverse, values, sparse=False)
+
+
+def rows_fields(rows, inverse, values, slot_fields, num_fields, width=0) -> torch.Tensor:
+    """The FNN's z without w0, [B, >= F (1 + K)], from a lookup's rows and positions."""
+    if _native_rows(rows):
+        values = None if values is None else values.to(torch.float32).contiguous()
+        return _RowsGather.apply(rows, inverse.contiguous(), values, slot_fields, num_fields,
+                                 width)  # fmt: skip
+    return reference.fnn_fields(rows, inverse, values, slot_fields, num_fields, sparse=False)
+
+
 # --- the dense, data-parallel part -------------------------------------------------------------
 
 
@@ -540,7 +636,7 @@ class ShardedFM(_ShardedModel):
         rows, inverse = self.embedding.lookup(ids, self.slot_names)
         if values is not None:
             values = values.to(rows.device)
-        return reference.fm_forward(rows, self.w0, inverse, values, sparse=False)
+        return rows_fm(rows, self.w0, inverse, values)
 
 
 class ShardedFNN(_ShardedModel):
@@ -617,18 +713,25 @@ class ShardedFNN(_ShardedModel):
         rows, inverse = self.embedding.lookup(ids, self.slot_names)
         if values is not None:
             values = values.to(rows.device)
-        fields = reference.fnn_fields(rows, inverse, values, self.slot_fields, self.num_fields,
-                                      sparse=False)  # fmt: skip
-        # As FNN.forward: w0's column of the first layer folds into its bias.
+        # As FNN.forward: w0's column of the first layer folds into its bias, and in training
+        # on the CPU z is zero padded to a multiple of 16 columns.
         layers = list(self.hidden_layers)
         first = layers[0] if layers else self.output
+        width = self.num_fields * (1 + self.num_factors)
+        padded = (
+            -(-width // 16) * 16 if torch.is_grad_enabled() and rows.device.type == "cpu" else 0
+        )
+        fields = rows_fields(rows, inverse, values, self.slot_fields, self.num_fields, padded)
         if not isinstance(first, nn.Linear):
             z = torch.cat([self.w0.reshape(1, 1).expand(fields.shape[0], 1), fields], dim=1)
-            return self.output(self.hidden_layers(z)).squeeze(-1)
+            return self.output(self.hidden_layers(z[:, : 1 + width])).squeeze(-1)
+        weight = first.weight[:, 1:]
+        if fields.shape[1] > width:
+            weight = nn.functional.pad(weight, (0, fields.shape[1] - width))
         bias = first.weight[:, 0] * self.w0
         if first.bias is not None:
             bias = bias + first.bias
-        out = nn.functional.linear(fields, first.weight[:, 1:], bias)
+        out = nn.functional.linear(fields, weight, bias)
         if layers:
             out = self.output(self.hidden_layers[1:](out))
         return out.squeeze(-1)

@@ -268,3 +268,41 @@ def test_batch_slice_matches_tensor_split():
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.parametrize("with_values", [False, True])
+def test_rows_math_matches_reference(with_values):
+    """The rank-side forwards on fetched rows (native kernels, index_add_ backward) against
+    the reference autograd: logits, the rows' and the values' gradients."""
+    from fnn_fast.distributed import rows_fields, rows_fm
+    from fnn_fast.ops import reference
+
+    g = torch.Generator().manual_seed(5)
+    rows = torch.randn(9, 1 + FACTORS, generator=g)
+    inverse = torch.randint(9, (7, SLOTS), generator=g)
+    inverse[:, 1] = inverse[:, 0]
+    values = torch.rand(7, SLOTS, generator=g) + 0.5 if with_values else None
+    slot_fields = torch.tensor(SLOT_FIELDS)
+    w0 = torch.tensor(0.2)
+
+    def grads(fn):
+        r = rows.clone().requires_grad_()
+        v = None if values is None else values.clone().requires_grad_()
+        out = fn(r, v)
+        weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        (out * weights).sum().backward()
+        return out.detach(), r.grad, None if v is None else v.grad
+
+    width = 5 * (1 + FACTORS)
+    pairs = [
+        (lambda r, v: rows_fm(r, w0, inverse, v),
+         lambda r, v: reference.fm_forward(r, w0, inverse, v, sparse=False)),
+        (lambda r, v: rows_fields(r, inverse, v, slot_fields, 5, 64)[:, :width],
+         lambda r, v: reference.fnn_fields(r, inverse, v, slot_fields, 5, sparse=False)),
+    ]  # fmt: skip
+    for fast, slow in pairs:
+        for got, want in zip(grads(fast), grads(slow), strict=True):
+            if want is None:
+                assert got is None
+            else:
+                torch.testing.assert_close(got, want)
