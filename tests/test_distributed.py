@@ -185,6 +185,46 @@ def run_case(case, rank: int) -> dict | None:
         ops.set_backend("auto")
 
 
+def run_round_trip(rank: int) -> dict | None:
+    """Gather table and optimizer state, load them into a fresh sharded model (cyclic, freshly
+    initialized), take the same steps with both: the checkpoint path of the training loop."""
+    from fnn_fast import distributed as fd
+
+    rule = RowUpdate("adam", lr=0.01)
+    first = fd.ShardedFM.from_fm(full_model("fm")).fuse_update(rule)
+    second = fd.ShardedFM(NUM_FEATURES, FACTORS, scheme="cyclic", seed=rank).fuse_update(rule)
+    steps = batches()
+
+    def step(model, ids, values, labels):
+        part = fd.batch_slice(len(labels), rank, WORLD)
+        total = fd.global_batch_size(len(labels))
+        loss = F.binary_cross_entropy_with_logits(model(ids[part], values[part]), labels[part],
+                                                  reduction="sum") / total  # fmt: skip
+        loss.backward()
+
+    for batch in steps[:2]:
+        step(first, *batch)
+    table, state = first.embedding.gather_table(None), first.embedding.gather_state(None)
+    second.embedding.load_table(table)
+    second.embedding.load_state(state)
+    with torch.no_grad():  # the dense part: a replica (a checkpoint's copy on rank 0)
+        second.w0.copy_(first.w0)
+    for batch in steps[2:]:
+        step(first, *batch)
+        step(second, *batch)
+    fnn = fd.ShardedFNN.from_sharded_fm(first, slot_fields=SLOT_FIELDS, hidden=(8, 6))
+    result = {
+        "first": first.embedding.gather_table(),
+        "second": second.embedding.gather_table(),
+        "first_state": first.embedding.gather_state(),
+        "second_state": second.embedding.gather_state(),
+    }
+    fm, fnn = first.to_fm(), fnn.to_fnn()
+    if rank != 0:
+        return None
+    return {**result, "fm": fm.state_dict(), "fnn": fnn.state_dict(), "fnn_config": fnn.config()}
+
+
 def worker(rank: int, port: int, out: str) -> None:
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
@@ -198,6 +238,7 @@ def worker(rank: int, port: int, out: str) -> None:
             except Exception:  # noqa: BLE001  (reported by the test of that case)
                 results[case_name(case)] = {"error": traceback.format_exc()}
                 raise
+        results["round_trip"] = run_round_trip(rank)
         if rank == 0:
             torch.save(results, Path(out) / "results.pt")
     finally:
@@ -234,6 +275,18 @@ def test_two_ranks_equal_one_process(case, sharded_results):
         for name in ("state1", "state2", "step"):
             torch.testing.assert_close(got["optim"][name], want["optim"][name])
     assert got["bytes_sent"] > 0
+
+
+def test_gathered_state_loads_into_other_shards(sharded_results):
+    got = sharded_results["round_trip"]
+    torch.testing.assert_close(got["second"], got["first"])
+    for name in ("state1", "state2", "step"):
+        torch.testing.assert_close(got["second_state"][name], got["first_state"][name])
+    fm, fnn = got["fm"], got["fnn"]
+    torch.testing.assert_close(fm["table"], got["first"])
+    torch.testing.assert_close(fnn["table"], fm["table"])
+    torch.testing.assert_close(fnn["w0"], fm["w0"])
+    assert got["fnn_config"]["num_fields"] == 5 and got["fnn_config"]["hidden"] == [8, 6]
 
 
 def test_row_sharding_maps_every_row_once():
