@@ -143,7 +143,9 @@ def summarize(steps: list[dict]) -> dict:
         )
         out["bytes_sent"] = float(np.mean([s["bytes_sent"] for s in steps]))
         kinds = steps[0]["by_kind"].keys()
-        out["bytes_by_kind"] = {k: float(np.mean([s["by_kind"][k][0] for s in steps])) for k in kinds}
+        out["bytes_by_kind"] = {
+            k: float(np.mean([s["by_kind"][k][0] for s in steps])) for k in kinds
+        }
         out["comm_ms_by_kind"] = {
             k: 1e3 * float(np.median([s["by_kind"][k][2] for s in steps])) for k in kinds
         }
@@ -208,29 +210,63 @@ def run_world(world: int, args) -> list[dict]:
     return queue.get()
 
 
+# (name, ranks, local batch, GPUs per node, within-node all-to-all B/s, within-node all-reduce
+# B/s, between-node B/s per GPU or None, seconds of latency per collective): the assumptions of
+# the worked estimate in benchmarks/RESULTS.md.
+SCENARIOS = [
+    ("8 GPUs, NVLink/NVSwitch", 8, 8192, 8, 200e9, 300e9, None, 25e-6),
+    ("4x8 GPUs, IB 400 Gb/s per GPU", 32, 4096, 8, 200e9, 300e9, 40e9, 50e-6),
+    ("4x8 GPUs, 100 GbE per node", 32, 4096, 8, 200e9, 300e9, 1.2e9, 100e-6),
+]
+COLLECTIVES_PER_STEP = 5  # counts, ids, rows, gradients, all-reduce
+
+
+def dense_size(kind: str, factors: int) -> tuple[int, int]:
+    """(parameters, tensors) of the replicated part: w0, and the FNN's layers."""
+    if kind == "fm":
+        return 1, 1
+    sizes = [1 + 39 * (1 + factors), *HIDDEN, 1]  # z = [w0, z_1..z_39]
+    return 1 + sum(a * b + b for a, b in zip(sizes, sizes[1:], strict=False)), 2 * len(sizes) - 1
+
+
 def model_only(args) -> None:
-    """The byte model for other world sizes and batches, U measured on drawn batches, and the
-    step's communication time at given link bandwidths."""
+    """The byte model for other world sizes and batches (U measured on drawn batches), and
+    the communication time per step of SCENARIOS."""
     print(f"byte model, K = {args.factors}, rows {args.rows:.0e}, Zipf ids; U per rank measured")
     dim = 1 + args.factors
-    for kind, dense in (("fm", 1), ("fnn", None)):
-        if dense is None:
-            width = 39 * dim
-            sizes = [width, *HIDDEN, 1]
-            dense = 1 + sum(a * b + b for a, b in zip(sizes, sizes[1:], strict=False))
-            tensors = 1 + 2 * (len(HIDDEN) + 1)
-        else:
-            tensors = 1
+    uniques = {}
+    for local in (8192, 4096):
+        shape = Shape("criteo", args.factors, args.rows, local)
+        drawn = draw_batches(shape, 3, np.random.default_rng(1))
+        uniques[local] = float(np.mean([len(np.unique(b)) for b in drawn]))
+    for kind in args.model:
+        dense, tensors = dense_size(kind, args.factors)
         for world, local in ((8, 8192), (8, 4096), (16, 4096), (32, 4096), (64, 4096)):
-            shape = Shape("criteo", args.factors, args.rows, local)
-            unique = float(np.mean([len(np.unique(b)) for b in draw_batches(
-                shape, 3, np.random.default_rng(1))]))  # fmt: skip
-            model = byte_model(world, unique, dim, dense, tensors)
+            unique = uniques[local]
+            m = byte_model(world, unique, dim, dense, tensors)
+            a2a = m["total"] - m["allreduce"]
             print(
                 f"{kind} N={world:3d} local batch {local}: U {unique:,.0f} "
                 f"({unique / (local * 39):.2f} of lookups), bytes/step/rank "
-                f"{model['total'] / 1e6:.2f} MB (a2a {(model['total'] - model['allreduce']) / 1e6:.2f},"
-                f" all-reduce {model['allreduce'] / 1e6:.2f})"
+                f"{m['total'] / 1e6:.2f} MB (a2a {a2a / 1e6:.2f}, "
+                f"all-reduce {m['allreduce'] / 1e6:.2f}; P {dense})"
+            )
+    print("communication per step (no overlap), and the ceiling N * local batch / that time:")
+    for kind in args.model:
+        dense, tensors = dense_size(kind, args.factors)
+        for name, world, local, per_node, a2a_bw, ar_bw, between, latency in SCENARIOS:
+            m = byte_model(world, uniques[local], dim, dense, tensors)
+            a2a = m["total"] - m["allreduce"]
+            if between is None:
+                seconds = a2a / a2a_bw + m["allreduce"] / ar_bw
+            else:  # the bytes to other nodes over their link; a ring all-reduce crosses it all
+                leaving = (world - per_node) / (world - 1)
+                seconds = a2a * leaving / between + a2a * (1 - leaving) / a2a_bw
+                seconds += m["allreduce"] / between
+            seconds += COLLECTIVES_PER_STEP * latency
+            print(
+                f"{kind} {name} (N={world}, local {local}): {seconds * 1e3:.2f} ms, "
+                f"{world * local / seconds / 1e6:.0f} M samples/s"
             )
 
 
