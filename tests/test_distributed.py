@@ -233,7 +233,7 @@ def worker(rank: int, out: str, attempt: int) -> None:
     # another process between picking and binding it.
     store = Path(out) / f"store-{attempt}"
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD,
-                            timeout=datetime.timedelta(seconds=60))  # a hang ends, not CI  # fmt: skip
+                            timeout=datetime.timedelta(seconds=60))  # fmt: skip
     try:
         results = {}
         for case in CASES:
