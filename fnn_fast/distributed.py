@@ -137,6 +137,14 @@ def _world(group) -> tuple[int, int]:
     return dist.get_rank(group), dist.get_world_size(group)
 
 
+def _comm_device(group, device: torch.device) -> torch.device:
+    """Where a collective's tensors must be: NCCL takes CUDA tensors only, so CPU ones (a
+    module still on the CPU, a batch size) are staged on the current GPU."""
+    if device.type == "cpu" and dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def _all_to_all(stats, kind, output, tensor, out_splits, in_splits, rank, group):
     """all_to_all_single along dim 0 with row counts; counted and timed."""
     width = math.prod(tensor.shape[1:])
@@ -316,6 +324,7 @@ class ShardedTable(_FusedUpdate, nn.Module):
         block = max(self.sharding.shard_rows(r) for r in range(self.world_size))
         padded = shard.new_zeros((block, *shard.shape[1:]))
         padded[: len(shard)] = shard
+        padded = padded.to(_comm_device(self.group, padded.device))
         if dst is None:
             pieces = [torch.empty_like(padded) for _ in range(self.world_size)]
             dist.all_gather(pieces, padded, group=self.group)
@@ -327,7 +336,8 @@ class ShardedTable(_FusedUpdate, nn.Module):
                 return None
         full = shard.new_empty((self.num_features, *shard.shape[1:]))
         for r, piece in enumerate(pieces):
-            full[self.sharding.global_rows(r, shard.device)] = piece[: self.sharding.shard_rows(r)]
+            piece = piece[: self.sharding.shard_rows(r)].to(shard.device)
+            full[self.sharding.global_rows(r, shard.device)] = piece
         return full
 
     @torch.no_grad()
@@ -494,6 +504,7 @@ def rows_fields(rows, inverse, values, slot_fields, num_fields, width=0) -> torc
 
 def global_batch_size(local: int, group=None, device=None) -> int:
     """The sum of the ranks' batch sizes (collective). Divide each rank's summed loss by it."""
+    device = _comm_device(group, torch.device(device or "cpu"))
     total = torch.tensor([local], dtype=torch.int64, device=device)
     dist.all_reduce(total, group=group)
     return int(total)
@@ -513,7 +524,9 @@ def broadcast_dense(parameters: Iterable[torch.Tensor], src: int = 0, group=None
     if not tensors:
         return
     flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.broadcast(flat, src, group=group)
+    flat = flat.to(_comm_device(group, flat.device))
+    root = src if group is None else dist.get_global_rank(group, src)
+    dist.broadcast(flat, root, group=group)
     offset = 0
     for t in tensors:
         t.copy_(flat[offset : offset + t.numel()].view_as(t))
@@ -534,10 +547,11 @@ def allreduce_dense_grads(
     parts.append(torch.tensor([p.grad is not None for p in params], dtype=parts[0].dtype,
                               device=device))  # fmt: skip
     flat = torch.cat([t.to(torch.float32) for t in parts])
+    flat = flat.to(_comm_device(group, flat.device))
     started = time.perf_counter()
-    _sync(device)
+    _sync(flat.device)
     dist.all_reduce(flat, group=group)
-    _sync(device)
+    _sync(flat.device)
     elapsed = time.perf_counter() - started
     if stats is not None:
         world = dist.get_world_size(group)
@@ -548,7 +562,7 @@ def allreduce_dense_grads(
     for p, flag in zip(params, flags.tolist(), strict=True):
         n = p.numel()
         if flag:
-            p.grad = flat[offset : offset + n].view_as(p).to(p.dtype)
+            p.grad = flat[offset : offset + n].view_as(p).to(device=p.device, dtype=p.dtype)
         offset += n
 
 
