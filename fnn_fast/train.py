@@ -38,7 +38,8 @@ class TrainConfig:
     factors: int = 10
     batch_size: int = 256
     seed: int = 0
-    patience: int = 4  # epochs without a better validation AUC before stopping
+    patience: int = 4  # epochs without a better validation metric before stopping
+    early_stopping: str = "auc"  # the validation metric that picks the best epoch: auc or logloss
     # Stage 1: FM. Adagrad whose sums start at 0.01: a rare feature's few small gradients move
     # it as SGD at lr / 0.1 would (plain Adagrad gives it full-size steps and overfits sparse
     # logs), while a frequent feature's steps shrink as its sum grows (plain SGD at a rate that
@@ -243,6 +244,7 @@ def fit(
     name: str,
     progress: bool = True,
     rate_hint: str = "the learning rate",
+    early_stopping: str = "auc",
 ) -> list[dict]:
     """Mini-batch training with early stopping on validation AUC. The model ends holding the
     weights of its best epoch; returns one record per epoch. A non-finite loss or parameter
@@ -309,7 +311,8 @@ def fit(
         )
         if valid is None:
             score = -record["train_loss"]
-        elif math.isnan(record["valid_auc"]):  # a validation split of one class: its logloss
+        elif early_stopping == "logloss" or math.isnan(record["valid_auc"]):
+            # logloss by choice, or for a validation split of one class (no AUC)
             score = -record["valid_logloss"]
         else:
             score = record["valid_auc"]
@@ -374,6 +377,7 @@ def train_fm(
         epochs=config.fm_epochs,
         batch_size=config.batch_size,
         patience=config.patience,
+        early_stopping=config.early_stopping,
         seed=config.seed,
         name="FM",
         progress=progress,
@@ -484,6 +488,7 @@ def train_fnn(
         epochs=config.fnn_epochs,
         batch_size=config.batch_size,
         patience=config.patience,
+        early_stopping=config.early_stopping,
         seed=config.seed + 1,
         name="FNN" if config.fnn_init == "fm" else "FNN(random)",
         progress=progress,
