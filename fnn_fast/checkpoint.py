@@ -217,7 +217,9 @@ class Checkpointer:
         try:
             digest = _sha256(path)
         except OSError as error:
-            raise CheckpointError(f"the checkpoint {directory} is incomplete ({error}).{keep}")
+            raise CheckpointError(
+                f"the checkpoint {directory} is incomplete ({error}).{keep}"
+            ) from None
         if digest != meta.get("sha256"):
             raise CheckpointError(
                 f"the checkpoint {directory} is corrupt: state.safetensors does not match the "
@@ -239,7 +241,8 @@ class Checkpointer:
                         f"{group} {key}: {old.get(key)!r} (checkpoint) vs {new.get(key)!r} (now)"
                     )
         if differ:
-            shown = "; ".join(differ[:6]) + (f"; and {len(differ) - 6} more" if len(differ) > 6 else "")
+            more = f"; and {len(differ) - 6} more" if len(differ) > 6 else ""
+            shown = "; ".join(differ[:6]) + more
             raise CheckpointError(
                 f"--resume refused: the checkpoint in {self.out} was written for other data or "
                 f"settings: {shown}. Resume with the same command, or start again with "

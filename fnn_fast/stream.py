@@ -32,7 +32,7 @@ EVAL_ROWS = 1 << 20  # the training rows evaluated after each epoch (the first o
 
 
 class _Column:
-    """One array of one entry, sliced by rows straight from its file (a FeatureEncoder.fit input)."""
+    """One array of an entry, sliced by rows straight from its file (FeatureEncoder.fit's input)."""
 
     def __init__(self, path: Path, rows: int):
         self.path, self.rows = path, rows
@@ -70,7 +70,8 @@ class CacheStream:
     ):
         if chunk_rows < 1 or window_chunks < 1:
             raise ValueError("chunk_rows and window_chunks must be positive")
-        self.entries = [Path(e) for e in ([entries] if isinstance(entries, (str, Path)) else entries)]
+        entries = [entries] if isinstance(entries, (str, Path)) else entries
+        self.entries = [Path(e) for e in entries]
         self.encoder = encoder
         self.chunk_rows, self.window_chunks, self.shuffle = chunk_rows, window_chunks, shuffle
         self.eval_rows = eval_rows
@@ -113,8 +114,11 @@ class CacheStream:
         out = []
         for w, window in enumerate(self._windows(seed, epoch)):
             rows = np.concatenate(
-                [starts[self.chunks[c].entry] + np.arange(self.chunks[c].start, self.chunks[c].stop)
-                 for c in window]  # fmt: skip
+                [
+                    starts[self.chunks[c].entry]
+                    + np.arange(self.chunks[c].start, self.chunks[c].stop)
+                    for c in window
+                ]  # fmt: skip
             )
             permutation = self._row_permutation(seed, epoch, w, len(rows))
             out.append(rows if permutation is None else rows[permutation])
@@ -277,8 +281,10 @@ def _take(pending, count: int, held: int):
 def _tensors(ids: np.ndarray, values: np.ndarray, labels: np.ndarray):
     ids_t = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))
     values_t = torch.from_numpy(np.ascontiguousarray(values))
-    return ids_t, (None if bool((values_t == 1).all()) else values_t), torch.from_numpy(
-        np.ascontiguousarray(labels)
+    return (
+        ids_t,
+        (None if bool((values_t == 1).all()) else values_t),
+        torch.from_numpy(np.ascontiguousarray(labels)),
     )
 
 

@@ -43,9 +43,7 @@ def load_rows(
         return _some_rows(
             read_rows(path, schema, skip_bad_lines=skip_bad_lines, progress=progress), schema
         )
-    entry = ensure_entry(
-        path, schema, cache_dir, skip_bad_lines=skip_bad_lines, progress=progress
-    )
+    entry = ensure_entry(path, schema, cache_dir, skip_bad_lines=skip_bad_lines, progress=progress)
     return _some_rows(open_rows(entry, schema=schema), schema)
 
 
