@@ -81,7 +81,7 @@ class CacheStream:
         left = limit if limit is not None else sum(sizes)
         for i, size in enumerate(sizes):
             for start in range(0, min(size, left), chunk_rows):
-                self.chunks.append(_Chunk(i, start, min(start + chunk_rows, size, start + left)))
+                self.chunks.append(_Chunk(i, start, min(start + chunk_rows, size, left)))
             left -= min(size, left)
         self.rows = sum(c.stop - c.start for c in self.chunks)
         self.id_dtype = np.int32 if encoder.num_features < 2**31 else np.int64

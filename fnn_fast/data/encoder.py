@@ -66,6 +66,8 @@ class FeatureEncoder:
             for f, slots in enumerate(slots_of):
                 seen = chunk[:, slots].ravel()
                 counted[f].append(np.unique(seen[seen != PAD_KEY], return_counts=True))
+                if len(counted[f]) >= 8:  # memory bounded by the vocabulary, not by the rows
+                    counted[f] = [_merge(counted[f])]
         vocabs = [_frequent(parts, min_count) for parts in counted]
         return cls(field_names, slot_fields, vocabs, min_count)
 
@@ -190,9 +192,15 @@ def _frequent(parts: list[tuple[np.ndarray, np.ndarray]], min_count: int) -> np.
     """Merge per-chunk (keys, counts) and keep the keys counted at least min_count times."""
     if not parts:
         return np.zeros(0, dtype=np.int64)
-    keys = np.concatenate([k for k, _ in parts])
-    counts = np.concatenate([c for _, c in parts])
-    if len(parts) > 1:  # a key seen in several chunks: add its counts up
-        keys, inverse = np.unique(keys, return_inverse=True)
-        counts = np.bincount(inverse, weights=counts, minlength=len(keys))
+    keys, counts = _merge(parts)
     return keys[counts >= min_count]
+
+
+def _merge(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-chunk (keys, counts) as one (keys, counts): a key seen in several chunks adds up."""
+    keys = np.concatenate([k for k, _ in parts])
+    counts = np.concatenate([c for _, c in parts]).astype(np.int64, copy=False)
+    if len(parts) > 1:
+        keys, inverse = np.unique(keys, return_inverse=True)
+        counts = np.bincount(inverse, weights=counts, minlength=len(keys)).astype(np.int64)
+    return keys, counts
