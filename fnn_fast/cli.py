@@ -15,7 +15,14 @@ from fnn_fast.bench import command as bench_command
 from fnn_fast.data import DataError, FeatureEncoder, HashedEncoder, ParsedRows, Schema, load_rows
 from fnn_fast.metrics import finite_or_none
 from fnn_fast.native_check import missing_native_reason, native_warning_shown
-from fnn_fast.outputs import check_creatable, check_directory, writing_directory
+from fnn_fast.outputs import (
+    check_creatable,
+    check_directory,
+    check_resumable,
+    finish_run,
+    start_run,
+    writing_directory,
+)
 from fnn_fast.saved import save_run
 from fnn_fast.train import Split, TrainConfig, resolve_device, train_two_stage
 
@@ -177,19 +184,22 @@ def _load_splits(args):
 
 
 def _fit_encoder(train_rows: ParsedRows, train_index, args):
-    """The vocabularies of the training rows, or with --hash-buckets the hashed encoder (no
-    vocabulary; the pass over the keys only measures the collisions)."""
     keys = train_rows.keys if len(train_index) == len(train_rows) else train_rows.keys[train_index]
+    return _fit_encoder_on(keys, train_rows.slot_fields, train_rows.field_names, args)
+
+
+def _fit_encoder_on(keys, slot_fields, field_names, args):
+    """The vocabularies of the training keys, or with --hash-buckets the hashed encoder (no
+    vocabulary; the pass over the keys only measures the collisions)."""
     progress = not args.no_progress
     if getattr(args, "hash_buckets", None) is None:
         return FeatureEncoder.fit(
-            keys, train_rows.slot_fields, train_rows.field_names, min_count=args.min_count,
-            progress=progress,
-        )  # fmt: skip
+            keys, slot_fields, field_names, min_count=args.min_count, progress=progress
+        )
     if args.min_count != 1:
         raise ValueError("--min-count needs vocabularies: it cannot be used with --hash-buckets")
     return HashedEncoder.fit(
-        keys, train_rows.slot_fields, train_rows.field_names, buckets=args.hash_buckets,
+        keys, slot_fields, field_names, buckets=args.hash_buckets,
         shared=args.hash_space == "shared", progress=progress,
     )  # fmt: skip
 
@@ -220,23 +230,130 @@ def _check_inputs(args, *options: str) -> None:
             check_creatable(cache_dir, "cache")
 
 
+def _cache_entry(path, schema: Schema, args):
+    """--stream: the binary cache entry to stream ``path`` from (``path`` itself when it is one;
+    else its entry in --cache-dir, parsed into it on the first run)."""
+    from fnn_fast.data.cache import check_entry, ensure_entry, read_meta
+
+    if Path(path, "meta.json").is_file():
+        check_entry(path, schema)
+        entry = Path(path)
+    elif args.cache_dir is None:
+        raise ValueError(
+            f"--stream reads binary cache entries: give --cache-dir (the first run parses {path} "
+            "into it once) or a cache entry directory"
+        )
+    else:
+        entry = ensure_entry(
+            path, schema, args.cache_dir, skip_bad_lines=args.skip_bad_lines,
+            progress=not args.no_progress,
+        )  # fmt: skip
+    if int(read_meta(entry)["n_rows"]) == 0:
+        raise DataError(path, None, "no rows to train or evaluate on")
+    return entry
+
+
+def _stream_splits(args):
+    """As _load_splits, for --stream: every split streams from its cache entry; the encoder is
+    fitted on the training entry read by row ranges."""
+    from fnn_fast.stream import EVAL_ROWS, CacheStream, entry_columns
+
+    if not args.valid:
+        raise ValueError("--stream needs a validation file (--valid FILE)")
+    if args.stream_chunk_rows < 1 or args.shuffle_buffer < 1:
+        raise ValueError("--stream-chunk-rows and --shuffle-buffer must be positive")
+    schema = _schema_from_args(args)
+    train_entry = _cache_entry(args.train, schema, args)
+    keys, slot_fields, field_names = entry_columns(train_entry)
+    encoder = _fit_encoder_on(keys, slot_fields, field_names, args)
+    print(
+        f"{len(keys):,} training rows (streamed), {encoder.num_features:,} features in "
+        f"{len(field_names)} fields",
+        file=sys.stderr,
+    )
+    if isinstance(encoder, HashedEncoder):
+        print(encoder.describe_collisions(), file=sys.stderr)
+    window = max(1, args.shuffle_buffer // args.stream_chunk_rows)
+    train = CacheStream(
+        train_entry, encoder, chunk_rows=args.stream_chunk_rows, window_chunks=window,
+        eval_rows=EVAL_ROWS,
+    )  # fmt: skip
+
+    def held_out(path):
+        entry = _cache_entry(path, schema, args)
+        return CacheStream(entry, encoder, chunk_rows=args.stream_chunk_rows, shuffle=False)
+
+    test = held_out(args.test) if args.test else None
+    return train, held_out(args.valid), test, encoder, schema
+
+
+def _file_identity(path) -> list | None:
+    """What a resume checks of an input: path, size and modification time (of every file of a
+    cache entry directory)."""
+    if path is None:
+        return None
+    path = Path(path).resolve()
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return [str(path)] + [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def _fingerprint(args, config: TrainConfig) -> dict:
+    """What a resumed run must share with the checkpoint: its data and every setting that
+    changes the model (not --checkpoint-every, --no-progress, --cache-dir)."""
+    from fnn_fast.data.cache import schema_identity
+
+    return {
+        "data": {name: _file_identity(getattr(args, name)) for name in ("train", "valid", "test")},
+        "settings": {
+            **config.to_dict(),
+            "schema": schema_identity(_schema_from_args(args)),
+            "min_count": args.min_count,
+            "valid_fraction": None if args.valid else args.valid_fraction,
+            "skip_bad_lines": args.skip_bad_lines,
+            "stream": args.stream,
+            "stream_chunk_rows": args.stream_chunk_rows if args.stream else None,
+            "shuffle_buffer": args.shuffle_buffer if args.stream else None,
+        },
+    }
+
+
 def cmd_train(args) -> int:
+    from fnn_fast.checkpoint import Checkpointer, parse_every
+
     config = _config_from_args(args)
     device = resolve_device(args.device)  # before any file is read: no GPU is a quick error
     _check_inputs(args, "--train", "--valid", "--test", "--featindex")
-    check_directory(args.out, args.overwrite, "model")
+    every = parse_every(args.checkpoint_every) if args.checkpoint_every else (None, None)
+    checkpoint = None
+    if args.resume:
+        check_resumable(args.out, "model")
+        checkpoint = Checkpointer(args.out, _fingerprint(args, config), *every)
+        if checkpoint.load() is None:
+            print("fnn-fast: no checkpoint was written yet: training from the start",
+                  file=sys.stderr)  # fmt: skip
+    else:
+        check_directory(args.out, args.overwrite, "model")
     args.input_format = args.format
-    train, valid, test, encoder, schema = _load_splits(args)
+    splits = _stream_splits(args) if args.stream else _load_splits(args)
+    train, valid, test, encoder, schema = splits
+    if args.checkpoint_every and not args.resume:
+        start_run(args.out, args.overwrite, "model")
+        checkpoint = Checkpointer(args.out, _fingerprint(args, config), *every)
     result = train_two_stage(
-        train, valid, test, encoder, config, progress=not args.no_progress, device=device
+        train, valid, test, encoder, config, progress=not args.no_progress,
+        checkpoint=checkpoint, device=device,
+    )  # fmt: skip
+    report = dict(
+        extra={**_encoder_metrics(encoder), "device": str(device)},
+        report_split=test if test is not None else valid,
+        split_name="test" if test is not None else "validation",
     )
-    with writing_directory(args.out, args.overwrite, "model") as out:
-        save_run(
-            out, result, encoder, schema, config,
-            extra={**_encoder_metrics(encoder), "device": str(device)},
-            report_split=test if test is not None else valid,
-            split_name="test" if test is not None else "validation",
-        )  # fmt: skip
+    if checkpoint is None:
+        with writing_directory(args.out, args.overwrite, "model") as out:
+            save_run(out, result, encoder, schema, config, **report)
+    else:
+        save_run(args.out, result, encoder, schema, config, **report)
+        finish_run(args.out, "model", checkpoint.remove)
     _print_metrics(result.metrics)
     print(f"model written to {args.out} (report: {Path(args.out) / 'report.html'})")
     return 0
@@ -547,6 +664,39 @@ def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> 
     )
 
 
+def _add_stream_options(p: argparse.ArgumentParser) -> None:
+    from fnn_fast.stream import CHUNK_ROWS, WINDOW_CHUNKS
+
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="out of core: stream every split from its binary cache entry (--cache-dir, or "
+        "cache entry directories as inputs; needs --valid), memory flat in the number of rows",
+    )
+    p.add_argument(
+        "--shuffle-buffer",
+        type=int,
+        default=CHUNK_ROWS * WINDOW_CHUNKS,
+        help="--stream: rows shuffled together (chunks in a new random order each epoch, "
+        "their rows permuted in windows of this many rows)",
+    )
+    p.add_argument(
+        "--stream-chunk-rows",
+        type=int,
+        default=CHUNK_ROWS,
+        help="--stream: consecutive rows read (and reordered) as one chunk",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        help="write a checkpoint (OUT/checkpoint/) every N steps ('500') or minutes ('10m')",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed run from its checkpoint (the same command plus --resume)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fnn-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -571,6 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train both stages on cpu, cuda, cuda:N or auto (cuda when there is a GPU); on a "
         "GPU the Triton or CUDA kernels run and batches are copied from pinned memory ahead",
     )
+    _add_stream_options(p)
     _add_input_options(p)
     _add_training_options(p, defaults)
     p.set_defaults(func=cmd_train)

@@ -19,6 +19,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from fnn_fast.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    load_optimizer_state,
+    optimizer_state,
+    prefixed,
+)
 from fnn_fast.metrics import log_loss, roc_auc
 from fnn_fast.modules import FM, FNN
 from fnn_fast.optim import RowUpdate, SparseRowOptimizer
@@ -102,11 +109,16 @@ class Split:
     def __len__(self) -> int:
         return self.labels.shape[0]
 
-    def batches(self, batch_size: int, generator: torch.Generator | None = None):
-        """(ids, values, labels) mini-batches, shuffled when a generator is given."""
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None, *, start_step: int = 0,
+        **_,
+    ):  # fmt: skip
+        """(ids, values, labels) mini-batches, shuffled when a generator is given (the order is
+        drawn when the first batch is asked for), from batch ``start_step`` on. Other keywords
+        (``epoch``, ``seed``: what orders a streamed split) are accepted and not needed."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if generator is not None else None
-        for start in range(0, n, batch_size):
+        for start in range(start_step * batch_size, n, batch_size):
             index = (
                 order[start : start + batch_size]
                 if order is not None
@@ -114,6 +126,14 @@ class Split:
             )
             values = None if self.values is None else self.values[index]
             yield self.ids[index], values, self.labels[index]
+
+    def for_evaluation(self) -> Split:
+        """The rows evaluated after each epoch: all of them."""
+        return self
+
+    def click_rate(self) -> float:
+        """The share of positive labels, exactly (a float64 sum of 0/1)."""
+        return float(self.labels.sum(dtype=torch.float64)) / len(self) if len(self) else 0.5
 
 
 def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
@@ -185,7 +205,7 @@ def _arrived(batch, done, device):
 
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, split: Split, batch_size: int = 8192) -> np.ndarray:
+def predict_logits(model: torch.nn.Module, split, batch_size: int = 8192) -> np.ndarray:
     """Logits [N] (float32, on the host), computed on the model's device."""
     was_training = model.training
     model.eval()
@@ -245,28 +265,75 @@ def fit(
     progress: bool = True,
     rate_hint: str = "the learning rate",
     early_stopping: str = "auc",
+    checkpoint: Checkpointer | None = None,
+    stage: str = "",
 ) -> list[dict]:
     """Mini-batch training with early stopping on validation AUC. The model ends holding the
     weights of its best epoch; returns one record per epoch. A non-finite loss or parameter
     raises :class:`TrainingDiverged` naming the stage, epoch and step (``rate_hint``: the setting
-    to lower)."""
+    to lower). ``train`` and ``valid``: in-memory :class:`Split` or streamed
+    (:class:`fnn_fast.stream.CacheStream`) rows. With ``checkpoint``, the whole training state is
+    written when it is due, and a checkpoint it loaded for this ``stage`` is resumed from."""
     generator = torch.Generator().manual_seed(seed)
     history: list[dict] = []
     best_score, best_state, best_epoch = -math.inf, None, 0
-    for epoch in range(1, epochs + 1):
+    first_epoch, start_step, total_loss, seen = 1, 0, 0.0, 0
+    resumed = checkpoint.resumed if checkpoint is not None else None
+    if resumed is not None and resumed[0]["stage"] == stage:
+        position = _restore_fit(model, optimizers, generator, *resumed)
+        first_epoch, start_step = position["epoch"], position["step"]
+        total_loss, seen = position["total_loss"], position["seen"]
+        history, best_epoch = position["history"], position["best_epoch"]
+        best_score = -math.inf if position["best_score"] is None else position["best_score"]
+        best = {k[5:]: v for k, v in resumed[1].items() if k.startswith("best.")}
+        best_state = best if position["has_best"] else None
+        checkpoint.resumed = None
+        _log(f"{name}: resuming at epoch {first_epoch}, step {start_step}")
+
+    def save(epoch: int, step: int, epoch_rng: torch.Tensor) -> None:
+        meta = {
+            "stage": stage,
+            "fit": {
+                "epoch": epoch, "step": step, "total_loss": total_loss, "seen": seen,
+                "history": history, "best_epoch": best_epoch, "has_best": best_state is not None,
+                "best_score": None if best_score == -math.inf else best_score,
+            },
+        }  # fmt: skip
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        tensors.update({f"fused.{k}": v for k, v in _fused_state(model).items()})
+        if best_state is not None:
+            tensors.update({f"best.{k}": v for k, v in best_state.items()})
+        optimizer_meta = []
+        for i, optimizer in enumerate(optimizers):
+            saved, optimizer_tensors = optimizer_state(optimizer, f"opt{i}")
+            optimizer_meta.append(saved)
+            tensors.update(optimizer_tensors)
+        meta["optimizers"] = optimizer_meta
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.epoch"] = epoch_rng
+        checkpoint.save(meta, tensors)
+
+    for epoch in range(first_epoch, epochs + 1):
         model.train()
         started = time.perf_counter()
-        total_loss, seen, step = 0.0, 0, 0
+        if epoch != first_epoch:
+            start_step, total_loss, seen = 0, 0.0, 0
+        epoch_rng = generator.get_state()  # before this epoch's order is drawn
+        step = start_step
         bar = tqdm(
             total=len(train),
+            initial=min(start_step * batch_size, len(train)),
             desc=f"{name} epoch {epoch}/{epochs}",
             unit="rows",
             unit_scale=True,
             leave=False,
             disable=None if progress else True,
         )
-        batches = to_device(train.batches(batch_size, generator), model_device(model))
-        for step, (ids, values, labels) in enumerate(batches, 1):
+        batches = train.batches(
+            batch_size, generator, epoch=epoch, seed=seed, start_step=start_step
+        )
+        batches = to_device(batches, model_device(model))
+        for step, (ids, values, labels) in enumerate(batches, start_step + 1):
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             loss = F.binary_cross_entropy_with_logits(model(ids, values), labels)
@@ -283,6 +350,8 @@ def fit(
             total_loss += loss_value * labels.shape[0]
             seen += labels.shape[0]
             bar.update(labels.shape[0])
+            if checkpoint is not None and checkpoint.step_done():
+                save(epoch, step, epoch_rng)
         bar.close()
         bad = first_non_finite(model)
         if bad is not None:
@@ -293,7 +362,7 @@ def fit(
             "seconds": time.perf_counter() - started,
             "samples_per_s": seen / max(time.perf_counter() - started, 1e-9),
         }
-        train_metrics = evaluate(model, train)
+        train_metrics = evaluate(model, train.for_evaluation())
         record.update(train_auc=train_metrics["auc"], train_logloss=train_metrics["logloss"])
         if valid is not None:
             valid_metrics = evaluate(model, valid)
@@ -323,6 +392,9 @@ def fit(
         elif epoch - best_epoch >= patience:
             _log(f"{name}: stopping early, best epoch {best_epoch}")
             break
+        if checkpoint is not None and checkpoint.due():
+            total_loss, seen = 0.0, 0
+            save(epoch + 1, 0, generator.get_state())
     if best_state is not None:
         model.load_state_dict(best_state)
     for record in history:
@@ -330,10 +402,29 @@ def fit(
     return history
 
 
+def _fused_state(model: torch.nn.Module) -> dict:
+    return model.fused_state() if hasattr(model, "fused_state") else {}
+
+
+def _restore_fit(model, optimizers, generator, meta: dict, tensors: dict) -> dict:
+    """Load a checkpoint's training state into the model, its optimizers and the epoch order's
+    generator; returns the position and early-stopping state."""
+    model.load_state_dict(prefixed(tensors, "model"))
+    if hasattr(model, "load_fused_state"):
+        model.load_fused_state(prefixed(tensors, "fused"))
+    if len(meta["optimizers"]) != len(optimizers):
+        raise CheckpointError("the checkpoint holds the state of another set of optimizers")
+    for i, (optimizer, saved) in enumerate(zip(optimizers, meta["optimizers"], strict=True)):
+        load_optimizer_state(optimizer, saved, tensors, f"opt{i}")
+    torch.set_rng_state(tensors["rng.torch"])
+    generator.set_state(tensors["rng.epoch"])
+    return meta["fit"]
+
+
 def base_rate_logit(split: Split) -> float:
     """log(p / (1 - p)) of the training click rate: the bias to start from. Starting at 0 on
     rare clicks makes every feature weight absorb the missing bias first."""
-    rate = float(split.labels.mean()) if len(split) else 0.5
+    rate = split.click_rate()
     rate = min(max(rate, 1e-6), 1 - 1e-6)
     return math.log(rate / (1 - rate))
 
@@ -345,9 +436,11 @@ def train_fm(
     config: TrainConfig,
     slot_names=None,
     progress: bool = True,
+    checkpoint: Checkpointer | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[FM, list[dict]]:
-    """Stage 1: an FM trained with sparse row updates, on ``device``."""
+    """Stage 1: an FM trained with sparse row updates, on ``device`` (``checkpoint``: see
+    :func:`fit`)."""
     device = resolve_device(device)
     torch.manual_seed(config.seed)
     fm = FM(num_features, config.factors, init_std=config.fm_init_std, slot_names=slot_names)
@@ -382,6 +475,8 @@ def train_fm(
         name="FM",
         progress=progress,
         rate_hint=f"--fm-lr (now {config.fm_lr:g}, rule {config.fm_optimizer})",
+        checkpoint=checkpoint,
+        stage="fm",
     )
     return fm, history
 
@@ -460,6 +555,7 @@ def train_fnn(
     config: TrainConfig,
     slot_names=None,
     progress: bool = True,
+    checkpoint: Checkpointer | None = None,
     device: str | torch.device = "cpu",
 ) -> tuple[FNN, list[dict]]:
     """Stage 2: an FNN, from the FM's embedding (or a random one), fine-tuned end to end on
@@ -476,7 +572,8 @@ def train_fnn(
             initial_accumulator_value=config.fnn_initial_accumulator,
         )
     )  # fmt: skip
-    if config.pretrain == "rbm":
+    resuming = checkpoint is not None and checkpoint.resumed is not None
+    if config.pretrain == "rbm" and not resuming:  # a resumed stage loads the trained layers
         pretrain_rbm(fnn, train, config, progress)
     elif config.pretrain != "none":
         raise ValueError(f"pretrain must be 'none' or 'rbm', got {config.pretrain!r}")
@@ -496,6 +593,8 @@ def train_fnn(
             f"--fnn-embedding-lr (now {config.fnn_embedding_lr:g}, rule {config.fnn_optimizer}) "
             f"or --fnn-lr (now {config.fnn_lr:g})"
         ),
+        checkpoint=checkpoint,
+        stage="fnn",
     )
     return fnn, history
 
@@ -524,20 +623,35 @@ def train_two_stage(
     encoder: FeatureEncoder,
     config: TrainConfig,
     progress: bool = True,
+    checkpoint: Checkpointer | None = None,
     device: str | torch.device = "cpu",
 ) -> TwoStageResult:
     """Stage 1 (FM) then stage 2 (FNN from the best FM, or from a random embedding), both on
     ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``auto``): the splits stay in host memory and
-    each batch is copied over as it is needed. The result's models are back on the CPU."""
+    each batch is copied over as it is needed. The result's models are back on the CPU. With
+    ``checkpoint`` (:class:`fnn_fast.checkpoint.Checkpointer`), the run writes checkpoints as
+    they fall due and continues from the one ``checkpoint.load()`` read, if any."""
     device = resolve_device(device)
     slot_fields = [int(f) for f in encoder.slot_fields]
     slot_names = [encoder.field_names[f] for f in slot_fields]
-    fm, fm_history = train_fm(
-        train, valid, encoder.num_features, config, slot_names, progress, device
-    )
+    resumed = None if checkpoint is None else checkpoint.resumed
+    if resumed is not None and resumed[0]["stage"] == "fnn":  # stage 1 is done: its best FM
+        meta, tensors = resumed
+        fm = FM(encoder.num_features, config.factors, init_std=config.fm_init_std,
+                slot_names=slot_names)  # fmt: skip
+        fm.load_state_dict(prefixed(tensors, "fm"))
+        fm_history = meta["fm_history"]
+    else:
+        fm, fm_history = train_fm(
+            train, valid, encoder.num_features, config, slot_names, progress, checkpoint, device
+        )
+    if checkpoint is not None:  # stage 2's checkpoints carry the finished FM
+        checkpoint.extra_tensors = {f"fm.{k}": v.cpu() for k, v in fm.state_dict().items()}
+        checkpoint.extra_meta = {"fm_history": fm_history}
     fnn, fnn_history = train_fnn(
-        train, valid, fm, encoder.num_features, slot_fields, config, slot_names, progress, device
-    )
+        train, valid, fm, encoder.num_features, slot_fields, config, slot_names, progress,
+        checkpoint, device,
+    )  # fmt: skip
     metrics = {
         "fm": {**_split_metrics(fm, valid, test), "epochs": len(fm_history)},
         "fnn": {

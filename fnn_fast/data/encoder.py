@@ -197,11 +197,7 @@ def _frequent(parts: list[tuple[np.ndarray, np.ndarray]], min_count: int) -> np.
     """Merge per-chunk (keys, counts) and keep the keys counted at least min_count times."""
     if not parts:
         return np.zeros(0, dtype=np.int64)
-    keys = np.concatenate([k for k, _ in parts])
-    counts = np.concatenate([c for _, c in parts])
-    if len(parts) > 1:  # a key seen in several chunks: add its counts up
-        keys, inverse = np.unique(keys, return_inverse=True)
-        counts = np.bincount(inverse, weights=counts, minlength=len(keys))
+    keys, counts = _merge(parts)
     return keys[counts >= min_count]
 
 
@@ -259,5 +255,17 @@ def count_keys(
                 futures.append(pool.submit(count, starts[i + window]))
             for f, part in enumerate(per_field):
                 counted[f].append(part)
+                if len(counted[f]) >= 8:  # memory bounded by the vocabulary, not by the rows
+                    counted[f] = [_merge(counted[f])]
             bar.update(rows)
     return counted
+
+
+def _merge(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-chunk (keys, counts) as one (keys, counts): a key seen in several chunks adds up."""
+    keys = np.concatenate([k for k, _ in parts])
+    counts = np.concatenate([c for _, c in parts]).astype(np.int64, copy=False)
+    if len(parts) > 1:
+        keys, inverse = np.unique(keys, return_inverse=True)
+        counts = np.bincount(inverse, weights=counts, minlength=len(keys)).astype(np.int64)
+    return keys, counts
