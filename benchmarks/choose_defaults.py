@@ -115,10 +115,16 @@ FNN_CANDIDATES = {
 # Whole-run candidates (--stage both): overrides for both stages, judged on a held-out part.
 RUN_CANDIDATES = {
     "stop-on-auc": {},
-    "stop-on-logloss": {"early_stopping": "logloss"},
-    "stop-on-logloss-layers-1e-4": {"early_stopping": "logloss", "fnn_lr": 1e-4},
+    "stop-on-logloss": {"fm_early_stopping": "logloss", "fnn_early_stopping": "logloss"},
+    "fm-auc-fnn-logloss": {"fnn_early_stopping": "logloss"},
+    "stop-on-logloss-layers-1e-4": {
+        "fm_early_stopping": "logloss",
+        "fnn_early_stopping": "logloss",
+        "fnn_lr": 1e-4,
+    },
     "stop-on-logloss-layers-3e-4-l2": {
-        "early_stopping": "logloss",
+        "fm_early_stopping": "logloss",
+        "fnn_early_stopping": "logloss",
         "fnn_lr": 3e-4,
         "fnn_layer_weight_decay": 1e-3,
     },

@@ -88,6 +88,8 @@ def _config_from_args(args) -> TrainConfig:
         batch_size=args.batch_size,
         seed=args.seed,
         patience=args.patience,
+        fm_early_stopping=args.fm_early_stopping,
+        fnn_early_stopping=args.fnn_early_stopping,
         fm_epochs=args.fm_epochs,
         fm_optimizer=args.fm_optimizer,
         fm_lr=args.fm_lr,
@@ -565,8 +567,15 @@ def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> 
         "--patience",
         type=int,
         default=defaults.patience,
-        help="early stopping: epochs without a better valid AUC",
+        help="early stopping: epochs without a better validation metric",
     )
+    for stage in ("fm", "fnn"):
+        p.add_argument(
+            f"--{stage}-early-stopping",
+            choices=("auc", "logloss"),
+            default=getattr(defaults, f"{stage}_early_stopping"),
+            help=f"the validation metric that picks the {stage.upper()}'s best epoch",
+        )
     p.add_argument("--fm-epochs", type=int, default=defaults.fm_epochs, help="stage 1, at most")
     p.add_argument(
         "--fm-optimizer",

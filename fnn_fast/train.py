@@ -46,7 +46,9 @@ class TrainConfig:
     batch_size: int = 256
     seed: int = 0
     patience: int = 4  # epochs without a better validation metric before stopping
-    early_stopping: str = "auc"  # the validation metric that picks the best epoch: auc or logloss
+    # The validation metric that picks each stage's best epoch (and stops it): auc or logloss.
+    fm_early_stopping: str = "auc"
+    fnn_early_stopping: str = "auc"
     # Stage 1: FM. Adagrad whose sums start at 0.01: a rare feature's few small gradients move
     # it as SGD at lr / 0.1 would (plain Adagrad gives it full-size steps and overfits sparse
     # logs), while a frequent feature's steps shrink as its sum grows (plain SGD at a rate that
@@ -268,7 +270,8 @@ def fit(
     checkpoint: Checkpointer | None = None,
     stage: str = "",
 ) -> list[dict]:
-    """Mini-batch training with early stopping on validation AUC. The model ends holding the
+    """Mini-batch training with early stopping on validation AUC (``early_stopping="logloss"``:
+    validation logloss; a validation split of one class has no AUC and uses its logloss too). The model ends holding the
     weights of its best epoch; returns one record per epoch. A non-finite loss or parameter
     raises :class:`TrainingDiverged` naming the stage, epoch and step (``rate_hint``: the setting
     to lower). ``train`` and ``valid``: in-memory :class:`Split` or streamed
@@ -470,7 +473,7 @@ def train_fm(
         epochs=config.fm_epochs,
         batch_size=config.batch_size,
         patience=config.patience,
-        early_stopping=config.early_stopping,
+        early_stopping=config.fm_early_stopping,
         seed=config.seed,
         name="FM",
         progress=progress,
@@ -585,7 +588,7 @@ def train_fnn(
         epochs=config.fnn_epochs,
         batch_size=config.batch_size,
         patience=config.patience,
-        early_stopping=config.early_stopping,
+        early_stopping=config.fnn_early_stopping,
         seed=config.seed + 1,
         name="FNN" if config.fnn_init == "fm" else "FNN(random)",
         progress=progress,
