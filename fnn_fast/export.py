@@ -180,9 +180,10 @@ def encode_rows(saved: SavedModel, rows):
     keys, values, overflow = conform_slots(rows, saved.encoder)
     if overflow.any():
         row = int(np.flatnonzero(overflow)[0])
-        raise DataError(rows.source, int(rows.lines[row]), overflow_reason(rows, saved.encoder, row))
+        raise DataError(
+            rows.source, int(rows.lines[row]), overflow_reason(rows, saved.encoder, row)
+        )
     return saved.encoder.transform(keys, values)
-
 
 
 # --- fnn-fast export ------------------------------------------------------------------------
