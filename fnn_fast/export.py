@@ -186,6 +186,22 @@ def encode_rows(saved: SavedModel, rows):
     return saved.encoder.transform(keys, values)
 
 
+def encode_file(model_dir, path):
+    """ids and values of every row of a file in the model's input format (labels optional), as
+    ``fnn-fast score`` encodes them; a libFM model's feature dictionary is read from its
+    directory."""
+    from fnn_fast.data import Schema, read_rows
+
+    saved = load_model(model_dir)
+    schema = saved.schema
+    if schema is None:
+        raise ValueError(f"{model_dir}: the model has no input schema; it cannot read files")
+    if schema.featindex and not Path(schema.featindex).is_absolute():
+        featindex = str(Path(model_dir) / schema.featindex)
+        schema = Schema.from_dict({**schema.to_dict(), "featindex": featindex})
+    return encode_rows(saved, read_rows(path, schema, progress=False, labelled=False))
+
+
 # --- fnn-fast export ------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from trained_models import cli_scores, train_csv, train_libfm
 
 from fnn_fast.cli import main
 from fnn_fast.data import Schema, read_rows
-from fnn_fast.export import encode_rows, export_model, serving_module, uses_values
+from fnn_fast.export import encode_file, encode_rows, export_model, serving_module, uses_values
 from fnn_fast.saved import load_model
 
 TOLERANCE = 1e-5
@@ -141,3 +141,53 @@ def test_export_refuses_to_overwrite_and_unknown_formats(trained, tmp_path, caps
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt2"]  # no scratch files left
     with pytest.raises(ValueError, match="unknown export format"):
         export_model(model, tmp_path / "x", "tflite")
+
+
+def test_the_readme_encoding_recipe_gives_the_ids_of_score(tmp_path):
+    """The README's "From a row to ids", followed with the encoder's files and the standard
+    library only, gives the ids and values fnn-fast score uses (both numeric modes)."""
+    import csv
+    import hashlib
+    import json
+
+    from safetensors.numpy import load_file
+
+    from fnn_fast.data.tokens import bucket_token
+
+    def key(token: str) -> int:
+        digest = hashlib.blake2b(token.encode("utf-8"), digest_size=8).digest()
+        return int.from_bytes(digest, "little") & (2**63 - 1)
+
+    for mode in ("bucketize", "value"):
+        (tmp_path / mode).mkdir()
+        model, rows_file = train_csv(tmp_path / mode, mode)
+        config = json.loads((model / "config.json").read_text())["schema"]
+        encoder = json.loads((model / "encoder" / "encoder.json").read_text())
+        vocabs = load_file(str(model / "encoder" / "encoder.safetensors"))
+        numeric = set(config["numeric"])
+        ids, values = [], []
+        with open(rows_file, newline="") as file:
+            for row in csv.DictReader(file):
+                row_ids, row_values = [], []
+                for field in encoder["slot_fields"]:
+                    name = encoder["field_names"][field]
+                    cell, value = row[name], 1.0
+                    if name in numeric and cell != "" and mode == "value":
+                        k, value = 0, float(cell)
+                    elif name in numeric and cell != "":
+                        k = key(bucket_token(float(cell), config["numeric_rule"]))
+                    else:
+                        k = key(cell)
+                    vocab = vocabs[f"vocab.{field}"]
+                    i = int(np.searchsorted(vocab, k))
+                    known = i < len(vocab) and vocab[i] == k
+                    row_ids.append(encoder["offsets"][field] + (1 + i if known else 0))
+                    row_values.append(value)
+                ids.append(row_ids)
+                values.append(row_values)
+        expected_ids, expected_values = encode_file(model, rows_file)
+        np.testing.assert_array_equal(np.array(ids), expected_ids)
+        np.testing.assert_allclose(np.array(values, np.float32), expected_values, rtol=1e-7)
+        oov = np.array(encoder["offsets"])[encoder["slot_fields"]]
+        assert (expected_ids != oov).any()  # known keys, and with buckets unseen ones too
+        assert mode == "value" or (expected_ids == oov).any()
