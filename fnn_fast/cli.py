@@ -1,4 +1,4 @@
-"""The ``fnn-fast`` command: train | compare | evaluate | score | demo | bench."""
+"""The ``fnn-fast`` command: train | compare | evaluate | score | demo | bench | export."""
 
 from __future__ import annotations
 
