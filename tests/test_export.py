@@ -130,6 +130,38 @@ def test_serving_module_matches_the_training_modules(trained):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"hidden": ()},
+        {"hidden": (6,), "activation": "relu", "dropout": 0.3},
+        {"hidden": (5, 4, 3), "activation": "gelu", "slot_fields": [0, 1, 1, 2, 2, 2]},
+    ],
+)
+def test_serving_module_of_other_shapes(settings):
+    """No hidden layer, other activations, dropout (off when serving), multi-slot fields."""
+    from fnn_fast import FM, FNN
+    from fnn_fast.saved import SavedModel
+
+    torch.manual_seed(0)
+    fm = FM(40, 3, init_std=0.3)
+    fnn = FNN.from_fm(fm, num_fields=3, init_std=0.3, **settings).eval()
+    with torch.no_grad():
+        fnn.w0.fill_(0.4)
+        for parameter in fnn.parameters():
+            if parameter.dim() == 1:
+                parameter.uniform_(-0.5, 0.5)
+    slots = len(settings.get("slot_fields", [0, 1, 2]))
+    ids = torch.randint(0, 40, (33, slots))
+    values = torch.rand(33, slots)
+    saved = SavedModel(fm, fnn, None, None, {})
+    for which in ("fnn", "fm"):
+        with torch.inference_mode():
+            expected = torch.sigmoid(saved.model(which)(ids, values))
+            got = serving_module(saved, which)(ids, values)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
 def test_export_refuses_to_overwrite_and_unknown_formats(trained, tmp_path, capsys):
     model = trained[0]
     out = tmp_path / "model.pt2"

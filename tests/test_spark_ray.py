@@ -33,8 +33,8 @@ def require(module: str, extra: str):
 
 
 def java_missing() -> str | None:
-    java = shutil.which("java", path=os.path.join(os.environ.get("JAVA_HOME", ""), "bin"))
-    java = java or shutil.which("java")
+    home = os.environ.get("JAVA_HOME")
+    java = (home and shutil.which("java", path=os.path.join(home, "bin"))) or shutil.which("java")
     if java is None:
         return "no Java runtime (java on PATH or under JAVA_HOME): Spark needs Java 17 or later"
     probe = subprocess.run([java, "-version"], capture_output=True, text=True)
