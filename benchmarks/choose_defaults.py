@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from fnn_fast.data import FeatureEncoder, Schema, load_rows
-from fnn_fast.data.synthetic import criteo_like_cardinalities, plant_model
 from fnn_fast.train import Split, TrainConfig, TrainingDiverged, evaluate, train_fm, train_fnn
 
 DATA = Path(os.environ.get("FNN_FAST_DATA", Path(__file__).parents[1] / ".." / "shared" / "data"))
@@ -97,11 +96,31 @@ FNN_CANDIDATES = {
     "emb-0.01-hidden-64": {"fnn_embedding_lr": 0.01, "hidden": [64]},
     "emb-0.01-dropout-0.5": {"fnn_embedding_lr": 0.01, "dropout": 0.5, "fnn_lr": 1e-4},
     "emb-0.01-layer-l2": {"fnn_embedding_lr": 0.01, "fnn_layer_weight_decay": 1e-3},
+    # Third grid: layer L2 with faster layers, and dropout with a slower embedding.
+    "layers-3e-4-l2-emb-0.01": {
+        "fnn_lr": 3e-4,
+        "fnn_layer_weight_decay": 1e-3,
+        "fnn_embedding_lr": 0.01,
+    },
+    "layers-1e-4-dropout-0.3-emb-0.03": {"fnn_lr": 1e-4, "dropout": 0.3, "fnn_embedding_lr": 0.03},
     "layers-3e-4-emb-adagrad": {
         "fnn_lr": 3e-4,
         "fnn_optimizer": "adagrad",
         "fnn_embedding_lr": 0.005,
         "fnn_initial_accumulator": 0.01,
+    },
+}
+
+
+# Whole-run candidates (--stage both): overrides for both stages, judged on a held-out part.
+RUN_CANDIDATES = {
+    "stop-on-auc": {},
+    "stop-on-logloss": {"early_stopping": "logloss"},
+    "stop-on-logloss-layers-1e-4": {"early_stopping": "logloss", "fnn_lr": 1e-4},
+    "stop-on-logloss-layers-3e-4-l2": {
+        "early_stopping": "logloss",
+        "fnn_lr": 3e-4,
+        "fnn_layer_weight_decay": 1e-3,
     },
 }
 
@@ -112,35 +131,36 @@ def _split_rows(rows, seed: int, valid_fraction: float = 0.2):
     return np.sort(order[:cut]), np.sort(order[cut:])
 
 
-def _file_splits(path: Path, schema: Schema, seed: int):
+def _file_splits(path: Path, schema: Schema, seed: int, holdout: bool = False):
+    """(train, valid, encoder), or with ``holdout`` (train, valid, holdout, encoder): the
+    training part split 80/20 once more, the last fifth held out to judge, never to stop on."""
     rows = load_rows(path, schema, progress=False)
     train_index, valid_index = _split_rows(rows, seed)
+    judged = None
+    if holdout:
+        order = np.random.default_rng(seed + 100).permutation(len(train_index))
+        cut = int(round(len(order) * 0.8))
+        train_index, valid_index, judged = (
+            np.sort(train_index[order[:cut]]),
+            np.sort(train_index[order[cut:]]),
+            valid_index,
+        )
     encoder = FeatureEncoder.fit(rows.keys[train_index], rows.slot_fields, rows.field_names)
-    return (
-        Split.encode(rows, encoder, train_index),
-        Split.encode(rows, encoder, valid_index),
-        encoder,
-    )
+    splits = [Split.encode(rows, encoder, index) for index in (train_index, valid_index, judged)
+              if index is not None]  # fmt: skip
+    return (*splits, encoder)
 
 
-def _planted_splits(positive_rate: float, seed: int, rows: int = 60_000):
-    from fnn_fast.demo import planted_splits
+def _planted_splits(positive_rate: float, seed: int, rows: int = 60_000, holdout: bool = False):
+    from fnn_fast.demo import planted_at_rate, planted_splits
 
-    cards = criteo_like_cardinalities(39, largest=2_000, seed=0)
-    # The bias that gives the wanted share of positives: bisect on sampled logits.
-    low, high = -12.0, 6.0
-    probe = plant_model(cards, num_factors=4, nonlinear=1.0, bias=0.0, seed=0)
-    logits = probe.logits(probe.draw_ids(40_000, np.random.default_rng(0)))
-    for _ in range(50):
-        bias = (low + high) / 2
-        rate = float((1 / (1 + np.exp(-(logits + bias)))).mean())
-        low, high = (bias, high) if rate < positive_rate else (low, bias)
-    truth = plant_model(cards, num_factors=4, nonlinear=1.0, bias=bias, seed=0)
-    encoder, (train, valid), _ = planted_splits(truth, (rows, rows // 4), 1000 * seed + 1)
-    return train, valid, encoder
+    truth = planted_at_rate(positive_rate)
+    sizes = (rows, rows // 4, rows // 4) if holdout else (rows, rows // 4)
+    encoder, splits, _ = planted_splits(truth, sizes, 1000 * seed + 1)
+    return (*splits, encoder)
 
 
-def data_sets(names: list[str]):
+def data_sets(names: list[str], holdout: bool = False):
     adult = Schema(
         format="csv",
         label="label",
@@ -152,15 +172,19 @@ def data_sets(names: list[str]):
         format="libfm", featindex=str((DATA / "ipinyou-2997" / "featindex.fm.txt").resolve())
     )
     makers = {
-        "ipinyou": lambda seed: _file_splits(DATA / "ipinyou-2997" / "train.fm.txt", ipinyou, seed),
-        "adult": lambda seed: _file_splits(DATA / "adult" / "train.csv", adult, seed),
-        "planted-3": lambda seed: _planted_splits(0.03, seed),
-        "planted-30": lambda seed: _planted_splits(0.30, seed),
+        "ipinyou": lambda seed: _file_splits(
+            DATA / "ipinyou-2997" / "train.fm.txt", ipinyou, seed, holdout
+        ),
+        "adult": lambda seed: _file_splits(DATA / "adult" / "train.csv", adult, seed, holdout),
+        "planted-3": lambda seed: _planted_splits(0.03, seed, holdout=holdout),
+        "planted-30": lambda seed: _planted_splits(0.30, seed, holdout=holdout),
     }
     return {name: makers[name] for name in names}
 
 
-def run_trial(stage, config, train, valid, encoder, fm=None):
+def run_trial(stage, config, train, valid, encoder, fm=None, judged=None, keep=None):
+    """Train one stage; its metrics on ``judged`` (default: the validation split). ``keep``: a
+    dict that receives the trained model."""
     slot_fields = [int(f) for f in encoder.slot_fields]
     started = time.perf_counter()
     try:
@@ -172,7 +196,9 @@ def run_trial(stage, config, train, valid, encoder, fm=None):
             )
     except TrainingDiverged as error:
         return {"diverged": str(error)}
-    metrics = evaluate(model, valid)
+    if keep is not None:
+        keep["model"] = model
+    metrics = evaluate(model, valid if judged is None else judged)
     return {
         "valid_auc": metrics["auc"],
         "valid_logloss": metrics["logloss"],
@@ -209,7 +235,7 @@ def rank(trials: list[dict], candidates) -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage", choices=("fm", "fnn"), default="fm")
+    parser.add_argument("--stage", choices=("fm", "fnn", "both"), default="fm")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--data", default="ipinyou,adult,planted-3,planted-30")
     parser.add_argument("--candidates", default=None, help="comma-separated subset of names")
@@ -218,13 +244,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    pool = FM_CANDIDATES if args.stage == "fm" else FNN_CANDIDATES
+    pool = {"fm": FM_CANDIDATES, "fnn": FNN_CANDIDATES, "both": RUN_CANDIDATES}[args.stage]
     names = args.candidates.split(",") if args.candidates else list(pool)
     base = TrainConfig()
     trials = []
-    for data, make in data_sets(args.data.split(",")).items():
+    holdout = args.stage == "both"
+    for data, make in data_sets(args.data.split(","), holdout).items():
         for seed in range(args.seeds):
-            train, valid, encoder = make(seed)
+            train, valid, *judged, encoder = make(seed)
+            judged = judged[0] if judged else None
             fm = None
             if args.stage == "fnn":
                 fm, _ = train_fm(
@@ -232,14 +260,28 @@ def main(argv=None) -> int:
                 )
             for name in names:
                 config = replace(base, seed=seed, **pool[name])
-                trial = run_trial(args.stage, config, train, valid, encoder, fm)
-                trial.update(data=data, seed=seed, candidate=name, overrides=pool[name])
-                trials.append(trial)
-                shown = trial.get("diverged") or (
-                    f"auc {trial['valid_auc']:.4f} logloss {trial['valid_logloss']:.4f} "
-                    f"best epoch {trial['best_epoch']}/{trial['epochs']} {trial['seconds']:.0f}s"
-                )
-                print(f"{data} seed {seed} {name}: {shown}", file=sys.stderr, flush=True)
+                if args.stage == "both":  # the FM, then the FNN from it, both judged held out
+                    kept = {}
+                    trial = run_trial("fm", config, train, valid, encoder, None, judged, kept)
+                    runs = [(name + " FM", trial)]
+                    if "model" in kept:
+                        trial = run_trial(
+                            "fnn", config, train, valid, encoder, kept["model"], judged
+                        )
+                        runs.append((name + " FNN", trial))
+                else:
+                    runs = [(name, run_trial(args.stage, config, train, valid, encoder, fm))]
+                for label, trial in runs:
+                    trial.update(data=data, seed=seed, candidate=label, overrides=pool[name])
+                    trials.append(trial)
+                    shown = trial.get("diverged") or (
+                        f"auc {trial['valid_auc']:.4f} logloss {trial['valid_logloss']:.4f} "
+                        f"best epoch {trial['best_epoch']}/{trial['epochs']} "
+                        f"{trial['seconds']:.0f}s"
+                    )
+                    print(f"{data} seed {seed} {label}: {shown}", file=sys.stderr, flush=True)
+    if args.stage == "both":
+        names = [f"{n} {model}" for model in ("FM", "FNN") for n in names]
     table = rank(trials, names)
     datas = args.data.split(",")
     print("| candidate | diverged | AUC shortfall | " + " | ".join(datas) + " |")

@@ -3,7 +3,9 @@
 # triton, nvcc, cmake, ninja, pybind11 and scikit-build-core): build and install fnn_fast,
 # confirm the CUDA kernels are compiled in, run the GPU tests, then benchmarks/gpu_bench.py
 # (copy bandwidth; fused kernels' GB/s; FM / FNN scoring and train steps for the eager
-# reference, the reference under torch.compile, Triton and CUDA). Finishes within
+# reference, the reference under torch.compile, Triton and CUDA), with a short
+# `fnn-fast train --device cuda` run beside the same run on the CPU before it (metrics side by
+# side: benchmarks/gpu_train_check.py). Finishes within
 # FNN_FAST_GPU_CHECK_SECONDS (default 460, under 8 minutes) and prints a short table last.
 #
 #   benchmarks/gpu_check.sh [results.json]        # JSON also via FNN_FAST_GPU_JSON
@@ -90,6 +92,14 @@ timeout --kill-after=5 "${FNN_FAST_GPU_SCORING_SECONDS:-45}" "$python" \
   || score_status=$?
 [[ $score_status == 0 ]] || status=1
 tests_summary+="scoring check: exit $score_status; "
+
+echo "== training on the GPU (fnn-fast train --device cuda) against the CPU"
+train_status=0
+timeout --kill-after=5 "${FNN_FAST_GPU_TRAIN_SECONDS:-120}" "$python" \
+  benchmarks/gpu_train_check.py --timeout 50 --json "${json%.json}-training.json" \
+  || train_status=$?
+[[ $train_status == 0 ]] || status=1
+tests_summary+="training check: exit $train_status; "
 
 echo "== benchmark"
 budget=$((limit - $(elapsed) - 20))  # 20 s for start-up, the report and the JSON

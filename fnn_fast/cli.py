@@ -13,12 +13,19 @@ import numpy as np
 
 from fnn_fast import export as export_command
 from fnn_fast.bench import command as bench_command
-from fnn_fast.data import DataError, FeatureEncoder, ParsedRows, Schema, load_rows
+from fnn_fast.data import DataError, FeatureEncoder, HashedEncoder, ParsedRows, Schema, load_rows
 from fnn_fast.metrics import finite_or_none
 from fnn_fast.native_check import missing_native_reason, native_warning_shown
-from fnn_fast.outputs import check_creatable, check_directory, writing_directory
+from fnn_fast.outputs import (
+    check_creatable,
+    check_directory,
+    check_resumable,
+    finish_run,
+    start_run,
+    writing_directory,
+)
 from fnn_fast.saved import save_run
-from fnn_fast.train import Split, TrainConfig, train_two_stage
+from fnn_fast.train import Split, TrainConfig, resolve_device, train_two_stage
 
 FORMATS = ("libfm", "criteo", "csv", "parquet")
 OVERWRITE_HELP = "replace an earlier output of fnn-fast's there (removes only the files it wrote)"
@@ -163,21 +170,46 @@ def _load_splits(args):
         order = np.random.default_rng(args.seed).permutation(len(train_rows.labels))
         cut = int(round(len(order) * (1 - args.valid_fraction)))
         train_index, valid_index = np.sort(order[:cut]), np.sort(order[cut:])
-    encoder = FeatureEncoder.fit(
-        train_rows.keys[train_index],
-        train_rows.slot_fields,
-        train_rows.field_names,
-        min_count=args.min_count,
-    )
+    encoder = _fit_encoder(train_rows, train_index, args)
     print(
         f"{len(train_index):,} training rows, {encoder.num_features:,} features in "
         f"{len(train_rows.field_names)} fields",
         file=sys.stderr,
     )
+    if isinstance(encoder, HashedEncoder):
+        print(encoder.describe_collisions(), file=sys.stderr)
     train = Split.encode(train_rows, encoder, train_index if valid_index is not None else None)
     valid = Split.encode(valid_rows, encoder, valid_index)
     test = Split.encode(_read(args.test, schema, args), encoder) if args.test else None
     return train, valid, test, encoder, schema
+
+
+def _fit_encoder(train_rows: ParsedRows, train_index, args):
+    keys = train_rows.keys if len(train_index) == len(train_rows) else train_rows.keys[train_index]
+    return _fit_encoder_on(keys, train_rows.slot_fields, train_rows.field_names, args)
+
+
+def _fit_encoder_on(keys, slot_fields, field_names, args):
+    """The vocabularies of the training keys, or with --hash-buckets the hashed encoder (no
+    vocabulary; the pass over the keys only measures the collisions)."""
+    progress = not args.no_progress
+    if getattr(args, "hash_buckets", None) is None:
+        return FeatureEncoder.fit(
+            keys, slot_fields, field_names, min_count=args.min_count, progress=progress
+        )
+    if args.min_count != 1:
+        raise ValueError("--min-count needs vocabularies: it cannot be used with --hash-buckets")
+    return HashedEncoder.fit(
+        keys, slot_fields, field_names, buckets=args.hash_buckets,
+        shared=args.hash_space == "shared", progress=progress,
+    )  # fmt: skip
+
+
+def _hash_buckets(text: str) -> int:
+    buckets = int(text)
+    if buckets < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of buckets, not {text}")
+    return buckets
 
 
 def _check_inputs(args, *options: str) -> None:
@@ -199,22 +231,138 @@ def _check_inputs(args, *options: str) -> None:
             check_creatable(cache_dir, "cache")
 
 
-def cmd_train(args) -> int:
-    config = _config_from_args(args)
-    _check_inputs(args, "--train", "--valid", "--test", "--featindex")
-    check_directory(args.out, args.overwrite, "model")
-    args.input_format = args.format
-    train, valid, test, encoder, schema = _load_splits(args)
-    result = train_two_stage(train, valid, test, encoder, config, progress=not args.no_progress)
-    with writing_directory(args.out, args.overwrite, "model") as out:
-        save_run(
-            out, result, encoder, schema, config,
-            report_split=test if test is not None else valid,
-            split_name="test" if test is not None else "validation",
+def _cache_entry(path, schema: Schema, args):
+    """--stream: the binary cache entry to stream ``path`` from (``path`` itself when it is one;
+    else its entry in --cache-dir, parsed into it on the first run)."""
+    from fnn_fast.data.cache import check_entry, ensure_entry, read_meta
+
+    if Path(path, "meta.json").is_file():
+        check_entry(path, schema)
+        entry = Path(path)
+    elif args.cache_dir is None:
+        raise ValueError(
+            f"--stream reads binary cache entries: give --cache-dir (the first run parses {path} "
+            "into it once) or a cache entry directory"
+        )
+    else:
+        entry = ensure_entry(
+            path, schema, args.cache_dir, skip_bad_lines=args.skip_bad_lines,
+            progress=not args.no_progress,
         )  # fmt: skip
+    if int(read_meta(entry)["n_rows"]) == 0:
+        raise DataError(path, None, "no rows to train or evaluate on")
+    return entry
+
+
+def _stream_splits(args):
+    """As _load_splits, for --stream: every split streams from its cache entry; the encoder is
+    fitted on the training entry read by row ranges."""
+    from fnn_fast.stream import EVAL_ROWS, CacheStream, entry_columns
+
+    if not args.valid:
+        raise ValueError("--stream needs a validation file (--valid FILE)")
+    if args.stream_chunk_rows < 1 or args.shuffle_buffer < 1:
+        raise ValueError("--stream-chunk-rows and --shuffle-buffer must be positive")
+    schema = _schema_from_args(args)
+    train_entry = _cache_entry(args.train, schema, args)
+    keys, slot_fields, field_names = entry_columns(train_entry)
+    encoder = _fit_encoder_on(keys, slot_fields, field_names, args)
+    print(
+        f"{len(keys):,} training rows (streamed), {encoder.num_features:,} features in "
+        f"{len(field_names)} fields",
+        file=sys.stderr,
+    )
+    if isinstance(encoder, HashedEncoder):
+        print(encoder.describe_collisions(), file=sys.stderr)
+    window = max(1, args.shuffle_buffer // args.stream_chunk_rows)
+    train = CacheStream(
+        train_entry, encoder, chunk_rows=args.stream_chunk_rows, window_chunks=window,
+        eval_rows=EVAL_ROWS,
+    )  # fmt: skip
+
+    def held_out(path):
+        entry = _cache_entry(path, schema, args)
+        return CacheStream(entry, encoder, chunk_rows=args.stream_chunk_rows, shuffle=False)
+
+    test = held_out(args.test) if args.test else None
+    return train, held_out(args.valid), test, encoder, schema
+
+
+def _file_identity(path) -> list | None:
+    """What a resume checks of an input: path, size and modification time (of every file of a
+    cache entry directory)."""
+    if path is None:
+        return None
+    path = Path(path).resolve()
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return [str(path)] + [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def _fingerprint(args, config: TrainConfig) -> dict:
+    """What a resumed run must share with the checkpoint: its data and every setting that
+    changes the model (not --checkpoint-every, --no-progress, --cache-dir)."""
+    from fnn_fast.data.cache import schema_identity
+
+    return {
+        "data": {name: _file_identity(getattr(args, name)) for name in ("train", "valid", "test")},
+        "settings": {
+            **config.to_dict(),
+            "schema": schema_identity(_schema_from_args(args)),
+            "min_count": args.min_count,
+            "valid_fraction": None if args.valid else args.valid_fraction,
+            "skip_bad_lines": args.skip_bad_lines,
+            "stream": args.stream,
+            "stream_chunk_rows": args.stream_chunk_rows if args.stream else None,
+            "shuffle_buffer": args.shuffle_buffer if args.stream else None,
+        },
+    }
+
+
+def cmd_train(args) -> int:
+    from fnn_fast.checkpoint import Checkpointer, parse_every
+
+    config = _config_from_args(args)
+    device = resolve_device(args.device)  # before any file is read: no GPU is a quick error
+    _check_inputs(args, "--train", "--valid", "--test", "--featindex")
+    every = parse_every(args.checkpoint_every) if args.checkpoint_every else (None, None)
+    checkpoint = None
+    if args.resume:
+        check_resumable(args.out, "model")
+        checkpoint = Checkpointer(args.out, _fingerprint(args, config), *every)
+        if checkpoint.load() is None:
+            print("fnn-fast: no checkpoint was written yet: training from the start",
+                  file=sys.stderr)  # fmt: skip
+    else:
+        check_directory(args.out, args.overwrite, "model")
+    args.input_format = args.format
+    splits = _stream_splits(args) if args.stream else _load_splits(args)
+    train, valid, test, encoder, schema = splits
+    if args.checkpoint_every and not args.resume:
+        start_run(args.out, args.overwrite, "model")
+        checkpoint = Checkpointer(args.out, _fingerprint(args, config), *every)
+    result = train_two_stage(
+        train, valid, test, encoder, config, progress=not args.no_progress,
+        checkpoint=checkpoint, device=device,
+    )  # fmt: skip
+    report = dict(
+        extra={**_encoder_metrics(encoder), "device": str(device)},
+        report_split=test if test is not None else valid,
+        split_name="test" if test is not None else "validation",
+    )
+    if checkpoint is None:
+        with writing_directory(args.out, args.overwrite, "model") as out:
+            save_run(out, result, encoder, schema, config, **report)
+    else:
+        save_run(args.out, result, encoder, schema, config, **report)
+        finish_run(args.out, "model", checkpoint.remove)
     _print_metrics(result.metrics)
     print(f"model written to {args.out} (report: {Path(args.out) / 'report.html'})")
     return 0
+
+
+def _encoder_metrics(encoder) -> dict:
+    """metrics.json's record of a hashed encoder's collisions (none for vocabularies)."""
+    return {"hashing": encoder.collisions} if isinstance(encoder, HashedEncoder) else {}
 
 
 def cmd_tune(args) -> int:
@@ -233,6 +381,7 @@ def cmd_tune(args) -> int:
         "valid_fraction": args.valid_fraction,
         "schema": schema.to_dict(),
         "min_count": args.min_count,
+        **({"hashing": encoder.spec()} if isinstance(encoder, HashedEncoder) else {}),
     }
     best = run_tune(
         train, valid, encoder, config, out, trials=args.trials, minutes=args.minutes,
@@ -245,9 +394,11 @@ def cmd_tune(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from fnn_fast import peers
     from fnn_fast.compare import format_table, run_compare, summarize, write_compare
 
     config = _config_from_args(args)
+    wanted = peers.parse_peers(args.peers)
     if not args.synthetic:
         if not (args.train and args.test and args.format):
             raise ValueError("compare needs --train, --test and --format (or --synthetic)")
@@ -259,11 +410,17 @@ def cmd_compare(args) -> int:
         args.input_format = args.format
         train, valid, test, encoder, _ = _load_splits(args)
     seeds = range(args.seed, args.seed + args.seeds)
-    results = run_compare(train, valid, test, encoder, config, seeds, not args.no_progress)
+    runnable, notes = peers.resolve(wanted, (train, valid, test))
+    for note in notes:
+        print(note, file=sys.stderr)
+    results = run_compare(train, valid, test, encoder, config, seeds, not args.no_progress,
+                          peers=runnable, notes=notes)  # fmt: skip
     summary = summarize(results)
-    table = format_table(summary, args.seeds)
+    table = format_table(summary, args.seeds, notes)
+    settings = {peers.PEERS[name].label: peers.PEERS[name].settings for name in runnable}
     with writing_directory(args.out, args.overwrite, "comparison") as out:
-        write_compare(out, results, summary, table, "fnn-fast " + " ".join(sys.argv[1:]))
+        write_compare(out, results, summary, table, "fnn-fast " + " ".join(sys.argv[1:]),
+                      notes, settings)  # fmt: skip
     print(table)
     return 0
 
@@ -387,6 +544,20 @@ def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> 
         help="features seen fewer times in training share their field's OOV row",
     )
     p.add_argument(
+        "--hash-buckets",
+        type=_hash_buckets,
+        metavar="N",
+        help="hash each key into N buckets instead of fitting vocabularies: no vocabulary pass "
+        "or file, any number of keys; prints the share of training keys that collide",
+    )
+    p.add_argument(
+        "--hash-space",
+        choices=("field", "shared"),
+        default="field",
+        help="--hash-buckets: N buckets per field, or one space of N for all fields (the field "
+        "mixed into the hash)",
+    )
+    p.add_argument(
         "--seed", type=int, default=defaults.seed, help="initialization, batch order, split"
     )
     p.add_argument("--factors", type=int, default=defaults.factors, help="K")
@@ -494,6 +665,39 @@ def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> 
     )
 
 
+def _add_stream_options(p: argparse.ArgumentParser) -> None:
+    from fnn_fast.stream import CHUNK_ROWS, WINDOW_CHUNKS
+
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="out of core: stream every split from its binary cache entry (--cache-dir, or "
+        "cache entry directories as inputs; needs --valid), memory flat in the number of rows",
+    )
+    p.add_argument(
+        "--shuffle-buffer",
+        type=int,
+        default=CHUNK_ROWS * WINDOW_CHUNKS,
+        help="--stream: rows shuffled together (chunks in a new random order each epoch, "
+        "their rows permuted in windows of this many rows)",
+    )
+    p.add_argument(
+        "--stream-chunk-rows",
+        type=int,
+        default=CHUNK_ROWS,
+        help="--stream: consecutive rows read (and reordered) as one chunk",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        help="write a checkpoint (OUT/checkpoint/) every N steps ('500') or minutes ('10m')",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed run from its checkpoint (the same command plus --resume)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fnn-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -512,12 +716,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", help="test file: evaluated at the end, never used for choices")
     p.add_argument("--out", required=True, help="output directory for the model and metrics")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="train both stages on cpu, cuda, cuda:N or auto (cuda when there is a GPU); on a "
+        "GPU the Triton or CUDA kernels run and batches are copied from pinned memory ahead",
+    )
+    _add_stream_options(p)
     _add_input_options(p)
     _add_training_options(p, defaults)
     p.set_defaults(func=cmd_train)
 
     p = command(
-        "compare", help="ablation over seeds: LR, FM, FNN from random / FM / FM+RBM / one rate"
+        "compare",
+        help="ablation over seeds: LR, FM, FNN from random / FM / FM+RBM / one rate, and the "
+        "installed peers (pytorch-fm, DeepCTR-Torch)",
     )
     p.add_argument("--train", help="training file")
     p.add_argument("--valid", help="validation file (default: a random part of --train)")
@@ -534,6 +747,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--synthetic-rows", type=int, default=100_000, help="training rows of --synthetic"
     )
     p.add_argument("--seeds", type=int, default=5, help="seeds --seed .. --seed + N - 1")
+    p.add_argument(
+        "--peers",
+        default="auto",
+        help="other libraries' models as extra rows, each trained with its own settings and "
+        "early stopping on the same validation rows: auto (every one installed; pip install "
+        "'fnn-fast[peers]'), none, or a list of torchfm-fm, torchfm-fnn, deepctr-deepfm, "
+        "deepctr-pnn",
+    )
     p.add_argument("--out", default="fnn-fast-compare", help="writes compare.json, compare.md")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     _add_input_options(p, format_required=False)

@@ -1,6 +1,8 @@
 """``fnn-fast compare``: what each part of FNN is worth. On the same data and splits, for
 several seeds: logistic regression, FM, FNN from a random embedding, FNN from FM, FNN from FM with
-RBM pre-training, and FNN from FM with a single learning rate for every layer."""
+RBM pre-training, and FNN from FM with a single learning rate for every layer; then, where
+installed, the peers of :mod:`fnn_fast.peers` (pytorch-fm's FM and FNN, DeepCTR-Torch's DeepFM
+and PNN), trained on the same splits with early stopping on the same validation rows."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
+from fnn_fast import peers as peer_models
 from fnn_fast.metrics import finite_or_none
 from fnn_fast.train import Split, TrainConfig, evaluate, train_fm, train_fnn
 
@@ -22,21 +25,39 @@ VARIANTS = {
 }
 
 
+def label(name: str) -> str:
+    """The table's name of a row: one of VARIANTS or of fnn_fast.peers.PEERS."""
+    return VARIANTS[name] if name in VARIANTS else peer_models.PEERS[name].label
+
+
 def _best_epoch(history: list[dict]) -> int:
     return next(r["epoch"] for r in history if r.get("best"))
 
 
 def run_compare(
-    train: Split, valid: Split, test: Split, encoder, config: TrainConfig, seeds, progress=False
+    train: Split,
+    valid: Split,
+    test: Split,
+    encoder,
+    config: TrainConfig,
+    seeds,
+    progress=False,
+    peers=(),
+    notes: list | None = None,
 ) -> dict:
-    """Per variant, per seed: test AUC, test logloss and the epoch of the best valid AUC."""
+    """Per variant, per seed: test AUC, test logloss and the epoch of the best valid AUC (and
+    the valid AUC and logloss of that epoch). ``peers``: names of fnn_fast.peers.PEERS to add
+    (installed ones: see peers.resolve); a peer that diverges in a seed leaves that seed out of
+    its row, with a line in ``notes``."""
     slot_fields = [int(f) for f in encoder.slot_fields]
-    results: dict[str, list[dict]] = {name: [] for name in VARIANTS}
+    results: dict[str, list[dict]] = {name: [] for name in (*VARIANTS, *peers)}
+    notes = [] if notes is None else notes
 
     def record(name, model, history):
-        metrics = evaluate(model, test)
+        metrics, checked = evaluate(model, test), evaluate(model, valid)
         results[name].append({"test_auc": metrics["auc"], "test_logloss": metrics["logloss"],
-                              "best_epoch": _best_epoch(history)})  # fmt: skip
+                              "best_epoch": _best_epoch(history), "valid_auc": checked["auc"],
+                              "valid_logloss": checked["logloss"]})  # fmt: skip
 
     for seed in seeds:
         seeded = replace(config, seed=seed)
@@ -57,14 +78,23 @@ def run_compare(
             model, history = train_fnn(train, valid, fm, encoder.num_features, slot_fields,
                                        variant, progress=progress)  # fmt: skip
             record(name, model, history)
+        for name in peers:
+            try:
+                run = peer_models.train_peer(name, train, valid, test, encoder, seeded, seed)
+            except peer_models.PeerDiverged as error:
+                notes.append(f"{label(name)}: seed {seed} {error}; left out of its row")
+                continue
+            results[name].append(run)
     return results
 
 
 def summarize(results: dict) -> dict:
     summary = {}
     for name, runs in results.items():
-        entry = {}
-        for key in ("test_auc", "test_logloss", "best_epoch"):
+        if not runs:
+            continue
+        entry = {"seeds": len(runs)}
+        for key in ("test_auc", "test_logloss", "best_epoch", "valid_auc", "valid_logloss"):
             values = [r[key] for r in runs]
             entry[key] = statistics.fmean(values)
             entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -72,27 +102,35 @@ def summarize(results: dict) -> dict:
     return summary
 
 
-def format_table(summary: dict, seeds: int) -> str:
+def format_table(summary: dict, seeds: int, notes=()) -> str:
     lines = [
         f"| model | test AUC (mean ± std, {seeds} seeds) | test logloss "
         "| epochs to best valid AUC |",
         "|---|---:|---:|---:|",
     ]
     for name, s in summary.items():
+        fewer = f" ({s['seeds']} seeds)" if s["seeds"] != seeds else ""
         lines.append(
-            f"| {VARIANTS[name]} | {s['test_auc']:.4f} ± {s['test_auc_std']:.4f} | "
+            f"| {label(name)}{fewer} | {s['test_auc']:.4f} ± {s['test_auc_std']:.4f} | "
             f"{s['test_logloss']:.4f} ± {s['test_logloss_std']:.4f} | "
             f"{s['best_epoch']:.1f} ± {s['best_epoch_std']:.1f} |"
         )
+    if notes:
+        lines += ["", *(f"- {note}" for note in notes)]
     return "\n".join(lines)
 
 
-def write_compare(out, results: dict, summary: dict, table: str, command: str) -> None:
+def write_compare(
+    out, results: dict, summary: dict, table: str, command: str, notes=(), peer_settings=None
+) -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    record = {"command": command, "summary": summary, "runs": results, "notes": list(notes)}
+    if peer_settings:
+        record["peer_settings"] = peer_settings
     (out / "compare.json").write_text(
         json.dumps(
-            finite_or_none({"command": command, "summary": summary, "runs": results}),
+            finite_or_none(record),
             indent=2,
             allow_nan=False,
         )

@@ -45,6 +45,23 @@ def planted_splits(truth, sizes, first_seed: int):
     return encoder, [Split.encode(p.rows, encoder) for p in parts], parts
 
 
+def planted_at_rate(positive_rate: float, seed: int = 0):
+    """The planted Criteo-shaped truth of benchmarks/choose_defaults.py and of the tests that the
+    defaults learn: 39 fields (the largest of 2,000 values), 4 factors plus a non-linear term,
+    and the bias that gives about ``positive_rate`` positives (bisected on sampled logits)."""
+    import numpy as np
+
+    cards = criteo_like_cardinalities(39, largest=2_000, seed=seed)
+    probe = plant_model(cards, num_factors=4, nonlinear=1.0, bias=0.0, seed=seed)
+    logits = probe.logits(probe.draw_ids(40_000, np.random.default_rng(seed)))
+    low, high = -12.0, 6.0
+    for _ in range(50):
+        bias = (low + high) / 2
+        rate = float((1 / (1 + np.exp(-(logits + bias)))).mean())
+        low, high = (bias, high) if rate < positive_rate else (low, bias)
+    return plant_model(cards, num_factors=4, nonlinear=1.0, bias=bias, seed=seed)
+
+
 def run_demo(out: Path, rows: int = 150_000, seed: int = 0, progress: bool = True) -> dict:
     from fnn_fast.cli import _print_metrics
     from fnn_fast.data import read_rows

@@ -67,6 +67,36 @@ class _FusedUpdate:
         self.update_step, self.update_hparams = step, hparams
         return self
 
+    def fused_state(self) -> dict[str, torch.Tensor]:
+        """The fused rule's row state and step count (not in ``state_dict``: they are training
+        state, not weights), for a checkpoint; empty when no rule is fused."""
+        if self.row_update is None:
+            return {}
+        return {
+            "state1": self.update_state1,
+            "state2": self.update_state2,
+            "step": self.update_step,
+        }
+
+    @torch.no_grad()
+    def load_fused_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`fused_state` gave (the same rule must be fused)."""
+        if self.row_update is None:
+            if state:
+                raise ValueError("no update rule is fused to load a row state into")
+            return
+        for key, buffer in (
+            ("state1", self.update_state1), ("state2", self.update_state2),
+            ("step", self.update_step),
+        ):  # fmt: skip
+            saved = state[key]
+            if saved.shape != buffer.shape or saved.dtype != buffer.dtype:
+                raise ValueError(
+                    f"fused row state {key}: {tuple(saved.shape)} {saved.dtype} saved, "
+                    f"{tuple(buffer.shape)} {buffer.dtype} expected"
+                )
+            buffer.copy_(saved)
+
     def _apply(self, fn, recurse=True):
         # The step count and the hyperparameters are read by the host to launch the kernels:
         # kept on the CPU when the module moves to a GPU, reading them costs no device sync.

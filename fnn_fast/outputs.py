@@ -144,3 +144,44 @@ def writing_directory(path, overwrite: bool, what: str) -> Iterator[Path]:
         yield path
     finally:
         write_manifest(path, {"kind": what, "files": sorted(_files(path) - before)})
+
+
+# A training run that writes checkpoints marks its directory as in progress from its start: the
+# manifest lists the checkpoint folders, so --overwrite can remove a killed run's; --resume
+# continues only such a directory.
+IN_PROGRESS = "in_progress"
+CHECKPOINT_FOLDERS = ("checkpoint/", "checkpoint.prev/", ".checkpoint.tmp/")
+
+
+def start_run(path, overwrite: bool, what: str) -> Path:
+    """Claim ``path`` for a checkpointed run (under the rule of :func:`check_directory`)."""
+    path = Path(path)
+    earlier = check_directory(path, overwrite, what)
+    if earlier is not None:
+        remove_listed(path, earlier)
+    path.mkdir(parents=True, exist_ok=True)
+    write_manifest(path, {"kind": what, "files": list(CHECKPOINT_FOLDERS), IN_PROGRESS: True})
+    return path
+
+
+def check_resumable(path, what: str) -> None:
+    """Raise unless ``path`` holds a checkpointed run of fnn-fast's that has not finished."""
+    manifest = read_manifest(path)
+    if manifest is None or manifest.get("kind") != what:
+        raise FileNotFoundError(
+            f"--resume: {path} holds no unfinished {what} run of fnn-fast's (start it with "
+            "--checkpoint-every, then resume it with the same command plus --resume)"
+        )
+    if not manifest.get(IN_PROGRESS):
+        raise FileExistsError(
+            f"--resume: the run in {path} has finished (its {what} is written): nothing to resume"
+        )
+
+
+def finish_run(path, what: str, remove) -> None:
+    """Mark the files of a finished checkpointed run as written (every file in ``path`` is
+    fnn-fast's: the run claimed it new or empty), then call ``remove`` (the checkpoints)."""
+    path = Path(path)
+    files = {f for f in _files(path) if not any(f.startswith(c) for c in CHECKPOINT_FOLDERS)}
+    write_manifest(path, {"kind": what, "files": sorted(files) + list(CHECKPOINT_FOLDERS)})
+    remove()

@@ -88,6 +88,7 @@ def pretrain_tanh_layers(
     errors: list[list[float]] = []
     for depth, linear in enumerate(linears):
         rbm = RBM(linear.in_features, linear.out_features, gaussian_visible=depth == 0)
+        rbm.to(linear.weight.device)
 
         def visible_batches(scale=scale, shift=shift, below=tuple(below)):
             for z in batches():
@@ -121,6 +122,6 @@ def pretrain_tanh_layers(
             linear.bias.copy_((rbm.weight @ shift + rbm.hidden_bias) / 2)
         below.append(linear)
         # The next RBM sees p = (tanh + 1) / 2 of this layer.
-        scale = torch.full((linear.out_features,), 0.5)
-        shift = torch.full((linear.out_features,), 0.5)
+        scale = torch.full((linear.out_features,), 0.5, device=linear.weight.device)
+        shift = torch.full((linear.out_features,), 0.5, device=linear.weight.device)
     return errors

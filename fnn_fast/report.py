@@ -112,7 +112,7 @@ def write_report(
         )
         + "</tr>"
         for name, m in metrics.items()
-        if isinstance(m, dict)
+        if isinstance(m, dict) and any(k in m for k in METRIC_KEYS)
     )  # fmt: skip
     figures = "".join(
         f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' "

@@ -2,7 +2,8 @@
 
 - ``model.safetensors``: the FM's and the FNN's tensors (prefixes ``fm.`` and ``fnn.``),
 - ``config.json``: module configs, the input schema and the training config,
-- ``encoder/``: the fitted feature encoder, so scoring encodes exactly as training did,
+- ``encoder/``: the fitted feature encoder (vocabularies, or the hashing spec of a model trained
+  with hashed features), so scoring encodes exactly as training did,
 - ``metrics.json``: written by the trainer (an undefined metric, as the AUC of one class, is
   null),
 - ``manifest.json``: fnn-fast's list of the files it wrote (see fnn_fast.outputs).
@@ -60,6 +61,7 @@ def save_model(
         "fm": fm.config(),
         "fnn": None if fnn is None else fnn.config(),
         "schema": None if schema is None else schema.to_dict(),
+        "encoder": encoder.spec(),  # informative: encoder/ is what scoring reads
         "train": train_config,
     }
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -19,6 +19,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from fnn_fast.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    load_optimizer_state,
+    optimizer_state,
+    prefixed,
+)
 from fnn_fast.metrics import log_loss, roc_auc
 from fnn_fast.modules import FM, FNN
 from fnn_fast.optim import RowUpdate, SparseRowOptimizer
@@ -38,7 +45,8 @@ class TrainConfig:
     factors: int = 10
     batch_size: int = 256
     seed: int = 0
-    patience: int = 4  # epochs without a better validation AUC before stopping
+    patience: int = 4  # epochs without a better validation metric before stopping
+    early_stopping: str = "auc"  # the validation metric that picks the best epoch: auc or logloss
     # Stage 1: FM. Adagrad whose sums start at 0.01: a rare feature's few small gradients move
     # it as SGD at lr / 0.1 would (plain Adagrad gives it full-size steps and overfits sparse
     # logs), while a frequent feature's steps shrink as its sum grows (plain SGD at a rate that
@@ -101,11 +109,16 @@ class Split:
     def __len__(self) -> int:
         return self.labels.shape[0]
 
-    def batches(self, batch_size: int, generator: torch.Generator | None = None):
-        """(ids, values, labels) mini-batches, shuffled when a generator is given."""
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None, *, start_step: int = 0,
+        **_,
+    ):  # fmt: skip
+        """(ids, values, labels) mini-batches, shuffled when a generator is given (the order is
+        drawn when the first batch is asked for), from batch ``start_step`` on. Other keywords
+        (``epoch``, ``seed``: what orders a streamed split) are accepted and not needed."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if generator is not None else None
-        for start in range(0, n, batch_size):
+        for start in range(start_step * batch_size, n, batch_size):
             index = (
                 order[start : start + batch_size]
                 if order is not None
@@ -114,14 +127,93 @@ class Split:
             values = None if self.values is None else self.values[index]
             yield self.ids[index], values, self.labels[index]
 
+    def for_evaluation(self) -> Split:
+        """The rows evaluated after each epoch: all of them."""
+        return self
+
+    def click_rate(self) -> float:
+        """The share of positive labels, exactly (a float64 sum of 0/1)."""
+        return float(self.labels.sum(dtype=torch.float64)) / len(self) if len(self) else 0.5
+
+
+def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when there is a GPU) as a torch.device;
+    a CUDA device that is not here is a ValueError saying why."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r}: use cpu, cuda, cuda:N or auto") from None
+    if resolved.type == "cpu":
+        return resolved
+    if resolved.type != "cuda":
+        raise ValueError(f"device {device!r}: fnn_fast trains on cpu or cuda (cuda:N)")
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA (a CPU build)"
+        raise ValueError(
+            f"device {device!r}: CUDA is not available here (torch {torch.__version__} with "
+            f"{build}, {torch.cuda.device_count()} GPUs visible); train with --device cpu"
+        )
+    if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {device!r}: only {torch.cuda.device_count()} GPU(s) here (cuda:0.."
+            f"cuda:{torch.cuda.device_count() - 1})"
+        )
+    return resolved
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def to_device(batches, device: torch.device):
+    """The (ids, values, labels) batches on ``device``. For CUDA each batch is pinned and copied
+    on a side stream one batch ahead, so the copy of batch i + 1 overlaps the compute of batch
+    i; the compute stream waits for a batch's copy before using it."""
+    if device.type != "cuda":
+        yield from batches
+        return
+    copy_stream = torch.cuda.Stream(device)
+
+    def ahead(batch):
+        with torch.cuda.stream(copy_stream):
+            moved = tuple(
+                None if t is None else t.pin_memory().to(device, non_blocking=True) for t in batch
+            )
+        done = torch.cuda.Event()
+        done.record(copy_stream)
+        return moved, done
+
+    pending = None
+    for batch in batches:
+        incoming = ahead(batch)
+        if pending is not None:
+            yield _arrived(*pending, device)
+        pending = incoming
+    if pending is not None:
+        yield _arrived(*pending, device)
+
+
+def _arrived(batch, done, device):
+    compute = torch.cuda.current_stream(device)
+    compute.wait_event(done)
+    for t in batch:
+        if t is not None:
+            t.record_stream(compute)  # its memory is not reused before compute is done with it
+    return batch
+
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, split: Split, batch_size: int = 8192) -> np.ndarray:
+def predict_logits(model: torch.nn.Module, split, batch_size: int = 8192) -> np.ndarray:
+    """Logits [N] (float32, on the host), computed on the model's device."""
     was_training = model.training
     model.eval()
-    out = [model(ids, values) for ids, values, _ in split.batches(batch_size)]
+    device = model_device(model)
+    batches = to_device(split.batches(batch_size), device)
+    out = [model(ids, values) for ids, values, _ in batches]
     model.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+    return torch.cat(out).cpu().numpy() if out else np.zeros(0, dtype=np.float32)
 
 
 def predict_probabilities(model: torch.nn.Module, split: Split, batch_size: int = 8192):
@@ -172,27 +264,76 @@ def fit(
     name: str,
     progress: bool = True,
     rate_hint: str = "the learning rate",
+    early_stopping: str = "auc",
+    checkpoint: Checkpointer | None = None,
+    stage: str = "",
 ) -> list[dict]:
     """Mini-batch training with early stopping on validation AUC. The model ends holding the
     weights of its best epoch; returns one record per epoch. A non-finite loss or parameter
     raises :class:`TrainingDiverged` naming the stage, epoch and step (``rate_hint``: the setting
-    to lower)."""
+    to lower). ``train`` and ``valid``: in-memory :class:`Split` or streamed
+    (:class:`fnn_fast.stream.CacheStream`) rows. With ``checkpoint``, the whole training state is
+    written when it is due, and a checkpoint it loaded for this ``stage`` is resumed from."""
     generator = torch.Generator().manual_seed(seed)
     history: list[dict] = []
     best_score, best_state, best_epoch = -math.inf, None, 0
-    for epoch in range(1, epochs + 1):
+    first_epoch, start_step, total_loss, seen = 1, 0, 0.0, 0
+    resumed = checkpoint.resumed if checkpoint is not None else None
+    if resumed is not None and resumed[0]["stage"] == stage:
+        position = _restore_fit(model, optimizers, generator, *resumed)
+        first_epoch, start_step = position["epoch"], position["step"]
+        total_loss, seen = position["total_loss"], position["seen"]
+        history, best_epoch = position["history"], position["best_epoch"]
+        best_score = -math.inf if position["best_score"] is None else position["best_score"]
+        best = {k[5:]: v for k, v in resumed[1].items() if k.startswith("best.")}
+        best_state = best if position["has_best"] else None
+        checkpoint.resumed = None
+        _log(f"{name}: resuming at epoch {first_epoch}, step {start_step}")
+
+    def save(epoch: int, step: int, epoch_rng: torch.Tensor) -> None:
+        meta = {
+            "stage": stage,
+            "fit": {
+                "epoch": epoch, "step": step, "total_loss": total_loss, "seen": seen,
+                "history": history, "best_epoch": best_epoch, "has_best": best_state is not None,
+                "best_score": None if best_score == -math.inf else best_score,
+            },
+        }  # fmt: skip
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        tensors.update({f"fused.{k}": v for k, v in _fused_state(model).items()})
+        if best_state is not None:
+            tensors.update({f"best.{k}": v for k, v in best_state.items()})
+        optimizer_meta = []
+        for i, optimizer in enumerate(optimizers):
+            saved, optimizer_tensors = optimizer_state(optimizer, f"opt{i}")
+            optimizer_meta.append(saved)
+            tensors.update(optimizer_tensors)
+        meta["optimizers"] = optimizer_meta
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.epoch"] = epoch_rng
+        checkpoint.save(meta, tensors)
+
+    for epoch in range(first_epoch, epochs + 1):
         model.train()
         started = time.perf_counter()
-        total_loss, seen, step = 0.0, 0, 0
+        if epoch != first_epoch:
+            start_step, total_loss, seen = 0, 0.0, 0
+        epoch_rng = generator.get_state()  # before this epoch's order is drawn
+        step = start_step
         bar = tqdm(
             total=len(train),
+            initial=min(start_step * batch_size, len(train)),
             desc=f"{name} epoch {epoch}/{epochs}",
             unit="rows",
             unit_scale=True,
             leave=False,
             disable=None if progress else True,
         )
-        for step, (ids, values, labels) in enumerate(train.batches(batch_size, generator), 1):
+        batches = train.batches(
+            batch_size, generator, epoch=epoch, seed=seed, start_step=start_step
+        )
+        batches = to_device(batches, model_device(model))
+        for step, (ids, values, labels) in enumerate(batches, start_step + 1):
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             loss = F.binary_cross_entropy_with_logits(model(ids, values), labels)
@@ -209,6 +350,8 @@ def fit(
             total_loss += loss_value * labels.shape[0]
             seen += labels.shape[0]
             bar.update(labels.shape[0])
+            if checkpoint is not None and checkpoint.step_done():
+                save(epoch, step, epoch_rng)
         bar.close()
         bad = first_non_finite(model)
         if bad is not None:
@@ -219,7 +362,7 @@ def fit(
             "seconds": time.perf_counter() - started,
             "samples_per_s": seen / max(time.perf_counter() - started, 1e-9),
         }
-        train_metrics = evaluate(model, train)
+        train_metrics = evaluate(model, train.for_evaluation())
         record.update(train_auc=train_metrics["auc"], train_logloss=train_metrics["logloss"])
         if valid is not None:
             valid_metrics = evaluate(model, valid)
@@ -237,7 +380,8 @@ def fit(
         )
         if valid is None:
             score = -record["train_loss"]
-        elif math.isnan(record["valid_auc"]):  # a validation split of one class: its logloss
+        elif early_stopping == "logloss" or math.isnan(record["valid_auc"]):
+            # logloss by choice, or for a validation split of one class (no AUC)
             score = -record["valid_logloss"]
         else:
             score = record["valid_auc"]
@@ -248,6 +392,9 @@ def fit(
         elif epoch - best_epoch >= patience:
             _log(f"{name}: stopping early, best epoch {best_epoch}")
             break
+        if checkpoint is not None and checkpoint.due():
+            total_loss, seen = 0.0, 0
+            save(epoch + 1, 0, generator.get_state())
     if best_state is not None:
         model.load_state_dict(best_state)
     for record in history:
@@ -255,10 +402,29 @@ def fit(
     return history
 
 
+def _fused_state(model: torch.nn.Module) -> dict:
+    return model.fused_state() if hasattr(model, "fused_state") else {}
+
+
+def _restore_fit(model, optimizers, generator, meta: dict, tensors: dict) -> dict:
+    """Load a checkpoint's training state into the model, its optimizers and the epoch order's
+    generator; returns the position and early-stopping state."""
+    model.load_state_dict(prefixed(tensors, "model"))
+    if hasattr(model, "load_fused_state"):
+        model.load_fused_state(prefixed(tensors, "fused"))
+    if len(meta["optimizers"]) != len(optimizers):
+        raise CheckpointError("the checkpoint holds the state of another set of optimizers")
+    for i, (optimizer, saved) in enumerate(zip(optimizers, meta["optimizers"], strict=True)):
+        load_optimizer_state(optimizer, saved, tensors, f"opt{i}")
+    torch.set_rng_state(tensors["rng.torch"])
+    generator.set_state(tensors["rng.epoch"])
+    return meta["fit"]
+
+
 def base_rate_logit(split: Split) -> float:
     """log(p / (1 - p)) of the training click rate: the bias to start from. Starting at 0 on
     rare clicks makes every feature weight absorb the missing bias first."""
-    rate = float(split.labels.mean()) if len(split) else 0.5
+    rate = split.click_rate()
     rate = min(max(rate, 1e-6), 1 - 1e-6)
     return math.log(rate / (1 - rate))
 
@@ -270,10 +436,15 @@ def train_fm(
     config: TrainConfig,
     slot_names=None,
     progress: bool = True,
+    checkpoint: Checkpointer | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[FM, list[dict]]:
-    """Stage 1: an FM trained with sparse row updates."""
+    """Stage 1: an FM trained with sparse row updates, on ``device`` (``checkpoint``: see
+    :func:`fit`)."""
+    device = resolve_device(device)
     torch.manual_seed(config.seed)
     fm = FM(num_features, config.factors, init_std=config.fm_init_std, slot_names=slot_names)
+    fm.to(device)
     with torch.no_grad():
         fm.w0.fill_(base_rate_logit(train))
     # The native kernels apply the table's update inside backward; on the reference backend the
@@ -299,10 +470,13 @@ def train_fm(
         epochs=config.fm_epochs,
         batch_size=config.batch_size,
         patience=config.patience,
+        early_stopping=config.early_stopping,
         seed=config.seed,
         name="FM",
         progress=progress,
         rate_hint=f"--fm-lr (now {config.fm_lr:g}, rule {config.fm_optimizer})",
+        checkpoint=checkpoint,
+        stage="fm",
     )
     return fm, history
 
@@ -362,7 +536,7 @@ def pretrain_rbm(fnn: FNN, train: Split, config: TrainConfig, progress: bool = T
 
     def batches():
         with torch.no_grad():
-            for ids, values, _ in train.batches(config.batch_size):
+            for ids, values, _ in to_device(train.batches(config.batch_size), model_device(fnn)):
                 yield fnn.input(ids, values)
 
     torch.manual_seed(config.seed + 2)
@@ -381,10 +555,15 @@ def train_fnn(
     config: TrainConfig,
     slot_names=None,
     progress: bool = True,
+    checkpoint: Checkpointer | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[FNN, list[dict]]:
-    """Stage 2: an FNN, from the FM's embedding (or a random one), fine-tuned end to end."""
+    """Stage 2: an FNN, from the FM's embedding (or a random one), fine-tuned end to end on
+    ``device``."""
+    device = resolve_device(device)
     torch.manual_seed(config.seed + 1)
     fnn = build_fnn(fm, num_features, slot_fields, config, slot_names)
+    fnn.to(device)
     with torch.no_grad():
         fnn.output.bias.fill_(base_rate_logit(train))
     fnn.fuse_update(
@@ -393,7 +572,8 @@ def train_fnn(
             initial_accumulator_value=config.fnn_initial_accumulator,
         )
     )  # fmt: skip
-    if config.pretrain == "rbm":
+    resuming = checkpoint is not None and checkpoint.resumed is not None
+    if config.pretrain == "rbm" and not resuming:  # a resumed stage loads the trained layers
         pretrain_rbm(fnn, train, config, progress)
     elif config.pretrain != "none":
         raise ValueError(f"pretrain must be 'none' or 'rbm', got {config.pretrain!r}")
@@ -405,6 +585,7 @@ def train_fnn(
         epochs=config.fnn_epochs,
         batch_size=config.batch_size,
         patience=config.patience,
+        early_stopping=config.early_stopping,
         seed=config.seed + 1,
         name="FNN" if config.fnn_init == "fm" else "FNN(random)",
         progress=progress,
@@ -412,6 +593,8 @@ def train_fnn(
             f"--fnn-embedding-lr (now {config.fnn_embedding_lr:g}, rule {config.fnn_optimizer}) "
             f"or --fnn-lr (now {config.fnn_lr:g})"
         ),
+        checkpoint=checkpoint,
+        stage="fnn",
     )
     return fnn, history
 
@@ -440,14 +623,35 @@ def train_two_stage(
     encoder: FeatureEncoder,
     config: TrainConfig,
     progress: bool = True,
+    checkpoint: Checkpointer | None = None,
+    device: str | torch.device = "cpu",
 ) -> TwoStageResult:
-    """Stage 1 (FM) then stage 2 (FNN from the best FM, or from a random embedding)."""
+    """Stage 1 (FM) then stage 2 (FNN from the best FM, or from a random embedding), both on
+    ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``auto``): the splits stay in host memory and
+    each batch is copied over as it is needed. The result's models are back on the CPU. With
+    ``checkpoint`` (:class:`fnn_fast.checkpoint.Checkpointer`), the run writes checkpoints as
+    they fall due and continues from the one ``checkpoint.load()`` read, if any."""
+    device = resolve_device(device)
     slot_fields = [int(f) for f in encoder.slot_fields]
     slot_names = [encoder.field_names[f] for f in slot_fields]
-    fm, fm_history = train_fm(train, valid, encoder.num_features, config, slot_names, progress)
+    resumed = None if checkpoint is None else checkpoint.resumed
+    if resumed is not None and resumed[0]["stage"] == "fnn":  # stage 1 is done: its best FM
+        meta, tensors = resumed
+        fm = FM(encoder.num_features, config.factors, init_std=config.fm_init_std,
+                slot_names=slot_names)  # fmt: skip
+        fm.load_state_dict(prefixed(tensors, "fm"))
+        fm_history = meta["fm_history"]
+    else:
+        fm, fm_history = train_fm(
+            train, valid, encoder.num_features, config, slot_names, progress, checkpoint, device
+        )
+    if checkpoint is not None:  # stage 2's checkpoints carry the finished FM
+        checkpoint.extra_tensors = {f"fm.{k}": v.cpu() for k, v in fm.state_dict().items()}
+        checkpoint.extra_meta = {"fm_history": fm_history}
     fnn, fnn_history = train_fnn(
-        train, valid, fm, encoder.num_features, slot_fields, config, slot_names, progress
-    )
+        train, valid, fm, encoder.num_features, slot_fields, config, slot_names, progress,
+        checkpoint, device,
+    )  # fmt: skip
     metrics = {
         "fm": {**_split_metrics(fm, valid, test), "epochs": len(fm_history)},
         "fnn": {
@@ -456,4 +660,7 @@ def train_two_stage(
             "init": config.fnn_init,
         },
     }
+    if device.type != "cpu":
+        fm.cpu()
+        fnn.cpu()
     return TwoStageResult(fm, fnn, metrics, {"fm": fm_history, "fnn": fnn_history})

@@ -145,7 +145,8 @@ def test_train_with_rbm_writes_report_and_compare_runs(tmp_path):
                  "--fnn-layer-lrs", "1e-3,1e-3,1e-2", *fast]) == 0  # fmt: skip
     assert (run / "report.html").exists() and (run / "calibration.png").exists()
     out = tmp_path / "compare"
-    assert main(["compare", *files, "--seeds", "2", "--out", str(out), *fast]) == 0
+    assert main(["compare", *files, "--seeds", "2", "--out", str(out), "--peers", "none",
+                 *fast]) == 0  # fmt: skip
     summary = json.loads((out / "compare.json").read_text())["summary"]
     assert set(summary) == {"lr", "fm", "fnn_random", "fnn", "fnn_rbm", "fnn_single_lr"}
     assert all(0 <= s["test_auc"] <= 1 and s["best_epoch"] >= 1 for s in summary.values())

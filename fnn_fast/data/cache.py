@@ -43,6 +43,14 @@ def load_rows(
         return _some_rows(
             read_rows(path, schema, skip_bad_lines=skip_bad_lines, progress=progress), schema
         )
+    entry = ensure_entry(path, schema, cache_dir, skip_bad_lines=skip_bad_lines, progress=progress)
+    return _some_rows(open_rows(entry, schema=schema), schema)
+
+
+def ensure_entry(
+    path, schema: Schema, cache_dir, *, skip_bad_lines: bool = False, progress: bool = True
+) -> Path:
+    """The entry of ``path`` in ``cache_dir``, parsed into it first when it is not there yet."""
     cache_dir = Path(cache_dir)
     entry = cache_dir / _entry_name(path, schema, skip_bad_lines)
     if not entry.is_dir():
@@ -57,7 +65,7 @@ def load_rows(
                 raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return _some_rows(open_rows(entry, schema=schema), schema)
+    return entry
 
 
 def _some_rows(rows: ParsedRows, schema: Schema) -> ParsedRows:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
+from tqdm.auto import tqdm
 
 from fnn_fast.data.rows import ParsedRows
 from fnn_fast.data.tokens import PAD_KEY
@@ -22,6 +24,8 @@ _CHUNK_ROWS = 1 << 18
 
 
 class FeatureEncoder:
+    kind = "vocabulary"
+
     def __init__(self, field_names, slot_fields, vocabs, min_count: int = 1):
         """``vocabs[f]``: field f's kept keys, sorted and distinct."""
         self.field_names = list(field_names)
@@ -48,25 +52,20 @@ class FeatureEncoder:
         min_count: int = 1,
         *,
         chunk_rows: int = _CHUNK_ROWS,
+        threads: int = 0,
+        progress: bool = False,
     ) -> FeatureEncoder:
         """Keep, per field, the keys seen at least ``min_count`` times. Accepts ParsedRows, or
-        keys [N, S] with slot_fields [S] and field_names."""
-        keys = rows_or_keys
-        if isinstance(rows_or_keys, ParsedRows):
-            keys = rows_or_keys.keys
-            slot_fields = rows_or_keys.slot_fields if slot_fields is None else slot_fields
-            field_names = rows_or_keys.field_names if field_names is None else field_names
-        if slot_fields is None or field_names is None:
-            raise TypeError("fit(keys, ...) needs slot_fields and field_names")
-        slot_fields = np.asarray(slot_fields, dtype=np.int64)
-        slots_of = [np.flatnonzero(slot_fields == f) for f in range(len(field_names))]
-        counted = [[] for _ in field_names]  # per field: (keys, counts) of each chunk
-        for start in range(0, len(keys), chunk_rows):
-            chunk = np.asarray(keys[start : start + chunk_rows], dtype=np.int64)
-            for f, slots in enumerate(slots_of):
-                seen = chunk[:, slots].ravel()
-                counted[f].append(np.unique(seen[seen != PAD_KEY], return_counts=True))
-        vocabs = [_frequent(parts, min_count) for parts in counted]
+        keys [N, S] with slot_fields [S] and field_names. The pass counts row chunks in
+        ``threads`` threads (0: all cores; numpy's sorts release the GIL), with a progress bar
+        over the rows when ``progress`` (and stderr is a terminal)."""
+        keys, slot_fields, field_names = fit_inputs(rows_or_keys, slot_fields, field_names)
+        counted = count_keys(
+            keys, slot_fields, len(field_names), chunk_rows=chunk_rows, threads=threads,
+            progress=progress,
+        )  # fmt: skip
+        with _pool(threads) as pool:
+            vocabs = list(pool.map(lambda parts: _frequent(parts, min_count), counted))
         return cls(field_names, slot_fields, vocabs, min_count)
 
     @classmethod
@@ -152,6 +151,10 @@ class FeatureEncoder:
             raise IndexError(f"feature id {feature_id} not in 0..{self.num_features - 1}")
         return self.field_names[int(np.searchsorted(self.offsets, feature_id, side="right")) - 1]
 
+    def spec(self) -> dict:
+        """What config.json records of the encoder."""
+        return {"kind": self.kind, "min_count": self.min_count}
+
     def save(self, directory) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -173,6 +176,10 @@ class FeatureEncoder:
     def load(cls, directory) -> FeatureEncoder:
         directory = Path(directory)
         config = json.loads((directory / "encoder.json").read_text())
+        if config.get("kind") == "hashed":
+            from fnn_fast.data.hashing import HashedEncoder
+
+            return HashedEncoder.from_config(config, directory)
         if config.get("format_version") != ENCODER_FORMAT_VERSION:
             raise ValueError(
                 f"{directory}: encoder format {config.get('format_version')}, "
@@ -190,9 +197,75 @@ def _frequent(parts: list[tuple[np.ndarray, np.ndarray]], min_count: int) -> np.
     """Merge per-chunk (keys, counts) and keep the keys counted at least min_count times."""
     if not parts:
         return np.zeros(0, dtype=np.int64)
-    keys = np.concatenate([k for k, _ in parts])
-    counts = np.concatenate([c for _, c in parts])
-    if len(parts) > 1:  # a key seen in several chunks: add its counts up
-        keys, inverse = np.unique(keys, return_inverse=True)
-        counts = np.bincount(inverse, weights=counts, minlength=len(keys))
+    keys, counts = _merge(parts)
     return keys[counts >= min_count]
+
+
+def fit_inputs(rows_or_keys, slot_fields, field_names):
+    """(keys [N, S], slot_fields int64 [S], field_names) from ParsedRows or keys plus both."""
+    keys = rows_or_keys
+    if isinstance(rows_or_keys, ParsedRows):
+        keys = rows_or_keys.keys
+        slot_fields = rows_or_keys.slot_fields if slot_fields is None else slot_fields
+        field_names = rows_or_keys.field_names if field_names is None else field_names
+    if slot_fields is None or field_names is None:
+        raise TypeError("fit(keys, ...) needs slot_fields and field_names")
+    return keys, np.asarray(slot_fields, dtype=np.int64), list(field_names)
+
+
+def _workers(threads: int) -> int:
+    return max(1, threads or os.cpu_count() or 1)
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=_workers(threads))
+
+
+def count_keys(
+    keys, slot_fields, num_fields: int, *, chunk_rows: int = _CHUNK_ROWS, threads: int = 0,
+    progress: bool = False,
+) -> list[list[tuple[np.ndarray, np.ndarray]]]:  # fmt: skip
+    """Per field, the (distinct keys, counts) of each row chunk of ``keys`` (PAD not counted).
+    Chunks are counted in a pool of ``threads`` threads (0: all cores), at most two per thread
+    in flight so that a memory-mapped input is read a few chunks at a time."""
+    slot_fields = np.asarray(slot_fields, dtype=np.int64)
+    slots_of = [np.flatnonzero(slot_fields == f) for f in range(num_fields)]
+    counted: list[list] = [[] for _ in range(num_fields)]
+
+    def count(start: int):
+        chunk = np.asarray(keys[start : start + chunk_rows], dtype=np.int64)
+        out = []
+        for slots in slots_of:
+            seen = chunk[:, slots].ravel()
+            out.append(np.unique(seen[seen != PAD_KEY], return_counts=True))
+        return len(chunk), out
+
+    bar = tqdm(
+        total=len(keys), desc="vocabulary", unit="rows", unit_scale=True, leave=False,
+        disable=None if progress else True,
+    )  # fmt: skip
+    starts = list(range(0, len(keys), chunk_rows))
+    with _pool(threads) as pool, bar:
+        window = 2 * _workers(threads)
+        futures = [pool.submit(count, s) for s in starts[:window]]
+        for i in range(len(starts)):
+            rows, per_field = futures[i].result()
+            futures[i] = None  # free the chunk's counts once merged into ``counted``
+            if i + window < len(starts):
+                futures.append(pool.submit(count, starts[i + window]))
+            for f, part in enumerate(per_field):
+                counted[f].append(part)
+                if len(counted[f]) >= 8:  # memory bounded by the vocabulary, not by the rows
+                    counted[f] = [_merge(counted[f])]
+            bar.update(rows)
+    return counted
+
+
+def _merge(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-chunk (keys, counts) as one (keys, counts): a key seen in several chunks adds up."""
+    keys = np.concatenate([k for k, _ in parts])
+    counts = np.concatenate([c for _, c in parts]).astype(np.int64, copy=False)
+    if len(parts) > 1:
+        keys, inverse = np.unique(keys, return_inverse=True)
+        counts = np.bincount(inverse, weights=counts, minlength=len(keys)).astype(np.int64)
+    return keys, counts

@@ -1,0 +1,96 @@
+"""What the default settings give on iPinYou 2997, seed by seed: the figures behind the bounds of
+tests/test_ipinyou.py.
+
+For each seed s, as ``fnn-fast train --seed s`` does: the training file split 80/20 with seed s
+(validation rows for early stopping), the encoder fit on the training part, then logistic
+regression (the FM stage with no factors), the FM and the FNN from that FM, all with the default
+TrainConfig; their validation and test AUC. Prints one line per seed, then the mean and standard
+deviation of each figure.
+
+    python benchmarks/ipinyou_seeds.py --seeds 5 --threads 1 --json ipinyou-seeds.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fnn_fast.data import FeatureEncoder, Schema, load_rows
+from fnn_fast.train import Split, TrainConfig, evaluate, train_fm, train_fnn
+
+DATA = Path(os.environ.get("FNN_FAST_DATA", Path(__file__).parents[1] / ".." / "shared" / "data"))
+
+
+def splits(seed: int, valid_fraction: float = 0.2):
+    """train, valid, test and the encoder, as the CLI's train command builds them."""
+    folder = DATA / "ipinyou-2997"
+    schema = Schema(format="libfm", featindex=str((folder / "featindex.fm.txt").resolve()))
+    rows = load_rows(folder / "train.fm.txt", schema, progress=False)
+    order = np.random.default_rng(seed).permutation(len(rows.labels))
+    cut = int(round(len(order) * (1 - valid_fraction)))
+    train_index, valid_index = np.sort(order[:cut]), np.sort(order[cut:])
+    encoder = FeatureEncoder.fit(rows.keys[train_index], rows.slot_fields, rows.field_names)
+    test_rows = load_rows(folder / "test.fm.txt", schema, progress=False)
+    return (
+        Split.encode(rows, encoder, train_index),
+        Split.encode(rows, encoder, valid_index),
+        Split.encode(test_rows, encoder),
+        encoder,
+    )
+
+
+def run_seed(seed: int) -> dict:
+    train, valid, test, encoder = splits(seed)
+    config = replace(TrainConfig(), seed=seed)
+    slot_fields = [int(f) for f in encoder.slot_fields]
+    result = {"seed": seed}
+    started = time.perf_counter()
+    lr, _ = train_fm(train, valid, encoder.num_features, replace(config, factors=0), progress=False)
+    fm, _ = train_fm(train, valid, encoder.num_features, config, progress=False)
+    fnn, _ = train_fnn(train, valid, fm, encoder.num_features, slot_fields, config, progress=False)
+    for name, model in (("lr", lr), ("fm", fm), ("fnn", fnn)):
+        result[f"{name}_valid_auc"] = evaluate(model, valid)["auc"]
+        result[f"{name}_test_auc"] = evaluate(model, test)["auc"]
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: unchanged)")
+    parser.add_argument("--json", default=None, help="write every seed's figures here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runs = []
+    for seed in range(args.seeds):
+        runs.append(run_seed(seed))
+        print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+    keys = [k for k in runs[0] if k not in ("seed", "seconds")]
+    summary = {
+        k: (statistics.fmean(r[k] for r in runs), statistics.stdev(r[k] for r in runs))
+        for k in keys
+    }
+    summary["fnn_minus_fm_test_auc"] = (
+        statistics.fmean(r["fnn_test_auc"] - r["fm_test_auc"] for r in runs),
+        statistics.stdev(r["fnn_test_auc"] - r["fm_test_auc"] for r in runs),
+    )
+    for k, (mean, std) in summary.items():
+        print(f"{k}: {mean:.4f} ± {std:.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"runs": runs, "summary": summary}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
