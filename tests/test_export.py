@@ -31,13 +31,16 @@ def require(module: str):
         pytest.skip(f"{module} is not installed ({error}): pip install 'fnn-fast[export]'")
 
 
-@pytest.fixture(scope="module", params=["csv", "csv-values", "libfm"])
+@pytest.fixture(scope="module", params=["csv", "csv-values", "libfm", "libfm-hashed"])
 def trained(request, tmp_path_factory):
     """(model directory, rows file, the model's rows parsed): bucketized columns (ids only),
-    numeric columns as values, libFM (values, a padded slot, a two-slot field)."""
+    numeric columns as values, libFM (values, a padded slot, a two-slot field), libFM with
+    hashed features (one shared space, the PAD row last)."""
     folder = tmp_path_factory.mktemp(request.param)
     if request.param == "libfm":
         model, rows_file = train_libfm(folder)
+    elif request.param == "libfm-hashed":
+        model, rows_file = train_libfm(folder, "--hash-buckets", "32", "--hash-space", "shared")
     else:
         model, rows_file = train_csv(
             folder, "value" if request.param == "csv-values" else "bucketize"

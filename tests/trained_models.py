@@ -70,20 +70,21 @@ def train(out, *args) -> None:
     assert main(["train", *args, "--out", str(out), *TRAIN_FLAGS]) == 0
 
 
-def train_csv(folder, numeric_mode: str = "bucketize"):
-    """(model directory, a CSV of rows to score) of a model trained on named columns."""
+def train_csv(folder, numeric_mode: str = "bucketize", *extra):
+    """(model directory, a CSV of rows to score) of a model trained on named columns; ``extra``:
+    more train flags (``--hash-buckets 64``)."""
     data = write_csv(folder / "train.csv", 3000, seed=1)
     model = folder / f"model-{numeric_mode}"
     columns = ["--categorical", CATEGORICAL, "--numeric", NUMERIC, "--numeric-mode", numeric_mode]
-    train(model, "--train", str(data), "--format", "csv", "--label", "label", *columns)
+    train(model, "--train", str(data), "--format", "csv", "--label", "label", *columns, *extra)
     return model, write_csv(folder / "score.csv", 1500, seed=2)
 
 
-def train_libfm(folder):
-    """(model directory, a libFM file of rows to score)."""
+def train_libfm(folder, *extra):
+    """(model directory, a libFM file of rows to score); ``extra``: more train flags."""
     data, featindex = write_libfm(folder, 3000, seed=1)
     model = folder / "model-libfm"
-    train(model, "--train", str(data), "--format", "libfm", "--featindex", str(featindex))
+    train(model, "--train", str(data), "--format", "libfm", "--featindex", str(featindex), *extra)
     return model, write_libfm(folder, 1500, seed=2)[0]
 
 
