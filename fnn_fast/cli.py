@@ -1,4 +1,4 @@
-"""The ``fnn-fast`` command: train | compare | evaluate | score | demo | bench."""
+"""The ``fnn-fast`` command: train | compare | evaluate | score | demo | bench | export."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fnn_fast import export as export_command
 from fnn_fast.bench import command as bench_command
 from fnn_fast.data import DataError, FeatureEncoder, HashedEncoder, ParsedRows, Schema, load_rows
 from fnn_fast.metrics import finite_or_none
@@ -838,6 +839,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("bench", help="time the ops and models: backends, peers, AUC; table, JSON")
     bench_command.add_arguments(p)
     p.set_defaults(func=bench_command.run)
+
+    p = command("export", help="the FNN (or FM) as an ONNX file or torch.export program")
+    export_command.add_arguments(p)
+    p.set_defaults(func=export_command.run)
     return parser
 
 
