@@ -6,7 +6,8 @@ and skip_bad_lines): a changed file or schema gets a new entry. meta.json also r
 and an entry is only read for a schema that gives the same keys (see check_entry): an entry
 given to the scorer by hand, built with another numeric mode, featindex or columns, is refused
 rather than encoded into out-of-vocabulary rows. Entries are written into a temporary directory
-and renamed into place, so a reader never sees a half-written one.
+and renamed into place, so a reader never sees a half-written one. A file is parsed into its
+entry part by part (fnn_fast.data.cache_build): building one takes about one part's memory.
 """
 
 from __future__ import annotations
