@@ -78,9 +78,7 @@ def build_entry(
         field_names, slot_fields, n_rows = writer.finish()
     finally:
         writer.close()
-    meta = entry_meta(
-        field_names, slot_fields, bad.count, bad.examples, str(path), n_rows, schema
-    )
+    meta = entry_meta(field_names, slot_fields, bad.count, bad.examples, str(path), n_rows, schema)
     (Path(directory) / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
