@@ -386,3 +386,33 @@ def test_ensure_entry_builds_by_parts_and_leaves_nothing_behind_on_a_bad_line(tm
     with pytest.raises(DataError, match=r"bad.csv:32563: expected 15 comma-separated"):
         ensure_entry(bad, ADULT_SCHEMA, cache_dir, progress=False, part_bytes=300 << 10)
     assert [p.name for p in cache_dir.iterdir()] == [entry.name]
+
+
+def test_two_writers_of_one_entry_both_get_it_whole(tmp_path, monkeypatch):
+    """Each builds into its own temporary directory; the second rename finds the entry there
+    and uses it."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import fnn_fast.data.cache_build as cache_build
+    from fnn_fast.data.cache import ensure_entry
+
+    both_built = threading.Barrier(2, timeout=60)
+    build = cache_build.build_entry
+
+    def build_then_wait(*args, **kwargs):
+        build(*args, **kwargs)
+        both_built.wait()  # neither has renamed its directory yet
+
+    monkeypatch.setattr(cache_build, "build_entry", build_then_wait)
+
+    path = os.path.join(DATA, "samples", "criteo_sample.txt")
+    schema = Schema.criteo("csv")
+    cache_dir = tmp_path / "cache"
+    with ThreadPoolExecutor(2) as pool:
+        entries = list(pool.map(
+            lambda _: ensure_entry(path, schema, cache_dir, progress=False, part_bytes=4096),
+            range(2),
+        ))  # fmt: skip
+    assert entries[0] == entries[1] and [p.name for p in cache_dir.iterdir()] == [entries[0].name]
+    assert len(open_rows(entries[0])) == len(read_rows(path, schema, progress=False))
