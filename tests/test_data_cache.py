@@ -416,3 +416,12 @@ def test_two_writers_of_one_entry_both_get_it_whole(tmp_path, monkeypatch):
         ))  # fmt: skip
     assert entries[0] == entries[1] and [p.name for p in cache_dir.iterdir()] == [entries[0].name]
     assert len(open_rows(entries[0])) == len(read_rows(path, schema, progress=False))
+
+
+def test_an_array_whose_header_does_not_fit_the_reserved_bytes_is_rewritten(tmp_path, monkeypatch):
+    import fnn_fast.data.cache_build as cache_build
+
+    monkeypatch.setattr(cache_build, "_HEADER_BYTES", 192)
+    monkeypatch.setattr(cache_build, "_COPY_ROWS", 7)
+    path = os.path.join(DATA, "samples", "criteo_sample.txt")
+    assert_built_like_in_memory(tmp_path, path, Schema.criteo("csv"), part_bytes=8 << 10)
