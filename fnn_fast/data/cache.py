@@ -6,7 +6,8 @@ and skip_bad_lines): a changed file or schema gets a new entry. meta.json also r
 and an entry is only read for a schema that gives the same keys (see check_entry): an entry
 given to the scorer by hand, built with another numeric mode, featindex or columns, is refused
 rather than encoded into out-of-vocabulary rows. Entries are written into a temporary directory
-and renamed into place, so a reader never sees a half-written one.
+and renamed into place, so a reader never sees a half-written one. A file is parsed into its
+entry part by part (fnn_fast.data.cache_build): building one takes about one part's memory.
 """
 
 from __future__ import annotations
@@ -48,17 +49,24 @@ def load_rows(
 
 
 def ensure_entry(
-    path, schema: Schema, cache_dir, *, skip_bad_lines: bool = False, progress: bool = True
-) -> Path:
-    """The entry of ``path`` in ``cache_dir``, parsed into it first when it is not there yet."""
+    path, schema: Schema, cache_dir, *, skip_bad_lines: bool = False, progress: bool = True,
+    part_bytes: int | None = None,
+) -> Path:  # fmt: skip
+    """The entry of ``path`` in ``cache_dir``, parsed into it first when it is not there yet:
+    part by part (``part_bytes`` of text, see fnn_fast.data.cache_build), so that building it
+    takes about one part's memory whatever the file's size."""
+    from fnn_fast.data.cache_build import PART_BYTES, build_entry
+
     cache_dir = Path(cache_dir)
     entry = cache_dir / _entry_name(path, schema, skip_bad_lines)
     if not entry.is_dir():
-        rows = read_rows(path, schema, skip_bad_lines=skip_bad_lines, progress=progress)
         cache_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=cache_dir))
         try:
-            write_rows(rows, staging, schema)
+            build_entry(
+                path, schema, staging, skip_bad_lines=skip_bad_lines, progress=progress,
+                part_bytes=PART_BYTES if part_bytes is None else part_bytes,
+            )  # fmt: skip
             os.rename(staging, entry)
         except OSError:
             if not entry.is_dir():  # else another process wrote the same entry first: use it
@@ -91,17 +99,28 @@ def write_rows(rows: ParsedRows, directory, schema: Schema) -> None:
         if row_ids.dtype == object:  # object arrays would need pickle to load
             row_ids = row_ids.astype(str)
         np.save(directory / "row_ids.npy", row_ids)
-    meta = {
+    meta = entry_meta(
+        rows.field_names, rows.slot_fields, rows.bad_lines, rows.bad_examples, rows.source,
+        len(rows), schema,
+    )  # fmt: skip
+    (directory / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def entry_meta(
+    field_names, slot_fields, bad_lines: int, bad_examples, source: str, n_rows: int,
+    schema: Schema,
+) -> dict:  # fmt: skip
+    """An entry's meta.json."""
+    return {
         "format_version": CACHE_FORMAT_VERSION,
-        "field_names": list(rows.field_names),
-        "slot_fields": [int(f) for f in rows.slot_fields],
-        "bad_lines": rows.bad_lines,
-        "bad_examples": list(rows.bad_examples),
-        "source": rows.source,
-        "n_rows": len(rows),
+        "field_names": list(field_names),
+        "slot_fields": [int(f) for f in slot_fields],
+        "bad_lines": bad_lines,
+        "bad_examples": list(bad_examples),
+        "source": source,
+        "n_rows": n_rows,
         "schema": schema_identity(schema),
     }
-    (directory / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
 def open_rows(directory, *, mmap: bool = True, schema: Schema | None = None) -> ParsedRows:
