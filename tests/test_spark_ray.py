@@ -60,6 +60,7 @@ def assert_equal_to_cli(ids, predictions, expected):
     np.testing.assert_allclose(np.asarray(predictions), want, rtol=0, atol=TOLERANCE)
 
 
+@pytest.mark.timeout(600)  # a stuck local cluster fails the test instead of hanging CI
 def test_spark_map_in_arrow_equals_cli(scored, monkeypatch):
     require("pyspark", "spark")
     reason = java_missing()
@@ -105,6 +106,7 @@ class ScoreBatches:
         return pa.table({"id": batch["id"], "prediction": self.scorer.predict_arrow(batch)})
 
 
+@pytest.mark.timeout(600)
 def test_ray_map_batches_equals_cli(scored, tmp_path):
     require("ray", "ray")
     import ray
