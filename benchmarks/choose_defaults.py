@@ -7,6 +7,12 @@ defaults give, judged the same way. A candidate that diverges on any data set an
 
     python benchmarks/choose_defaults.py --stage fm --seeds 3 --json defaults-fm.json
     python benchmarks/choose_defaults.py --stage fnn --seeds 3 --json defaults-fnn.json
+    python benchmarks/choose_defaults.py --stage both --seeds 3 --json defaults-run.json
+
+``--stage both`` trains each candidate's FM and then its FNN (settings of both stages, such as
+early stopping). The training part is split once more: the models stop on a validation fifth
+of it and are judged on a held-out fifth that nothing else sees, so that candidates which
+differ in how they stop are compared fairly.
 
 The data: iPinYou 2997 (0.1 % clicks) and UCI Adult (24 % positives) from ../shared/data
 (``FNN_FAST_DATA`` overrides the folder), and two planted Criteo-shaped sets (39 fields) at 3 %
