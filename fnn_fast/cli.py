@@ -372,6 +372,8 @@ def _cmd_train_ranks(args) -> int:
 
 
 def _train_on_ranks(args, ranks, device) -> int:
+    import torch.distributed as dist
+
     """Every rank reads and encodes the whole input (the same encoder everywhere, checked),
     then trains on its slice of every global batch with the tables sharded over the ranks;
     rank 0 writes the ordinary model directory, the other ranks write nothing."""
@@ -395,6 +397,7 @@ def _train_on_ranks(args, ranks, device) -> int:
     )  # fmt: skip
     rows_per_rank = ranks.all_gather(ranks.rows_trained)
     if not ranks.main:
+        dist.barrier()  # the ranks leave together, after rank 0 has written the model
         return 0
     extra = {
         **_encoder_metrics(encoder), "device": str(device),
@@ -404,6 +407,7 @@ def _train_on_ranks(args, ranks, device) -> int:
         save_run(out, result, encoder, schema, config, extra=extra,
                  report_split=test if test is not None else valid,
                  split_name="test" if test is not None else "validation")  # fmt: skip
+    dist.barrier()
     _print_metrics(result.metrics)
     print(f"model written to {args.out} by rank 0 of {ranks.world_size} "
           f"(report: {Path(args.out) / 'report.html'})")  # fmt: skip
