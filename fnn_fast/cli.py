@@ -442,8 +442,10 @@ def _cmd_train(args) -> int:
     )  # fmt: skip
     report = dict(
         extra={
-            **_encoder_metrics(encoder), "device": str(device),
-            "world_size": 1, "rows_per_rank": [len(train) * _epochs_run(result)],
+            **_encoder_metrics(encoder),
+            "device": str(device),
+            "world_size": 1,
+            "rows_per_rank": [len(train) * _epochs_run(result)],
         },  # fmt: skip
         report_split=test if test is not None else valid,
         split_name="test" if test is not None else "validation",

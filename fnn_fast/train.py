@@ -457,9 +457,10 @@ def fit(
                 loss_value = loss.item()
             else:
                 _test_fault(ranks, step)
-                loss = F.binary_cross_entropy_with_logits(
-                    model(ids, values), labels, reduction="sum"
-                ) / global_rows
+                loss = (
+                    F.binary_cross_entropy_with_logits(model(ids, values), labels, reduction="sum")
+                    / global_rows
+                )
                 loss_value = ranks.sum(loss.item())  # the global batch's mean: same everywhere
                 ranks.rows_trained += labels.shape[0]
             # Checked before the update: a non-finite loss would write NaN into every row of the

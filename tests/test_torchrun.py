@@ -42,8 +42,11 @@ def train_args(files, out, *extra):
 
 
 def env(**extra):
-    out = {k: v for k, v in os.environ.items()
-           if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    out = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     return {**out, "OMP_NUM_THREADS": "1", **extra}  # fmt: skip
 
 
@@ -83,11 +86,23 @@ def test_a_dead_rank_stops_the_others_within_the_timeout(files, tmp_path):
     port = str(free_port())
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "fnn_fast",
-             *train_args(files, tmp_path / "out", "--dist-timeout", "10")],
-            env=env(WORLD_SIZE="2", RANK=str(r), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
-                    MASTER_PORT=port, FNN_FAST_TEST_DIE="1:5"),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "fnn_fast",
+                *train_args(files, tmp_path / "out", "--dist-timeout", "10"),
+            ],
+            env=env(
+                WORLD_SIZE="2",
+                RANK=str(r),
+                LOCAL_RANK=str(r),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=port,
+                FNN_FAST_TEST_DIE="1:5",
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )  # fmt: skip
         for r in range(2)
     ]
