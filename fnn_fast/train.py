@@ -372,10 +372,10 @@ def fit(
     ranks: Ranks | None = None,
 ) -> list[dict]:
     """Mini-batch training with early stopping on validation AUC (``early_stopping="logloss"``:
-    validation logloss; a validation split of one class has no AUC and uses its logloss too). The model ends holding the
-    weights of its best epoch; returns one record per epoch. A non-finite loss or parameter
-    raises :class:`TrainingDiverged` naming the stage, epoch and step (``rate_hint``: the setting
-    to lower). ``train`` and ``valid``: in-memory :class:`Split` or streamed
+    validation logloss; a validation split of one class has no AUC and uses its logloss too).
+    The model ends holding the weights of its best epoch; returns one record per epoch. A
+    non-finite loss or parameter raises :class:`TrainingDiverged` naming the stage, epoch and
+    step (``rate_hint``: the setting to lower). ``train`` and ``valid``: in-memory :class:`Split` or streamed
     (:class:`fnn_fast.stream.CacheStream`) rows. With ``checkpoint``, the whole training state is
     written when it is due, and a checkpoint it loaded for this ``stage`` is resumed from.
 
