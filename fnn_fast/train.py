@@ -375,9 +375,10 @@ def fit(
     validation logloss; a validation split of one class has no AUC and uses its logloss too).
     The model ends holding the weights of its best epoch; returns one record per epoch. A
     non-finite loss or parameter raises :class:`TrainingDiverged` naming the stage, epoch and
-    step (``rate_hint``: the setting to lower). ``train`` and ``valid``: in-memory :class:`Split` or streamed
-    (:class:`fnn_fast.stream.CacheStream`) rows. With ``checkpoint``, the whole training state is
-    written when it is due, and a checkpoint it loaded for this ``stage`` is resumed from.
+    step (``rate_hint``: the setting to lower). ``train`` and ``valid``: in-memory
+    :class:`Split` or streamed (:class:`fnn_fast.stream.CacheStream`) rows. With ``checkpoint``,
+    the whole training state is written when it is due, and a checkpoint it loaded for this
+    ``stage`` is resumed from.
 
     With ``ranks`` (a ``torchrun`` job, the model sharded: :mod:`fnn_fast.distributed`), every
     rank draws the same order of global batches and steps on its slice of each, its summed loss
