@@ -107,8 +107,11 @@ class ScoreBatches:
 
 
 @pytest.mark.timeout(600)
-def test_ray_map_batches_equals_cli(scored, tmp_path):
+def test_ray_map_batches_equals_cli(scored, tmp_path, monkeypatch):
     require("ray", "ray")
+    # Ray puts the driver's working directory on its workers' sys.path: from the repository
+    # root that is the source tree, without fnn_fast._C after a plain `pip install .`.
+    monkeypatch.chdir(tmp_path)
     import ray
     from ray import cloudpickle
 
