@@ -247,6 +247,17 @@ def first_non_finite(model: torch.nn.Module) -> str | None:
     return None
 
 
+def logistic_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The mean binary cross-entropy of ``logits`` against 0/1 ``labels``, as
+    ``F.binary_cross_entropy_with_logits`` gives it (equal up to rounding): softplus(x) - y x.
+    Not that function itself: on the CPU it calls log_sigmoid, whose kernel (torch 2.x) splits
+    even a batch of 256 between all of torch's threads, and on a shared 2-core host each step
+    then waited milliseconds for a descheduled thread (20x slower training at batch 256:
+    benchmarks/RESULTS.md, "Training in memory and streamed"). softplus and the mean split only
+    tensors of tens of thousands of elements."""
+    return (F.softplus(logits) - labels * logits).mean()
+
+
 def _log(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
@@ -336,7 +347,7 @@ def fit(
         for step, (ids, values, labels) in enumerate(batches, start_step + 1):
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
-            loss = F.binary_cross_entropy_with_logits(model(ids, values), labels)
+            loss = logistic_loss(model(ids, values), labels)
             loss_value = loss.item()
             # Checked before the update: a non-finite loss would write NaN into every row of the
             # batch (the fused kernels update the table inside backward).
