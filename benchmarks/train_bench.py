@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -133,6 +134,24 @@ def child(args) -> None:
     }))  # fmt: skip
 
 
+def machine(threads: int) -> dict:
+    """What the figures were measured on."""
+    import torch
+
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo
+                          if line.startswith("model name")), "")  # fmt: skip
+    except OSError:
+        pass
+    return {
+        "python": platform.python_version(), "torch": torch.__version__,
+        "cpu": model or platform.processor(), "cores": os.cpu_count(), "threads": threads,
+        "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", required=True, help="folder for the generated sets")
@@ -171,25 +190,32 @@ def main() -> None:
                 str(entry), "--valid", str(valid), "--hidden", args.hidden, "--fnn-epochs",
                 str(args.fnn_epochs), "--threads", str(args.threads),
             ]  # fmt: skip
+            load_before = os.getloadavg()[0]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode:
                 print(done.stderr[-3000:], file=sys.stderr)
                 raise SystemExit(f"{mode} at {rows} rows failed")
             result = json.loads(done.stdout.strip().splitlines()[-1])
+            # The host's 1-minute load average around the child (its own threads included):
+            # on a shared machine the figures are only as clean as this.
+            result["load_before"], result["load_after"] = load_before, os.getloadavg()[0]
             results.append(result)
             print(json.dumps(result), file=sys.stderr)
-    print(f"{'rows':>12} {'mode':>7} {'FM rows/s':>11} {'FNN rows/s':>11} {'peak RSS MB':>12}")
+    print(
+        f"{'rows':>12} {'mode':>7} {'FM rows/s':>11} {'FNN rows/s':>11} {'peak RSS MB':>12} "
+        f"{'load':>9}"
+    )
     for r in results:
         fnn = f"{r['fnn_rows_per_s']:,.0f}" if r["fnn_rows_per_s"] else "-"
         print(
             f"{r['rows']:>12,} {r['mode']:>7} {r['fm_rows_per_s']:>11,.0f} {fnn:>11} "
-            f"{r['peak_rss_mb']:>12,.0f}"
+            f"{r['peak_rss_mb']:>12,.0f} {r['load_before']:>4.1f}-{r['load_after']:<4.1f}"
         )
     if results:
         print(f"table: {results[0]['features']:,} features, {results[0]['table_mb']:.0f} MB")
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "machine": {"python": platform.python_version(), "cpu": platform.processor()},
+            "machine": machine(args.threads),
             "command": " ".join(sys.argv), "seconds": time.perf_counter() - started,
             "results": results,
         }, indent=1) + "\n")  # fmt: skip
