@@ -232,7 +232,8 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "machine": machine(args.threads),
-            "command": " ".join(sys.argv), "seconds": time.perf_counter() - started,
+            # the work folder named as WORK: the file does not record this machine's paths
+            "command": " ".join("WORK" if a == args.work else a for a in sys.argv), "seconds": time.perf_counter() - started,
             "results": results,
         }, indent=1) + "\n")  # fmt: skip
 
