@@ -233,7 +233,8 @@ def main() -> None:
         Path(args.json).write_text(json.dumps({
             "machine": machine(args.threads),
             # the work folder named as WORK: the file does not record this machine's paths
-            "command": " ".join("WORK" if a == args.work else a for a in sys.argv), "seconds": time.perf_counter() - started,
+            "command": " ".join("WORK" if a == args.work else a for a in sys.argv),
+            "seconds": time.perf_counter() - started,
             "results": results,
         }, indent=1) + "\n")  # fmt: skip
 
