@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -93,6 +94,22 @@ def generate(entry: Path, rows: int, largest: int, seed: int) -> None:
     staging.rename(entry)
 
 
+def peak_rss_bytes() -> int:
+    """This process's own peak resident set: VmHWM, the high-water mark of its address space.
+    Not ru_maxrss: Linux keeps the peak of the address space that execve replaced, and
+    subprocess starts a child with vfork, whose replaced address space is the parent's; the
+    parent's peak (it maps and writes the generated entries: 3 GB for 5M rows) was reported
+    as the child's (the 3,140 MB once recorded for streaming 5M rows)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # other systems
+
+
 def child(args) -> None:
     """One measurement: prints a JSON line."""
     import torch
@@ -117,7 +134,7 @@ def child(args) -> None:
         fm_epochs=1, fnn_epochs=args.fnn_epochs, hidden=[int(h) for h in args.hidden.split(",")]
     )
     result = train_two_stage(train, valid, None, encoder, config, progress=False)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss = peak_rss_bytes()
     table = encoder.num_features * (1 + config.factors) * 4
     print(json.dumps({
         "mode": args.mode,
@@ -131,6 +148,24 @@ def child(args) -> None:
         "valid_auc_fm": result.metrics["fm"].get("valid_auc"),
         "seconds": time.perf_counter() - started,
     }))  # fmt: skip
+
+
+def machine(threads: int) -> dict:
+    """What the figures were measured on."""
+    import torch
+
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo
+                          if line.startswith("model name")), "")  # fmt: skip
+    except OSError:
+        pass
+    return {
+        "python": platform.python_version(), "torch": torch.__version__,
+        "cpu": model or platform.processor(), "cores": os.cpu_count(), "threads": threads,
+        "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
+    }  # fmt: skip
 
 
 def main() -> None:
@@ -171,26 +206,35 @@ def main() -> None:
                 str(entry), "--valid", str(valid), "--hidden", args.hidden, "--fnn-epochs",
                 str(args.fnn_epochs), "--threads", str(args.threads),
             ]  # fmt: skip
+            load_before = os.getloadavg()[0]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode:
                 print(done.stderr[-3000:], file=sys.stderr)
                 raise SystemExit(f"{mode} at {rows} rows failed")
             result = json.loads(done.stdout.strip().splitlines()[-1])
+            # The host's 1-minute load average around the child (its own threads included):
+            # on a shared machine the figures are only as clean as this.
+            result["load_before"], result["load_after"] = load_before, os.getloadavg()[0]
             results.append(result)
             print(json.dumps(result), file=sys.stderr)
-    print(f"{'rows':>12} {'mode':>7} {'FM rows/s':>11} {'FNN rows/s':>11} {'peak RSS MB':>12}")
+    print(
+        f"{'rows':>12} {'mode':>7} {'FM rows/s':>11} {'FNN rows/s':>11} {'peak RSS MB':>12} "
+        f"{'load':>9}"
+    )
     for r in results:
         fnn = f"{r['fnn_rows_per_s']:,.0f}" if r["fnn_rows_per_s"] else "-"
         print(
             f"{r['rows']:>12,} {r['mode']:>7} {r['fm_rows_per_s']:>11,.0f} {fnn:>11} "
-            f"{r['peak_rss_mb']:>12,.0f}"
+            f"{r['peak_rss_mb']:>12,.0f} {r['load_before']:>4.1f}-{r['load_after']:<4.1f}"
         )
     if results:
         print(f"table: {results[0]['features']:,} features, {results[0]['table_mb']:.0f} MB")
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "machine": {"python": platform.python_version(), "cpu": platform.processor()},
-            "command": " ".join(sys.argv), "seconds": time.perf_counter() - started,
+            "machine": machine(args.threads),
+            # the work folder named as WORK: the file does not record this machine's paths
+            "command": " ".join("WORK" if a == args.work else a for a in sys.argv),
+            "seconds": time.perf_counter() - started,
             "results": results,
         }, indent=1) + "\n")  # fmt: skip
 

@@ -124,13 +124,17 @@ class Split:
         n = len(self)
         order = torch.randperm(n, generator=generator) if generator is not None else None
         for start in range(start_step * batch_size, n, batch_size):
-            index = (
-                order[start : start + batch_size]
-                if order is not None
-                else slice(start, start + batch_size)
-            )
-            values = None if self.values is None else self.values[index]
-            yield self.ids[index], values, self.labels[index]
+            if order is None:
+                rows = slice(start, start + batch_size)
+                values = None if self.values is None else self.values[rows]
+                yield self.ids[rows], values, self.labels[rows]
+                continue
+            # index_select, not self.ids[index]: on the CPU, advanced indexing splits even a
+            # batch of 256 rows between all of torch's threads (1.2 ms a batch on a shared
+            # 2-core host, 40 us with index_select, which keeps small gathers on one thread).
+            index = order[start : start + batch_size]
+            values = None if self.values is None else self.values.index_select(0, index)
+            yield self.ids.index_select(0, index), values, self.labels.index_select(0, index)
 
     def for_evaluation(self) -> Split:
         """The rows evaluated after each epoch: all of them."""
@@ -349,6 +353,21 @@ def first_non_finite(model: torch.nn.Module) -> str | None:
     return None
 
 
+def logistic_loss(
+    logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """The mean (``reduction="sum"``: the sum) binary cross-entropy of ``logits`` against 0/1
+    ``labels``, as ``F.binary_cross_entropy_with_logits`` gives it (equal up to rounding):
+    softplus(x) - y x.
+    Not that function itself: on the CPU it calls log_sigmoid, whose kernel (torch 2.x) splits
+    even a batch of 256 between all of torch's threads, and on a shared 2-core host each step
+    then waited milliseconds for a descheduled thread (20x slower training at batch 256:
+    benchmarks/RESULTS.md, "Training in memory and streamed"). softplus and the mean split only
+    tensors of tens of thousands of elements."""
+    losses = F.softplus(logits) - labels * logits
+    return losses.sum() if reduction == "sum" else losses.mean()
+
+
 def _log(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
@@ -454,14 +473,11 @@ def fit(
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
             if ranks is None:
-                loss = F.binary_cross_entropy_with_logits(model(ids, values), labels)
+                loss = logistic_loss(model(ids, values), labels)
                 loss_value = loss.item()
             else:
                 _test_fault(ranks, step)
-                loss = (
-                    F.binary_cross_entropy_with_logits(model(ids, values), labels, reduction="sum")
-                    / global_rows
-                )
+                loss = logistic_loss(model(ids, values), labels, reduction="sum") / global_rows
                 loss_value = ranks.sum(loss.item())  # the global batch's mean: same everywhere
                 ranks.rows_trained += labels.shape[0]
             # Checked before the update: a non-finite loss would write NaN into every row of the

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cpu/group_by_row.h"
+#include "cpu/threads.h"
 
 #ifdef FNN_FAST_OPENMP
 #include <omp.h>
@@ -99,7 +100,7 @@ int64_t update_grouped_rows(float* table, int64_t num_rows, int64_t dim_arg, con
   const float* const state1 = state.state1;
   const float* const state2 = state.state2;
   const int64_t lookups = batch * slots;
-#pragma omp parallel
+#pragma omp parallel num_threads(threads_for(lookups))
   {
     // Each thread takes a contiguous stretch of runs holding about its share of the lookups:
     // a hot row's long run does not leave one thread with most of the work, and the prefetch
@@ -155,7 +156,7 @@ int64_t fm_forward_kernel(const float* table, int64_t num_rows, int64_t dim_arg,
                           float* logits, float* sums) {
   constexpr int kMaxK = kDim ? kDim - 1 : 1;
   int64_t first_bad = INT64_MAX;
-#pragma omp parallel reduction(min : first_bad)
+#pragma omp parallel num_threads(threads_for(batch * slots)) reduction(min : first_bad)
   {
     const int64_t dim = width<kDim>(dim_arg), k = dim - 1;  // a constant inside the region
     // Per thread: sum_s x v and sum_s (x v)^2, in double: the difference of the two squares
@@ -233,7 +234,8 @@ int64_t fnn_gather_kernel(const float* table, int64_t num_rows, int64_t dim_arg,
                           int64_t z_width) {
   const int64_t lookups = batch * slots;
   int64_t first_bad = INT64_MAX;
-#pragma omp parallel for schedule(static) reduction(min : first_bad)
+#pragma omp parallel for num_threads(threads_for(lookups)) schedule(static) \
+    reduction(min : first_bad)
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t dim = width<kDim>(dim_arg), row_width = num_fields * dim;
     float* out = z + b * z_width;

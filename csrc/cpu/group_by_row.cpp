@@ -1,5 +1,7 @@
 #include "cpu/group_by_row.h"
 
+#include "cpu/threads.h"
+
 #include <algorithm>
 #include <array>
 #include <climits>
@@ -17,14 +19,6 @@ int bits_for(int64_t count) {
   int bits = 0;
   while (bits < 63 && (int64_t{1} << bits) < count) ++bits;
   return bits;
-}
-
-int thread_count() {
-#ifdef FNN_FAST_OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
 }
 
 // Thread t of `threads` takes items [n t / threads, n (t + 1) / threads).
@@ -46,7 +40,7 @@ int64_t group_packed(const int64_t* ids, int64_t n, int64_t num_rows, int slot_b
   const int64_t digits = int64_t{1} << digit_bits;
   const uint64_t digit_mask = static_cast<uint64_t>(digits - 1);
   const uint64_t position_mask = (uint64_t{1} << position_bits) - 1;
-  const int threads = n >= 16384 ? thread_count() : 1;
+  const int threads = threads_for(n);
   groups.items.resize(n);
   groups.scratch.resize(n);
   groups.positions.resize(n);
