@@ -350,7 +350,9 @@ def cmd_train(args) -> int:
         extra={**_encoder_metrics(encoder), "device": str(device)},
         report_split=test if test is not None else valid,
         split_name="test" if test is not None else "validation",
-    )
+        data={name: str(Path(getattr(args, name)).resolve())
+              for name in ("train", "valid", "test", "featindex") if getattr(args, name)},
+    )  # fmt: skip
     if checkpoint is None:
         with writing_directory(args.out, args.overwrite, "model") as out:
             save_run(out, result, encoder, schema, config, **report)
