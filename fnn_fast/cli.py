@@ -320,7 +320,101 @@ def _fingerprint(args, config: TrainConfig) -> dict:
     }
 
 
+def _torchrun_world() -> int:
+    """The world size torchrun (or another launcher) set in the environment; 1 without one."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
 def cmd_train(args) -> int:
+    if _torchrun_world() > 1:
+        return _cmd_train_ranks(args)
+    return _cmd_train(args)
+
+
+def _cmd_train_ranks(args) -> int:
+    """``torchrun ... -m fnn_fast train``: this rank's part of the job (see _train_on_ranks)."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    from fnn_fast.train import Ranks
+
+    for flag, given in (("--checkpoint-every", args.checkpoint_every), ("--resume", args.resume),
+                        ("--stream", args.stream)):  # fmt: skip
+        if given:
+            raise ValueError(f"{flag} is not supported under torchrun yet: train without it")
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    timeout = datetime.timedelta(seconds=args.dist_timeout)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=timeout)
+    ranks = Ranks.current()
+    try:
+        return _train_on_ranks(args, ranks, device)
+    except RuntimeError as error:  # torch.distributed's errors (DistError among them)
+        print(
+            f"fnn-fast: error: rank {ranks.rank} of {ranks.world_size}: a collective failed or "
+            f"waited more than --dist-timeout {args.dist_timeout:g} s: another rank most likely "
+            f"died or failed (see its error above); stopping. ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''})",
+            file=sys.stderr,
+        )
+        os._exit(3)  # no clean-up: it would wait on the dead rank again
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train_on_ranks(args, ranks, device) -> int:
+    import torch.distributed as dist
+
+    """Every rank reads and encodes the whole input (the same encoder everywhere, checked),
+    then trains on its slice of every global batch with the tables sharded over the ranks;
+    rank 0 writes the ordinary model directory, the other ranks write nothing."""
+    config = _config_from_args(args)
+    _check_inputs(args, "--train", "--valid", "--test", "--featindex")
+    check_directory(args.out, args.overwrite, "model")
+    args.input_format = args.format
+    train, valid, test, encoder, schema = _load_splits(args)
+    mine = (
+        encoder.num_features, len(train), None if valid is None else len(valid),
+        None if test is None else len(test), int(train.ids.sum()), float(train.labels.sum()),
+    )  # fmt: skip
+    if len(set(ranks.all_gather(mine))) != 1:
+        raise ValueError(
+            "the ranks read different data or encoded it differently (features, rows, id sums "
+            f"per rank: {ranks.all_gather(mine)}): give every rank the same files"
+        )
+    result = train_two_stage(
+        train, valid, test, encoder, config, progress=not args.no_progress, device=device,
+        ranks=ranks,
+    )  # fmt: skip
+    rows_per_rank = ranks.all_gather(ranks.rows_trained)
+    if not ranks.main:
+        dist.barrier()  # the ranks leave together, after rank 0 has written the model
+        return 0
+    extra = {
+        **_encoder_metrics(encoder), "device": str(device),
+        "world_size": ranks.world_size, "rows_per_rank": rows_per_rank,
+    }  # fmt: skip
+    with writing_directory(args.out, args.overwrite, "model") as out:
+        save_run(out, result, encoder, schema, config, extra=extra,
+                 report_split=test if test is not None else valid,
+                 split_name="test" if test is not None else "validation")  # fmt: skip
+    dist.barrier()
+    _print_metrics(result.metrics)
+    print(f"model written to {args.out} by rank 0 of {ranks.world_size} "
+          f"(report: {Path(args.out) / 'report.html'})")  # fmt: skip
+    return 0
+
+
+def _cmd_train(args) -> int:
     from fnn_fast.checkpoint import Checkpointer, parse_every
 
     config = _config_from_args(args)
@@ -347,7 +441,12 @@ def cmd_train(args) -> int:
         checkpoint=checkpoint, device=device,
     )  # fmt: skip
     report = dict(
-        extra={**_encoder_metrics(encoder), "device": str(device)},
+        extra={
+            **_encoder_metrics(encoder),
+            "device": str(device),
+            "world_size": 1,
+            "rows_per_rank": [len(train) * _epochs_run(result)],
+        },  # fmt: skip
         report_split=test if test is not None else valid,
         split_name="test" if test is not None else "validation",
         data={name: str(Path(getattr(args, name)).resolve())
@@ -362,6 +461,11 @@ def cmd_train(args) -> int:
     _print_metrics(result.metrics)
     print(f"model written to {args.out} (report: {Path(args.out) / 'report.html'})")
     return 0
+
+
+def _epochs_run(result) -> int:
+    """The epochs both stages ran (each trains on every training row once per epoch)."""
+    return len(result.history["fm"]) + len(result.history["fnn"])
 
 
 def _encoder_metrics(encoder) -> dict:
@@ -732,6 +836,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="cpu",
         help="train both stages on cpu, cuda, cuda:N or auto (cuda when there is a GPU); on a "
         "GPU the Triton or CUDA kernels run and batches are copied from pinned memory ahead",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=600.0,
+        help="under torchrun: seconds a rank waits for the others in one exchange before the "
+        "run stops with an error (a rank that died or failed)",
     )
     _add_stream_options(p)
     _add_input_options(p)

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import sys
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
@@ -138,6 +141,74 @@ class Split:
         return float(self.labels.sum(dtype=torch.float64)) / len(self) if len(self) else 0.5
 
 
+@dataclass
+class Ranks:
+    """This process's place in a ``torchrun`` job: every rank trains on its slice
+    (:func:`fnn_fast.distributed.batch_slice`) of each global batch, with the table sharded
+    over the ranks (:mod:`fnn_fast.distributed`). ``rows_trained`` counts the training rows this
+    rank stepped on (all epochs, both stages)."""
+
+    rank: int
+    world_size: int
+    group: object = None
+    rows_trained: int = 0
+
+    @classmethod
+    def current(cls, group=None) -> Ranks:
+        return cls(dist.get_rank(group), dist.get_world_size(group), group)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def slice(self, total: int) -> slice:
+        from fnn_fast.distributed import batch_slice
+
+        return batch_slice(total, self.rank, self.world_size)
+
+    def _tensor(self, values, dtype, device="cpu") -> torch.Tensor:
+        device = torch.device(device)
+        if dist.get_backend(self.group) == "nccl" and device.type != "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())
+        return torch.tensor(values, dtype=dtype, device=device)
+
+    def sum(self, value: float) -> float:
+        """The sum of ``value`` over the ranks (collective)."""
+        t = self._tensor([value], torch.float64)
+        dist.all_reduce(t, group=self.group)
+        return float(t)
+
+    def any(self, flag: bool) -> bool:
+        t = self._tensor([int(flag)], torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        return bool(t)
+
+    def broadcast(self, value: float) -> float:
+        """Rank 0's ``value`` on every rank (collective): decisions all ranks must share."""
+        t = self._tensor([value], torch.float64)
+        dist.broadcast(t, dist.get_global_rank(self.group, 0) if self.group else 0,
+                       group=self.group)  # fmt: skip
+        return float(t)
+
+    def all_gather(self, value) -> list:
+        out = [None] * self.world_size
+        dist.all_gather_object(out, value, group=self.group)
+        return out
+
+
+def _test_fault(ranks: Ranks | None, step: int) -> None:
+    """Tests only: FNN_FAST_TEST_DIE="RANK:STEP" makes that rank exit at that training step
+    (of its first stage's first epoch), as a killed or crashed rank would."""
+    spec = os.environ.get("FNN_FAST_TEST_DIE")
+    if ranks is None or not spec:
+        return
+    rank, at = (int(x) for x in spec.split(":"))
+    if ranks.rank == rank and step == at:
+        print(f"fnn-fast: rank {rank}: exiting at step {step} (FNN_FAST_TEST_DIE)",
+              file=sys.stderr, flush=True)  # fmt: skip
+        os._exit(17)
+
+
 def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when there is a GPU) as a torch.device;
     a CUDA device that is not here is a ValueError saying why."""
@@ -218,14 +289,43 @@ def predict_logits(model: torch.nn.Module, split, batch_size: int = 8192) -> np.
     return torch.cat(out).cpu().numpy() if out else np.zeros(0, dtype=np.float32)
 
 
-def predict_probabilities(model: torch.nn.Module, split: Split, batch_size: int = 8192):
+@torch.no_grad()
+def predict_logits_ranks(model: torch.nn.Module, split, ranks: Ranks,
+                         batch_size: int = 8192) -> np.ndarray:  # fmt: skip
+    """As :func:`predict_logits` for a sharded model (collective): each rank computes its slice
+    of every batch and the slices are summed into one [N] vector (each row comes from one rank,
+    the others add zeros), the same on every rank."""
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    out = torch.zeros(len(split), dtype=torch.float32, device=device)
+    start = 0
+    for ids, values, _ in split.batches(batch_size):
+        n = ids.shape[0]
+        s = ranks.slice(n)
+        ids, values = ids[s].to(device), None if values is None else values[s].to(device)
+        out[start + s.start : start + s.stop] = model(ids, values).to(torch.float32)
+        start += n
+    model.train(was_training)
+    comm = out if dist.get_backend(ranks.group) != "nccl" else out.cuda()
+    dist.all_reduce(comm, group=ranks.group)
+    return comm.cpu().numpy()
+
+
+def predict_probabilities(model: torch.nn.Module, split: Split, batch_size: int = 8192,
+                          ranks: Ranks | None = None):  # fmt: skip
     """Click probabilities [N] (float64)."""
-    logits = predict_logits(model, split, batch_size).astype(np.float64)
+    if ranks is None:
+        logits = predict_logits(model, split, batch_size)
+    else:
+        logits = predict_logits_ranks(model, split, ranks, batch_size)
+    logits = logits.astype(np.float64)
     return torch.sigmoid(torch.from_numpy(logits)).numpy()  # no overflow for large |logit|
 
 
-def evaluate(model: torch.nn.Module, split: Split) -> dict:
-    probabilities = predict_probabilities(model, split)
+def evaluate(model: torch.nn.Module, split: Split, ranks: Ranks | None = None) -> dict:
+    """AUC and logloss of the model on the split (``ranks``: a sharded model, collective)."""
+    probabilities = predict_probabilities(model, split, ranks=ranks)
     labels = split.labels.numpy()
     return {"auc": roc_auc(labels, probabilities), "logloss": log_loss(labels, probabilities)}
 
@@ -269,14 +369,26 @@ def fit(
     early_stopping: str = "auc",
     checkpoint: Checkpointer | None = None,
     stage: str = "",
+    ranks: Ranks | None = None,
 ) -> list[dict]:
     """Mini-batch training with early stopping on validation AUC (``early_stopping="logloss"``:
-    validation logloss; a validation split of one class has no AUC and uses its logloss too). The model ends holding the
-    weights of its best epoch; returns one record per epoch. A non-finite loss or parameter
-    raises :class:`TrainingDiverged` naming the stage, epoch and step (``rate_hint``: the setting
-    to lower). ``train`` and ``valid``: in-memory :class:`Split` or streamed
-    (:class:`fnn_fast.stream.CacheStream`) rows. With ``checkpoint``, the whole training state is
-    written when it is due, and a checkpoint it loaded for this ``stage`` is resumed from."""
+    validation logloss; a validation split of one class has no AUC and uses its logloss too).
+    The model ends holding the weights of its best epoch; returns one record per epoch. A
+    non-finite loss or parameter raises :class:`TrainingDiverged` naming the stage, epoch and
+    step (``rate_hint``: the setting to lower). ``train`` and ``valid``: in-memory
+    :class:`Split` or streamed (:class:`fnn_fast.stream.CacheStream`) rows. With ``checkpoint``,
+    the whole training state is written when it is due, and a checkpoint it loaded for this
+    ``stage`` is resumed from.
+
+    With ``ranks`` (a ``torchrun`` job, the model sharded: :mod:`fnn_fast.distributed`), every
+    rank draws the same order of global batches and steps on its slice of each, its summed loss
+    divided by the global batch's size and the dense gradients summed over the ranks: one
+    process's step on the whole batch. Metrics and early stopping are the same on all ranks;
+    only rank 0 logs. Checkpoints are not written then."""
+    if ranks is not None and checkpoint is not None:
+        raise ValueError("checkpoints are not written under torchrun yet")
+    log = _log if ranks is None or ranks.main else (lambda message: None)
+    progress = progress and (ranks is None or ranks.main)
     generator = torch.Generator().manual_seed(seed)
     history: list[dict] = []
     best_score, best_state, best_epoch = -math.inf, None, 0
@@ -291,7 +403,7 @@ def fit(
         best = {k[5:]: v for k, v in resumed[1].items() if k.startswith("best.")}
         best_state = best if position["has_best"] else None
         checkpoint.resumed = None
-        _log(f"{name}: resuming at epoch {first_epoch}, step {start_step}")
+        log(f"{name}: resuming at epoch {first_epoch}, step {start_step}")
 
     def save(epoch: int, step: int, epoch_rng: torch.Tensor) -> None:
         meta = {
@@ -335,12 +447,23 @@ def fit(
         batches = train.batches(
             batch_size, generator, epoch=epoch, seed=seed, start_step=start_step
         )
-        batches = to_device(batches, model_device(model))
+        sizes: deque[int] = deque()  # the global batches' sizes, in order
+        batches = to_device(_rank_slices(batches, ranks, sizes), model_device(model))
         for step, (ids, values, labels) in enumerate(batches, start_step + 1):
+            global_rows = sizes.popleft()
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
-            loss = F.binary_cross_entropy_with_logits(model(ids, values), labels)
-            loss_value = loss.item()
+            if ranks is None:
+                loss = F.binary_cross_entropy_with_logits(model(ids, values), labels)
+                loss_value = loss.item()
+            else:
+                _test_fault(ranks, step)
+                loss = (
+                    F.binary_cross_entropy_with_logits(model(ids, values), labels, reduction="sum")
+                    / global_rows
+                )
+                loss_value = ranks.sum(loss.item())  # the global batch's mean: same everywhere
+                ranks.rows_trained += labels.shape[0]
             # Checked before the update: a non-finite loss would write NaN into every row of the
             # batch (the fused kernels update the table inside backward).
             if not math.isfinite(loss_value):
@@ -348,15 +471,19 @@ def fit(
                 raise TrainingDiverged(name, epoch, step, f"the training loss is {loss_value}",
                                        rate_hint)  # fmt: skip
             loss.backward()
+            if ranks is not None:
+                model.allreduce_dense_grads()
             for optimizer in optimizers:
                 optimizer.step()
-            total_loss += loss_value * labels.shape[0]
-            seen += labels.shape[0]
-            bar.update(labels.shape[0])
+            total_loss += loss_value * global_rows
+            seen += global_rows
+            bar.update(global_rows)
             if checkpoint is not None and checkpoint.step_done():
                 save(epoch, step, epoch_rng)
         bar.close()
         bad = first_non_finite(model)
+        if ranks is not None and ranks.any(bad is not None) and bad is None:
+            bad = "on another rank"
         if bad is not None:
             raise TrainingDiverged(name, epoch, step, f"parameter {bad} is not finite", rate_hint)
         record = {
@@ -365,13 +492,13 @@ def fit(
             "seconds": time.perf_counter() - started,
             "samples_per_s": seen / max(time.perf_counter() - started, 1e-9),
         }
-        train_metrics = evaluate(model, train.for_evaluation())
+        train_metrics = evaluate(model, train.for_evaluation(), ranks)
         record.update(train_auc=train_metrics["auc"], train_logloss=train_metrics["logloss"])
         if valid is not None:
-            valid_metrics = evaluate(model, valid)
+            valid_metrics = evaluate(model, valid, ranks)
             record.update(valid_auc=valid_metrics["auc"], valid_logloss=valid_metrics["logloss"])
         history.append(record)
-        _log(
+        log(
             f"{name} epoch {epoch}: train auc {record['train_auc']:.4f} "
             f"logloss {record['train_logloss']:.4f}"
             + (
@@ -388,12 +515,14 @@ def fit(
             score = -record["valid_logloss"]
         else:
             score = record["valid_auc"]
+        if ranks is not None:  # every rank computed it; rank 0's decides for all
+            score = ranks.broadcast(score)
         if math.isnan(score):
             raise TrainingDiverged(name, epoch, step, "the validation metric is NaN", rate_hint)
         if score > best_score:
             best_score, best_state, best_epoch = score, copy.deepcopy(model.state_dict()), epoch
         elif epoch - best_epoch >= patience:
-            _log(f"{name}: stopping early, best epoch {best_epoch}")
+            log(f"{name}: stopping early, best epoch {best_epoch}")
             break
         if checkpoint is not None and checkpoint.due():
             total_loss, seen = 0.0, 0
@@ -403,6 +532,17 @@ def fit(
     for record in history:
         record["best"] = record["epoch"] == best_epoch
     return history
+
+
+def _rank_slices(batches, ranks: Ranks | None, sizes: deque):
+    """The batches (this rank's slice of each, with ``ranks``); each global batch's size is
+    appended to ``sizes`` as it is read."""
+    for ids, values, labels in batches:
+        sizes.append(labels.shape[0])
+        if ranks is not None:
+            s = ranks.slice(labels.shape[0])
+            ids, values, labels = ids[s], None if values is None else values[s], labels[s]
+        yield ids, values, labels
 
 
 def _fused_state(model: torch.nn.Module) -> dict:
@@ -441,15 +581,22 @@ def train_fm(
     progress: bool = True,
     checkpoint: Checkpointer | None = None,
     device: str | torch.device = "cpu",
+    ranks: Ranks | None = None,
 ) -> tuple[FM, list[dict]]:
     """Stage 1: an FM trained with sparse row updates, on ``device`` (``checkpoint``: see
-    :func:`fit`)."""
+    :func:`fit`). With ``ranks``, the FM is built as one process builds it, then sharded over
+    the ranks to train; the best FM is returned, whole, on every rank."""
     device = resolve_device(device)
     torch.manual_seed(config.seed)
     fm = FM(num_features, config.factors, init_std=config.fm_init_std, slot_names=slot_names)
-    fm.to(device)
     with torch.no_grad():
         fm.w0.fill_(base_rate_logit(train))
+    if ranks is not None:
+        from fnn_fast.distributed import ShardedFM
+
+        full, fm = fm, ShardedFM.from_fm(fm, group=ranks.group)
+        del full  # each rank keeps its rows only
+    fm.to(device)
     # The native kernels apply the table's update inside backward; on the reference backend the
     # table gets a sparse gradient and the optimizer below applies the same rule.
     fm.fuse_update(
@@ -480,7 +627,15 @@ def train_fm(
         rate_hint=f"--fm-lr (now {config.fm_lr:g}, rule {config.fm_optimizer})",
         checkpoint=checkpoint,
         stage="fm",
+        ranks=ranks,
     )
+    if ranks is not None:  # stage 2 starts from the whole FM on every rank
+        sharded, table = fm, fm.embedding.gather_table(None)
+        fm = FM(num_features, config.factors, init_std=0.0, slot_names=slot_names)
+        with torch.no_grad():
+            fm.table.copy_(table.cpu())
+            fm.w0.copy_(sharded.w0.detach().cpu())
+        del sharded, table
     return fm, history
 
 
@@ -560,9 +715,11 @@ def train_fnn(
     progress: bool = True,
     checkpoint: Checkpointer | None = None,
     device: str | torch.device = "cpu",
-) -> tuple[FNN, list[dict]]:
+    ranks: Ranks | None = None,
+) -> tuple[FNN | None, list[dict]]:
     """Stage 2: an FNN, from the FM's embedding (or a random one), fine-tuned end to end on
-    ``device``."""
+    ``device``. With ``ranks``, the FNN is built (and RBM pre-trained) as one process does it,
+    then sharded over the ranks to train; the best FNN is gathered on rank 0 (None elsewhere)."""
     device = resolve_device(device)
     torch.manual_seed(config.seed + 1)
     fnn = build_fnn(fm, num_features, slot_fields, config, slot_names)
@@ -577,9 +734,21 @@ def train_fnn(
     )  # fmt: skip
     resuming = checkpoint is not None and checkpoint.resumed is not None
     if config.pretrain == "rbm" and not resuming:  # a resumed stage loads the trained layers
-        pretrain_rbm(fnn, train, config, progress)
+        pretrain_rbm(fnn, train, config, progress and (ranks is None or ranks.main))
     elif config.pretrain != "none":
         raise ValueError(f"pretrain must be 'none' or 'rbm', got {config.pretrain!r}")
+    if ranks is not None:
+        from fnn_fast.distributed import ShardedFNN
+
+        full = fnn.cpu()
+        fnn = ShardedFNN.from_fnn(full, group=ranks.group).to(device)
+        del full  # each rank keeps its rows only
+        fnn.fuse_update(
+            RowUpdate(
+                config.fnn_optimizer, config.fnn_embedding_lr, config.fnn_weight_decay,
+                initial_accumulator_value=config.fnn_initial_accumulator,
+            )
+        )  # fmt: skip
     history = fit(
         fnn,
         fnn_optimizers(fnn, config),
@@ -598,7 +767,10 @@ def train_fnn(
         ),
         checkpoint=checkpoint,
         stage="fnn",
+        ranks=ranks,
     )
+    if ranks is not None:
+        fnn = fnn.to_fnn(0)
     return fnn, history
 
 
@@ -628,12 +800,15 @@ def train_two_stage(
     progress: bool = True,
     checkpoint: Checkpointer | None = None,
     device: str | torch.device = "cpu",
-) -> TwoStageResult:
+    ranks: Ranks | None = None,
+) -> TwoStageResult | None:
     """Stage 1 (FM) then stage 2 (FNN from the best FM, or from a random embedding), both on
     ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``auto``): the splits stay in host memory and
     each batch is copied over as it is needed. The result's models are back on the CPU. With
     ``checkpoint`` (:class:`fnn_fast.checkpoint.Checkpointer`), the run writes checkpoints as
-    they fall due and continues from the one ``checkpoint.load()`` read, if any."""
+    they fall due and continues from the one ``checkpoint.load()`` read, if any. With ``ranks``
+    (every rank of a ``torchrun`` job calls this with the same data): both stages train sharded
+    over the ranks; rank 0 returns the result, the other ranks None."""
     device = resolve_device(device)
     slot_fields = [int(f) for f in encoder.slot_fields]
     slot_names = [encoder.field_names[f] for f in slot_fields]
@@ -646,15 +821,20 @@ def train_two_stage(
         fm_history = meta["fm_history"]
     else:
         fm, fm_history = train_fm(
-            train, valid, encoder.num_features, config, slot_names, progress, checkpoint, device
-        )
+            train, valid, encoder.num_features, config, slot_names, progress, checkpoint, device,
+            ranks,
+        )  # fmt: skip
     if checkpoint is not None:  # stage 2's checkpoints carry the finished FM
         checkpoint.extra_tensors = {f"fm.{k}": v.cpu() for k, v in fm.state_dict().items()}
         checkpoint.extra_meta = {"fm_history": fm_history}
     fnn, fnn_history = train_fnn(
         train, valid, fm, encoder.num_features, slot_fields, config, slot_names, progress,
-        checkpoint, device,
+        checkpoint, device, ranks,
     )  # fmt: skip
+    if ranks is not None and not ranks.main:
+        return None
+    if ranks is not None:
+        fm = fm.to(device)  # as one process: the final metrics on the device it trained on
     metrics = {
         "fm": {**_split_metrics(fm, valid, test), "epochs": len(fm_history)},
         "fnn": {

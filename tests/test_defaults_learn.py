@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from shared_data import DATA
 
 from fnn_fast.data import FeatureEncoder, Schema, load_rows
@@ -33,6 +34,16 @@ ADULT_SCHEMA = Schema(
     numeric="age,fnlwgt,education_num,capital_gain,capital_loss,hours_per_week".split(","),
 )
 MINUTE = 60.0
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """CPU time is summed over threads, and OpenMP threads spin while they wait: with one
+    thread it measures the work, whatever else the machine runs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _check(result, seconds: float, bound: float):
