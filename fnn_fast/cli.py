@@ -406,7 +406,8 @@ def _train_on_ranks(args, ranks, device) -> int:
     with writing_directory(args.out, args.overwrite, "model") as out:
         save_run(out, result, encoder, schema, config, extra=extra,
                  report_split=test if test is not None else valid,
-                 split_name="test" if test is not None else "validation")  # fmt: skip
+                 split_name="test" if test is not None else "validation",
+                 data=_data_paths(args))  # fmt: skip
     dist.barrier()
     _print_metrics(result.metrics)
     print(f"model written to {args.out} by rank 0 of {ranks.world_size} "
@@ -449,6 +450,7 @@ def _cmd_train(args) -> int:
         },  # fmt: skip
         report_split=test if test is not None else valid,
         split_name="test" if test is not None else "validation",
+        data=_data_paths(args),
     )
     if checkpoint is None:
         with writing_directory(args.out, args.overwrite, "model") as out:
@@ -459,6 +461,12 @@ def _cmd_train(args) -> int:
     _print_metrics(result.metrics)
     print(f"model written to {args.out} (report: {Path(args.out) / 'report.html'})")
     return 0
+
+
+def _data_paths(args) -> dict:
+    """The report's record of the input files (absolute paths)."""
+    names = ("train", "valid", "test", "featindex")
+    return {name: str(Path(getattr(args, name)).resolve()) for name in names if getattr(args, name)}
 
 
 def _epochs_run(result) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,10 +49,17 @@ def run_compare(
     """Per variant, per seed: test AUC, test logloss and the epoch of the best valid AUC (and
     the valid AUC and logloss of that epoch). ``peers``: names of fnn_fast.peers.PEERS to add
     (installed ones: see peers.resolve); a peer that diverges in a seed leaves that seed out of
-    its row, with a line in ``notes``."""
+    its row, with a line in ``notes``. A line on stderr says which model and seed train next."""
     slot_fields = [int(f) for f in encoder.slot_fields]
     results: dict[str, list[dict]] = {name: [] for name in (*VARIANTS, *peers)}
     notes = [] if notes is None else notes
+    seeds = list(seeds)
+    runs, done = len(seeds) * len(results), 0
+
+    def starting(name, seed):
+        nonlocal done
+        done += 1
+        print(f"compare: [{done}/{runs}] {label(name)}, seed {seed}", file=sys.stderr, flush=True)
 
     def record(name, model, history):
         metrics, checked = evaluate(model, test), evaluate(model, valid)
@@ -61,9 +69,11 @@ def run_compare(
 
     for seed in seeds:
         seeded = replace(config, seed=seed)
+        starting("lr", seed)
         lr, history = train_fm(train, valid, encoder.num_features, replace(seeded, factors=0),
                                progress=progress)  # fmt: skip
         record("lr", lr, history)
+        starting("fm", seed)
         fm, history = train_fm(train, valid, encoder.num_features, seeded, progress=progress)
         record("fm", fm, history)
         fnn_variants = {
@@ -75,10 +85,12 @@ def run_compare(
                                      fnn_embedding_lr=seeded.fnn_lr, fnn_layer_lrs=None),
         }  # fmt: skip
         for name, variant in fnn_variants.items():
+            starting(name, seed)
             model, history = train_fnn(train, valid, fm, encoder.num_features, slot_fields,
                                        variant, progress=progress)  # fmt: skip
             record(name, model, history)
         for name in peers:
+            starting(name, seed)
             try:
                 run = peer_models.train_peer(name, train, valid, test, encoder, seeded, seed)
             except peer_models.PeerDiverged as error:

@@ -19,21 +19,28 @@ from fnn_fast.data.synthetic import criteo_like_cardinalities, plant_model, writ
 from fnn_fast.train import Split, TrainConfig, evaluate, train_fnn, train_two_stage
 
 # Synthetic rows are dense in features (every value is seen often), so Adagrad and a faster
-# network rate suit them better than the defaults tuned for sparse real logs.
+# network rate suit them better than the defaults tuned for sparse real logs. The epoch caps are
+# far enough that early stopping (patience 2 on the validation AUC) ends every model: on the
+# default 400,000 rows, seed 0, the FM's best epoch was 37 of 39, FNN from FM's 5 of 7 and the
+# random-init FNN's 9 of 11 (at caps of 10 the FM and the random-init FNN still improved).
 DEMO_CONFIG = TrainConfig(
     factors=4,
     batch_size=512,
     patience=2,
-    fm_epochs=10,
+    fm_epochs=60,
     fm_optimizer="adagrad",
     fm_lr=0.05,
     fm_initial_accumulator=0.0,
     fm_weight_decay=1e-5,
-    fnn_epochs=10,
+    fnn_epochs=30,
     fnn_optimizer="adagrad",
     fnn_embedding_lr=0.005,
     fnn_lr=1e-3,
 )
+# The random-init baseline's embedding learns from scratch, as the FM's did: at the FM's rate
+# (0.05) it finishes in about ten epochs; at the FM-initialized embedding's 0.005 it still
+# improved after ten.
+RANDOM_EMBEDDING_LR = 0.05
 
 
 def planted_splits(truth, sizes, first_seed: int):
@@ -89,7 +96,7 @@ def run_demo(out: Path, rows: int = 150_000, seed: int = 0, progress: bool = Tru
     )
     config = replace(DEMO_CONFIG, seed=seed)
     result = train_two_stage(train, valid, test, encoder, config, progress=progress)
-    random_config = replace(config, fnn_init="random")
+    random_config = replace(config, fnn_init="random", fnn_embedding_lr=RANDOM_EMBEDDING_LR)
     fnn_random, random_history = train_fnn(
         train,
         valid,
@@ -109,9 +116,14 @@ def run_demo(out: Path, rows: int = 150_000, seed: int = 0, progress: bool = Tru
     bayes = {"valid_auc": parts["valid"].bayes_auc, "test_auc": parts["test"].bayes_auc}
 
     schema = Schema(format="libfm", num_fields=39)
-    save_run(
-        out, result, encoder, schema, config, extra={"bayes_optimal": bayes}, report_split=test
+    planted = (
+        f"synthetic Criteo-shaped rows planted by fnn-fast demo (seed {seed}; "
+        f"{n_train:,} train / {n_valid:,} valid / {len(parts['test'].rows):,} test rows)"
     )
+    save_run(
+        out, result, encoder, schema, config, extra={"bayes_optimal": bayes}, report_split=test,
+        data={"train, valid, test": planted, "test rows written to": "test.libfm"},
+    )  # fmt: skip
     test_file = out / "test.libfm"
     write_libfm(test_file, parts["test"].rows.labels, parts["test"].rows.keys)
     saved = load_model(out)

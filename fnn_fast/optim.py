@@ -114,7 +114,9 @@ class SparseRowOptimizer(torch.optim.Optimizer):
         views = {"weight": self._as_rows(p)}
         for name in names:
             tensor = state[name]
-            views[name] = tensor.view(-1, 1) if tensor.dim() == 1 else self._as_rows(tensor)
+            # Row-wise Adagrad keeps one value per row; every other state has p's shape.
+            rowwise = name == "sum" and self.kind == "rowwise_adagrad"
+            views[name] = tensor.view(-1, 1) if rowwise else self._as_rows(tensor)
         old = {k: (v if rows is None else v[rows]) for k, v in views.items()}
         new = self._rule(old, grad, state["step"], group)
         for name, value in new.items():

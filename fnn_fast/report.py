@@ -4,7 +4,9 @@ one self-contained HTML page that shows them with the metrics table."""
 from __future__ import annotations
 
 import base64
+import datetime
 import html
+import json
 from pathlib import Path
 
 import matplotlib
@@ -55,11 +57,17 @@ def _curves(history: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _roc(labels, predictions: dict, path: Path) -> None:
+def _roc(labels, predictions: dict, path: Path) -> list[str]:
+    """Plots each model's ROC curve, its AUC in the legend; returns the legend's labels."""
+    from fnn_fast.metrics import roc_auc
+
     fig, ax = plt.subplots(figsize=(5, 5))
+    legend = []
     for name, probabilities in predictions.items():
         fpr, tpr = roc_points(labels, probabilities)
-        ax.plot(fpr, tpr, label=name)
+        auc = roc_auc(labels, np.asarray(probabilities))
+        legend.append(f"{name} (AUC {auc:.4f})" if np.isfinite(auc) else name)
+        ax.plot(fpr, tpr, label=legend[-1])
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
@@ -68,6 +76,7 @@ def _roc(labels, predictions: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+    return legend
 
 
 def _calibration(labels, predictions: dict, path: Path) -> None:
@@ -87,12 +96,37 @@ def _calibration(labels, predictions: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def version() -> str:
+    """The installed fnn-fast's version (the source tree's when it is not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("fnn-fast")
+    except PackageNotFoundError:
+        import fnn_fast
+
+        return f"{fnn_fast.__version__} (not installed)"
+
+
+def _table(title: str, items: dict) -> str:
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td class='text'>"
+        + html.escape(v if isinstance(v, str) else json.dumps(v))
+        + "</td></tr>"
+        for k, v in items.items()
+    )
+    return f"<h2>{html.escape(title)}</h2><table>{rows}</table>"
+
+
 def write_report(
     out, metrics: dict, history: dict, labels=None, predictions: dict | None = None,
-    split_name: str = "test",
+    split_name: str = "test", settings: dict | None = None, data: dict | None = None,
 ) -> Path:  # fmt: skip
     """curves.png, roc.png, calibration.png (when labels/predictions are given) and report.html
-    in ``out``. ``predictions``: model name -> probabilities for ``labels``."""
+    in ``out``. ``predictions``: model name -> probabilities for ``labels``. The page also
+    states when it was written, by which fnn-fast version, from which ``data`` (name -> path or
+    description) and with which ``settings`` (the training config)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     images = {"Learning curves": out / "curves.png"}
@@ -120,12 +154,19 @@ def write_report(
         for title, path in images.items()
     )
     header = "".join(f"<th>{k.replace('_', ' ')}</th>" for k in METRIC_KEYS)
+    written = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    about = _table("Run", {"written": written, "fnn-fast version": version()})
+    if data:
+        about += _table("Data", data)
+    if settings:
+        about += _table("Settings", settings)
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>fnn_fast training report</title>"
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "td.text{text-align:left;font-family:monospace}</style></head><body>"
         f"<h1>fnn_fast training report</h1><table><tr><th>model</th>{header}</tr>{rows}</table>"
-        f"{figures}</body></html>"
+        f"{figures}{about}</body></html>"
     )
     path = out / "report.html"
     path.write_text(page)

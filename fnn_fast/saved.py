@@ -71,10 +71,11 @@ def save_model(
 
 def save_run(
     out, result, encoder: FeatureEncoder, schema: Schema | None, config, extra: dict | None = None,
-    report_split=None, split_name: str = "test",
+    report_split=None, split_name: str = "test", data: dict | None = None,
 ) -> Path:  # fmt: skip
     """A trained run's directory: the model, metrics.json, history.json and the report (with ROC
-    and calibration on ``report_split`` when given). ``result``: a train.TwoStageResult. The
+    and calibration on ``report_split`` when given; ``data``: the inputs, name -> path, which
+    the report lists with the training config). ``result``: a train.TwoStageResult. The
     caller decides whether ``out`` may be written (fnn_fast.outputs.writing_directory)."""
     from fnn_fast.report import write_report
     from fnn_fast.train import predict_probabilities
@@ -99,6 +100,7 @@ def save_run(
     write_report(
         out, metrics, result.history,
         None if report_split is None else report_split.labels.numpy(), predictions, split_name,
+        settings=config.to_dict(), data=data,
     )  # fmt: skip
     return out
 

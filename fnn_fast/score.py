@@ -207,6 +207,15 @@ class Scorer:
         return out
 
     def predict_pandas(self, frame, skip_bad_rows: bool = False) -> np.ndarray:
+        """Scores a pandas DataFrame (its rows in order). Needs pandas, which fnn-fast does not
+        install itself: ``pip install "fnn-fast[pandas]"``."""
+        try:
+            import pandas  # noqa: F401  (pyarrow's from_pandas needs it)
+        except ImportError as error:
+            raise ImportError(
+                "Scorer.predict_pandas needs pandas, which is not installed: pip install "
+                '"fnn-fast[pandas]" (or pip install pandas); predict_arrow needs no pandas'
+            ) from error
         return self.predict_arrow(_arrow_table(frame), skip_bad_rows)
 
     def map_arrow(self, batches, id_column: str | None = None, skip_bad_rows: bool = False):

@@ -1,8 +1,8 @@
 import os
-from pathlib import Path
 
 import pytest
 import torch
+from shared_data import DATA
 
 # Without a GPU the Triton kernels run on CPU tensors through Triton's interpreter. Triton picks
 # compiled or interpreted when a kernel is defined, so this must precede any import of
@@ -16,12 +16,12 @@ if not torch.cuda.is_available():
 # the installed package, the one under test.
 os.environ.setdefault("PYTHONSAFEPATH", "1")
 
-SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+SHARED_DATA = DATA  # FNN_FAST_DATA, else ../shared/data (tests/shared_data.py)
 
 
 @pytest.fixture(scope="session")
 def ipinyou_dir():
     path = SHARED_DATA / "ipinyou-2997"
     if not (path / "train.fm.txt").exists():
-        pytest.skip("shared iPinYou data not present")
+        pytest.skip(f"shared iPinYou data not present in {SHARED_DATA} (set FNN_FAST_DATA)")
     return path

@@ -317,3 +317,20 @@ def test_help_shows_defaults_and_every_command(capsys):
     description = " ".join(build_parser().description.split())
     for command in ("train", "compare", "evaluate", "score", "demo", "bench"):
         assert command in description
+
+
+def test_demo_baselines_finish_before_their_epoch_caps(tmp_path, capsys):
+    """Every model of the demo ends by early stopping, not at its epoch cap, so the comparison
+    is between finished models (a small run; the default 400,000 rows: demo.DEMO_CONFIG)."""
+    from fnn_fast.demo import DEMO_CONFIG, run_demo
+
+    metrics = run_demo(tmp_path / "demo", rows=20_000, progress=False)
+    history = json.loads((tmp_path / "demo" / "history.json").read_text())
+    caps = {"fm": DEMO_CONFIG.fm_epochs, "fnn": DEMO_CONFIG.fnn_epochs,
+            "fnn_random": DEMO_CONFIG.fnn_epochs}  # fmt: skip
+    for name, cap in caps.items():
+        best = next(r["epoch"] for r in history[name] if r.get("best"))
+        assert best < len(history[name]) < cap, (name, best, len(history[name]))
+        assert 0.5 < metrics[name]["test_auc"] <= metrics["bayes_optimal"]["test_auc"]
+    page = (tmp_path / "demo" / "report.html").read_text()
+    assert "planted by fnn-fast demo" in page  # the report names its data

@@ -4,6 +4,8 @@ import re
 
 import numpy as np
 import pytest
+from shared_data import DATA as SHARED_DATA
+from shared_data import require
 
 import fnn_fast.data.cache as cache
 from fnn_fast.data import DataError, Schema, load_rows, open_rows, read_rows, write_rows
@@ -203,7 +205,7 @@ def test_training_reads_an_entry_only_for_the_schema_it_was_built_with(tmp_path,
 
 # --- entries built part by part (fnn_fast.data.cache_build) --------------------------------------
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+DATA = str(SHARED_DATA)
 IPINYOU = os.path.join(DATA, "ipinyou-2997")
 ADULT_SCHEMA = Schema(
     "csv", numeric=["age", "fnlwgt", "hours_per_week"],
@@ -254,7 +256,7 @@ def assert_built_like_in_memory(tmp_path, path, schema, skip=True, part_bytes=40
     ],
 )
 def test_an_entry_built_by_parts_is_the_in_memory_one(tmp_path, name, schema, part_bytes):
-    path = os.path.join(DATA, name)
+    path = str(require(name))
     assert os.path.getsize(path) > 4 * part_bytes  # several parts
     rows = assert_built_like_in_memory(tmp_path, path, schema, part_bytes=part_bytes)
     assert len(rows) > 100
@@ -375,7 +377,7 @@ def test_a_parquet_entry_built_by_row_groups(tmp_path):
 def test_ensure_entry_builds_by_parts_and_leaves_nothing_behind_on_a_bad_line(tmp_path):
     from fnn_fast.data.cache import ensure_entry
 
-    path = os.path.join(DATA, "adult", "train.csv")
+    path = str(require("adult", "train.csv"))
     cache_dir = tmp_path / "cache"
     entry = ensure_entry(path, ADULT_SCHEMA, cache_dir, progress=False, part_bytes=300 << 10)
     built, parsed = open_rows(entry), read_rows(path, ADULT_SCHEMA, progress=False)
@@ -406,7 +408,7 @@ def test_two_writers_of_one_entry_both_get_it_whole(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cache_build, "build_entry", build_then_wait)
 
-    path = os.path.join(DATA, "samples", "criteo_sample.txt")
+    path = str(require("samples", "criteo_sample.txt"))
     schema = Schema.criteo("csv")
     cache_dir = tmp_path / "cache"
     with ThreadPoolExecutor(2) as pool:
@@ -423,5 +425,5 @@ def test_an_array_whose_header_does_not_fit_the_reserved_bytes_is_rewritten(tmp_
 
     monkeypatch.setattr(cache_build, "_HEADER_BYTES", 192)
     monkeypatch.setattr(cache_build, "_COPY_ROWS", 7)
-    path = os.path.join(DATA, "samples", "criteo_sample.txt")
+    path = str(require("samples", "criteo_sample.txt"))
     assert_built_like_in_memory(tmp_path, path, Schema.criteo("csv"), part_bytes=8 << 10)

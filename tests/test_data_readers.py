@@ -1,17 +1,15 @@
 import math
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from shared_data import DATA
 
 import fnn_fast.data.parquet as parquet_reader
 from fnn_fast.data import PAD_KEY, DataError, Schema, read_rows
 from fnn_fast.data.rows import ArrayChunks
 from fnn_fast.data.tokens import VALUE_KEY, hash_token
-
-DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
 
 
 def write(tmp_path, name, text):
@@ -337,7 +335,9 @@ def test_parquet_missing_column_and_empty_file(tmp_path):
 
 # ---- Real data ---------------------------------------------------------------------------------
 
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared/data not present")
+needs_data = pytest.mark.skipif(
+    not DATA.is_dir(), reason=f"shared data not present in {DATA} (set FNN_FAST_DATA)"
+)
 
 
 @needs_data

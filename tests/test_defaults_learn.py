@@ -15,17 +15,17 @@ diverged, or whose network forgot the FM's embedding, lands near 0.5.
 
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from shared_data import DATA
 
 from fnn_fast.data import FeatureEncoder, Schema, load_rows
 from fnn_fast.demo import planted_at_rate, planted_splits
 from fnn_fast.train import Split, TrainConfig, train_two_stage
 
-ADULT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "adult"
+ADULT = DATA / "adult"
 ADULT_SCHEMA = Schema(
     format="csv",
     label="label",
@@ -60,7 +60,7 @@ def _check(result, seconds: float, bound: float):
 @pytest.mark.slow
 def test_defaults_learn_on_adult():
     if not (ADULT / "train.csv").exists():
-        pytest.skip("shared Adult data not present")
+        pytest.skip(f"shared Adult data not present in {DATA} (set FNN_FAST_DATA)")
     rows = load_rows(ADULT / "train.csv", ADULT_SCHEMA, progress=False)
     # As `fnn-fast train --seed 0` splits: 80 % to train, 20 % to stop early on.
     order = np.random.default_rng(0).permutation(len(rows.labels))

@@ -161,3 +161,42 @@ def test_fused_initial_accumulator_matches_the_optimizer(kind):
     torch.testing.assert_close(tables["auto"], tables["reference"], atol=2e-6, rtol=1e-5)
     with_zero = RowUpdate(kind, lr=0.1).new_state(torch.zeros(4, 3))[0]
     assert float(with_zero.sum()) == 0.0
+
+
+@pytest.mark.parametrize(
+    "kind,torch_optimizer",
+    [
+        ("sgd", lambda ps: torch.optim.SGD(ps, lr=0.05)),
+        ("adagrad", lambda ps: torch.optim.Adagrad(ps, lr=0.05)),
+        ("adam", lambda ps: torch.optim.Adam(ps, lr=0.05)),
+    ],
+)
+def test_dense_layers_of_a_network_match_torch(kind, torch_optimizer):
+    # SparseRowOptimizer(fnn.parameters()) once failed on the layers' 1-D biases (a shape
+    # error): dense parameters of any shape get the same rule as PyTorch's optimizer.
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    twin = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    twin.load_state_dict(net.state_dict())
+    ours, theirs = (
+        SparseRowOptimizer(net.parameters(), kind, lr=0.05),
+        torch_optimizer(list(twin.parameters())),
+    )
+    x = torch.randn(8, 6)
+    for _ in range(3):
+        for model, opt in ((net, ours), (twin, theirs)):
+            opt.zero_grad()
+            model(x).square().sum().backward()
+            opt.step()
+    for a, b in zip(net.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_rowwise_adagrad_on_dense_layers():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Linear(4, 1))
+    opt = SparseRowOptimizer(net.parameters(), "rowwise_adagrad", lr=0.05)
+    before = [p.detach().clone() for p in net.parameters()]
+    net(torch.randn(8, 6)).sum().backward()
+    opt.step()
+    assert all(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import fnn_fast
 from fnn_fast import FNN
 from fnn_fast.cli import main
 from fnn_fast.data.synthetic import plant_model, write_libfm
@@ -116,7 +117,28 @@ def test_report_files(tmp_path):
     assert text.count("data:image/png;base64,") == 3 and "0.6400" in text
 
 
-def test_train_with_rbm_writes_report_and_compare_runs(tmp_path):
+def test_report_states_settings_data_date_version_and_the_roc_aucs(tmp_path):
+    import datetime
+
+    from fnn_fast.report import _roc, version
+
+    history = {"fm": [{"epoch": 1, "valid_auc": 0.6, "valid_logloss": 0.5, "best": True}]}
+    labels = np.array([0, 1, 0, 1.0])
+    predictions = {"fm": np.array([0.1, 0.9, 0.2, 0.8]), "fnn": np.array([0.9, 0.1, 0.2, 0.8])}
+    settings = TrainConfig(fm_epochs=7).to_dict()
+    data = {"train": "runs/in/train.txt", "test": "runs/in/test.txt"}
+    page = write_report(tmp_path, {"fm": {"test_auc": 1.0}}, history, labels, predictions,
+                        settings=settings, data=data).read_text()  # fmt: skip
+    assert "runs/in/train.txt" in page and "runs/in/test.txt" in page
+    assert "<th>fm_epochs</th><td class='text'>7</td>" in page
+    assert version() in page and version().startswith(fnn_fast.__version__)
+    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    assert today in page
+    legend = _roc(labels, predictions, tmp_path / "roc2.png")
+    assert legend == ["fm (AUC 1.0000)", "fnn (AUC 0.2500)"]
+
+
+def test_train_with_rbm_writes_report_and_compare_runs(tmp_path, capsys):
     truth = plant_model((15,) * 4, num_factors=2, nonlinear=1.0, seed=0)
     for seed, name, rows in ((0, "train", 1500), (1, "test", 500)):
         sample = truth.sample(rows, seed=seed).rows
@@ -144,9 +166,16 @@ def test_train_with_rbm_writes_report_and_compare_runs(tmp_path):
     assert main(["train", *files, "--out", str(run), "--pretrain", "rbm", "--rbm-epochs", "2",
                  "--fnn-layer-lrs", "1e-3,1e-3,1e-2", *fast]) == 0  # fmt: skip
     assert (run / "report.html").exists() and (run / "calibration.png").exists()
+    page = (run / "report.html").read_text()
+    assert str((tmp_path / "train.libfm").resolve()) in page  # the data paths
+    assert "<th>pretrain</th><td class='text'>rbm</td>" in page  # the settings
     out = tmp_path / "compare"
+    capsys.readouterr()
     assert main(["compare", *files, "--seeds", "2", "--out", str(out), "--peers", "none",
                  *fast]) == 0  # fmt: skip
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("compare: [")]
+    assert said[0] == "compare: [1/12] logistic regression, seed 0"
+    assert said[-1] == "compare: [12/12] FNN from FM, one learning rate, seed 1" and len(said) == 12
     summary = json.loads((out / "compare.json").read_text())["summary"]
     assert set(summary) == {"lr", "fm", "fnn_random", "fnn", "fnn_rbm", "fnn_single_lr"}
     assert all(0 <= s["test_auc"] <= 1 and s["best_epoch"] >= 1 for s in summary.values())

@@ -302,6 +302,12 @@ def test_arrow_and_pandas_api(model_dir, data):
     assert np.isnan(scored[3]) and np.isfinite(np.delete(scored, 3)).all()
 
 
+def test_predict_pandas_without_pandas_names_the_extra(model_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas raises ImportError
+    with pytest.raises(ImportError, match=r'pip install "fnn-fast\[pandas\]"'):
+        Scorer(model_dir).predict_pandas(object())
+
+
 @pytest.mark.parametrize("reader", ["native", "arrow"])
 @pytest.mark.parametrize("fmt", ["csv", "criteo"])
 def test_arrow_fast_path_reads_what_the_line_reader_reads(tmp_path, monkeypatch, fmt, reader):
