@@ -10,8 +10,10 @@ Shuffling out of core. The rows are cut into chunks of ``chunk_rows`` consecutiv
 ``window_chunks`` at a time into a shuffle buffer, permutes the buffer's rows (again from
 (s, e, window)) and cuts the epoch's stream of rows into batches (a batch may span two windows).
 The order of an epoch is thus a pure function of (seed, epoch): a resumed run regenerates it and
-skips to the saved step without reading the rows before it. Ids are held as int32 where the
-vocabulary allows (fewer than 2^31 features) and widened batch by batch.
+skips to the saved step without reading the rows before it. Ids are encoded and permuted as int32
+where the vocabulary allows (fewer than 2^31 features), then widened to int64 a window at a time
+in the background thread, which also drops a window's values when every one is 1: the training
+thread only slices batches.
 """
 
 from __future__ import annotations
@@ -145,7 +147,10 @@ class CacheStream:
         permutation = self._row_permutation(seed, epoch, w, len(labels))
         if permutation is not None:
             ids, values, labels = ids[permutation], values[permutation], labels[permutation]
-        return ids, values, labels
+        # What each batch would otherwise do on the training thread, once per window here: the
+        # kernels' int64 ids, and no values when every one is 1.
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        return ids, (None if bool((values == 1).all()) else values), labels
 
     def _window_arrays(self, seed, epoch, first: int, prefetch: bool):
         """The encoded windows from ``first`` on; with ``prefetch``, one window ahead in a
@@ -216,7 +221,8 @@ class CacheStream:
         held = 0
         for ids, values, labels in self._window_arrays(seed, epoch, first, prefetch):
             if skip:
-                ids, values, labels, skip = ids[skip:], values[skip:], labels[skip:], 0
+                values = None if values is None else values[skip:]
+                ids, labels, skip = ids[skip:], labels[skip:], 0
             pending.append((ids, values, labels))
             held += len(labels)
             while held >= batch_size:
@@ -266,24 +272,30 @@ def _take(pending, count: int, held: int):
             parts.append((ids, values, labels))
             need -= len(labels)
         elif need > 0:
-            parts.append((ids[:need], values[:need], labels[:need]))
-            left.append((ids[need:], values[need:], labels[need:]))
+            head, tail = (None, None) if values is None else (values[:need], values[need:])
+            parts.append((ids[:need], head, labels[:need]))
+            left.append((ids[need:], tail, labels[need:]))
             need = 0
         else:
             left.append((ids, values, labels))
     if len(parts) == 1:
         batch = parts[0]
     else:
-        batch = tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+        ids = np.concatenate([p[0] for p in parts])
+        values = None
+        if any(p[1] is not None for p in parts):  # a window of all-1 values beside one without
+            values = np.concatenate(
+                [np.ones(p[0].shape, np.float32) if p[1] is None else p[1] for p in parts]
+            )
+        batch = (ids, values, np.concatenate([p[2] for p in parts]))
     return batch, left, held - count
 
 
-def _tensors(ids: np.ndarray, values: np.ndarray, labels: np.ndarray):
-    ids_t = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))
-    values_t = torch.from_numpy(np.ascontiguousarray(values))
+def _tensors(ids: np.ndarray, values: np.ndarray | None, labels: np.ndarray):
+    values_t = None if values is None else torch.from_numpy(np.ascontiguousarray(values))
     return (
-        ids_t,
-        (None if bool((values_t == 1).all()) else values_t),
+        torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)),
+        (None if values_t is None or bool((values_t == 1).all()) else values_t),
         torch.from_numpy(np.ascontiguousarray(labels)),
     )
 

@@ -205,3 +205,31 @@ def test_streaming_equals_in_memory_training_for_the_same_order(entries):
         for key in a:
             assert torch.equal(a[key], b[key]), (which, key)
     assert streamed.metrics == in_memory.metrics
+
+
+def test_windows_with_and_without_values_give_the_rows_values(tmp_path):
+    """A window whose values are all 1 hands out no values; a batch that spans it and a window
+    with other values gets both windows' values, 1 where there were none."""
+    lines = []
+    for row in range(3000):
+        value = "1" if row < 1500 else f"{0.25 + (row % 7) / 8:g}"  # the second half carries values
+        lines.append(f"{row % 2} {row % 13}:{value} {100 + row % 17}:1 {200 + row % 5}:{value}")
+    path = tmp_path / "values.libfm"
+    path.write_text("\n".join(lines) + "\n")
+    entry = ensure_entry(path, Schema(format="libfm"), tmp_path / "cache")
+    keys, slot_fields, names = entry_columns(entry)
+    encoder = FeatureEncoder.fit(keys, slot_fields, names)
+    rows = open_rows(entry)
+    all_ids, all_values = encoder.transform(rows.keys, rows.values)
+    stream = stream_of(entry, encoder)
+    for epoch in (None, 1, 2):
+        order = stream.epoch_order(4, epoch)
+        batches = list(stream.batches(64, epoch=epoch, seed=4))
+        ids = torch.cat([b[0] for b in batches]).numpy()
+        values = torch.cat(
+            [torch.ones(b[0].shape) if b[1] is None else b[1] for b in batches]
+        ).numpy()
+        assert np.array_equal(ids, all_ids[order])
+        assert np.array_equal(values, all_values[order])
+        if epoch is None:  # stored order: the first windows have no values, the last ones have
+            assert batches[0][1] is None and batches[-1][1] is not None
