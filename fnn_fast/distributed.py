@@ -37,7 +37,7 @@ from torch import nn
 
 from fnn_fast import ops
 from fnn_fast.memory import table_zeros
-from fnn_fast.modules import FM, FNN, _FusedUpdate
+from fnn_fast.modules import FM, FNN, _FusedUpdate, fnn_head
 from fnn_fast.ops import native, reference
 from fnn_fast.optim import RowUpdate
 
@@ -739,13 +739,4 @@ class ShardedFNN(_ShardedModel):
         if not isinstance(first, nn.Linear):
             z = torch.cat([self.w0.reshape(1, 1).expand(fields.shape[0], 1), fields], dim=1)
             return self.output(self.hidden_layers(z[:, : 1 + width])).squeeze(-1)
-        weight = first.weight[:, 1:]
-        if fields.shape[1] > width:
-            weight = nn.functional.pad(weight, (0, fields.shape[1] - width))
-        bias = first.weight[:, 0] * self.w0
-        if first.bias is not None:
-            bias = bias + first.bias
-        out = nn.functional.linear(fields, weight, bias)
-        if layers:
-            out = self.output(self.hidden_layers[1:](out))
-        return out.squeeze(-1)
+        return fnn_head(fields, width, self.w0, self.hidden_layers, self.output)

@@ -271,13 +271,23 @@ class FNN(_FusedUpdate, nn.Module):
             self.table, ids, values, self.slot_fields, self.num_fields, self.sparse,
             self._fused_args(), padded,
         )  # fmt: skip
-        weight = first.weight[:, 1:]
-        if fields.shape[1] > width:
-            weight = nn.functional.pad(weight, (0, fields.shape[1] - width))
-        bias = first.weight[:, 0] * self.w0
-        if first.bias is not None:
-            bias = bias + first.bias
-        out = nn.functional.linear(fields, weight, bias)
-        if layers:
-            out = self.output(self.hidden_layers[1:](out))
-        return out.squeeze(-1)
+        return fnn_head(fields, width, self.w0, self.hidden_layers, self.output)
+
+
+def fnn_head(
+    fields: torch.Tensor, width: int, w0, hidden_layers: nn.Sequential, output
+) -> torch.Tensor:
+    """The FNN's network above z = [w0, fields]: ``fields`` holds z's field columns (zero padded
+    past ``width`` where the caller padded them); w0's column of the first linear layer folds
+    into its bias. The logits [N]. Shared by :class:`FNN` and the sharded FNN."""
+    first = hidden_layers[0] if len(hidden_layers) else output
+    weight = first.weight[:, 1:]
+    if fields.shape[1] > width:
+        weight = nn.functional.pad(weight, (0, fields.shape[1] - width))
+    bias = first.weight[:, 0] * w0
+    if first.bias is not None:
+        bias = bias + first.bias
+    out = nn.functional.linear(fields, weight, bias)
+    if first is not output:
+        out = output(hidden_layers[1:](out))
+    return out.squeeze(-1)
