@@ -37,7 +37,7 @@ from torch import nn
 
 from fnn_fast import ops
 from fnn_fast.memory import table_zeros
-from fnn_fast.modules import FM, FNN, _FusedUpdate, fnn_head
+from fnn_fast.modules import FM, FNN, InputLinear, _FusedUpdate, fnn_head
 from fnn_fast.ops import native, reference
 from fnn_fast.optim import RowUpdate
 
@@ -736,7 +736,7 @@ class ShardedFNN(_ShardedModel):
             -(-width // 16) * 16 if torch.is_grad_enabled() and rows.device.type == "cpu" else 0
         )
         fields = rows_fields(rows, inverse, values, self.slot_fields, self.num_fields, padded)
-        if not isinstance(first, nn.Linear):
+        if not isinstance(first, InputLinear):
             z = torch.cat([self.w0.reshape(1, 1).expand(fields.shape[0], 1), fields], dim=1)
             return self.output(self.hidden_layers(z[:, : 1 + width])).squeeze(-1)
-        return fnn_head(fields, width, self.w0, self.hidden_layers, self.output)
+        return fnn_head(fields, self.w0, self.hidden_layers, self.output)

@@ -121,11 +121,8 @@ def test_native_and_reference_training_agree(ipinyou_dir, tmp_path):
     """The fused native kernels train to the same AUC as the reference path."""
     metrics = {}
     for backend in ("reference", "native"):
-        fnn_fast.set_backend(backend)
-        try:
+        with fnn_fast.use_backend(backend):
             assert train(ipinyou_dir, tmp_path / backend) == 0
-        finally:
-            fnn_fast.set_backend("auto")
         metrics[backend] = json.loads((tmp_path / backend / "metrics.json").read_text())
     for stage in ("fm", "fnn"):
         reference, native = metrics["reference"][stage], metrics["native"][stage]

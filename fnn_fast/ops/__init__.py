@@ -2,14 +2,17 @@
 
 The reference (pure PyTorch) always works. CPU tensors run on the native C++ kernels
 (fnn_fast._C) where they apply; CUDA tensors on the GPU kernels, CUDA C++ (``fnn_fast.ops.cuda``)
-or Triton (``fnn_fast.ops.triton``). ``FNN_FAST_BACKEND`` or :func:`set_backend` chooses:
+or Triton (``fnn_fast.ops.triton``). ``FNN_FAST_BACKEND``, :func:`set_backend` or, for a block,
+:func:`use_backend` chooses:
 'reference' forces the reference everywhere, 'native' requires the C++ CPU kernels, 'cuda' or
 'triton' picks the kernels for CUDA tensors (CPU tensors then run as under 'auto').
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -35,6 +38,19 @@ def set_backend(name: str) -> None:
         raise RuntimeError(f"native backend unavailable: {native.IMPORT_ERROR}")
     native.set_gpu_backend(name if name in native.GPU_BACKENDS else "auto")
     _forced = name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """``with fnn_fast.use_backend("reference"): ...`` runs the block under that backend and
+    restores the one chosen before, also when the block raises. (The choice is process-wide:
+    other threads see it too while the block runs.)"""
+    previous = _forced
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
 
 
 def backends() -> dict:
