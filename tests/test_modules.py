@@ -11,7 +11,7 @@ import torch
 
 import fnn_fast
 from fnn_fast import FM, FNN
-from fnn_fast.ops import native, reference
+from fnn_fast.ops import gpu, reference
 
 
 def fm_direct(table, w0, ids, values):
@@ -246,7 +246,7 @@ def test_gpu_bounds_check_off_reads_no_cuda_ids(monkeypatch):
     try:
         ids = _cuda_like_ids()
         fnn_fast.ops.check_ids(ids, 10)
-        native._check_gpu_bounds(ids, 10)
+        gpu.check_bounds(ids, 10)
         read = {name for name, *_ in ids.mock_calls} - {"dim", "numel"}
         assert not read, f"the CUDA ids were read: {read}"
         with pytest.raises(IndexError, match="outside the table of 10 rows"):
@@ -259,7 +259,7 @@ def test_gpu_bounds_check_off_reads_no_cuda_ids(monkeypatch):
 
 
 def test_gpu_bounds_check_environment_variable():
-    script = "from fnn_fast.ops import native; print(native.GPU_BOUNDS_CHECK)"
+    script = "from fnn_fast.ops import gpu; print(gpu.BOUNDS_CHECK)"
     env = {**os.environ, "FNN_FAST_GPU_BOUNDS_CHECK": "0"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr

@@ -6,10 +6,10 @@ the same logits or z, the same values gradient and the same updated table and st
 import pytest
 import torch
 
-from fnn_fast.ops import native
+from fnn_fast.ops import checks, cpu, eager, library
 from fnn_fast.optim import OPTIMIZERS, RowUpdate
 
-pytestmark = pytest.mark.skipif(not native.available(), reason="fnn_fast._C was not built")
+pytestmark = pytest.mark.skipif(not cpu.available(), reason="fnn_fast._C was not built")
 
 
 def _inputs(seed, batch=29, slots=5, rows=40, factors=3):
@@ -30,13 +30,13 @@ def _run(wiring, op, kind, table, ids, values, upstream, *args):
     s1, s2 = rule.new_state(table)
     step = torch.zeros((), dtype=torch.int64)
     values = values.clone().requires_grad_()
-    state = (s1, s2, step, rule.hparams(), native.RULES[kind])
+    state = (s1, s2, step, rule.hparams(), checks.RULES[kind])
     if op == "fm":
-        call = native.fm_train if wiring == "eager" else native.fm_train_forward
+        call = eager.fm_forward_train if wiring == "eager" else library.fm_forward_train
         out, _ = call(table, ids, values, *state)
     else:
         slot_fields, num_fields, width = args
-        call = native.gather_train if wiring == "eager" else native.fnn_gather_train
+        call = eager.fnn_fields_train if wiring == "eager" else library.fnn_fields_train
         out = call(table, ids, values, slot_fields, num_fields, *state, width)
     (out * upstream).sum().backward()
     return out.detach(), values.grad, table, s1, s2, step
@@ -55,7 +55,7 @@ def test_fm_train_wirings_are_bit_identical(kind, seed):
 
 @pytest.mark.parametrize("kind", OPTIMIZERS)
 @pytest.mark.parametrize("slot_fields,width", [(None, 0), ([0, 1, 1, 2, 0], 16)])
-def test_fnn_gather_train_wirings_are_bit_identical(kind, slot_fields, width):
+def test_fnn_fields_train_wirings_are_bit_identical(kind, slot_fields, width):
     table, ids, values, g = _inputs(3)
     sf = None if slot_fields is None else torch.tensor(slot_fields)
     num_fields = 5 if sf is None else 3
@@ -74,6 +74,6 @@ def test_eager_training_takes_the_autograd_function():
     table, ids, values, _ = _inputs(4)
     rule = RowUpdate("sgd", lr=0.1)
     state = (*rule.new_state(table), torch.zeros((), dtype=torch.int64), rule.hparams(),
-             native.RULES["sgd"])  # fmt: skip
-    out, _ = native.fm_train(table.clone(), ids, values.requires_grad_(), *state)
+             checks.RULES["sgd"])  # fmt: skip
+    out, _ = eager.fm_forward_train(table.clone(), ids, values.requires_grad_(), *state)
     assert type(out.grad_fn).__name__ == "_FMTrainBackward"
