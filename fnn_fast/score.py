@@ -173,11 +173,13 @@ class Scorer:
 
     def predict_arrow(self, batch, skip_bad_rows: bool = False) -> np.ndarray:
         """Probabilities for an Arrow RecordBatch or Table whose columns are named as in the
-        model's schema (CSV, Parquet or Criteo columns). A bad row (say a numeric cell that is
-        not a number) is NaN with ``skip_bad_rows``, else raises DataError naming its row."""
-        schema = self.schema
-        if schema is None or schema.format == "libfm":
+        model's schema (CSV, Parquet or Criteo columns; a multi-valued column as text cells
+        with its separator, or as lists). The id column is not needed. A bad row (say a numeric
+        cell that is not a number) is NaN with ``skip_bad_rows``, else raises DataError naming
+        its row."""
+        if self.schema is None or self.schema.format == "libfm":
             raise ValueError("Arrow/pandas scoring needs a model trained on named columns")
+        schema = Schema.from_dict({**self.schema.to_dict(), "id_column": None})
         if isinstance(batch, pa.Table):
             batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else None
             if batch is None:
