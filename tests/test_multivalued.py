@@ -60,7 +60,7 @@ def write_csv(path, rows, weighted: bool = False, delimiter: str = ","):
         out = csv.writer(file, delimiter=delimiter)
         out.writerow(["id", "click", "site", "tags"])
         for row_id, click, site, tags, weights in rows:
-            cells = [f"{t}:{w:g}" for t, w in zip(tags, weights)] if weighted else tags
+            cells = [f"{t}:{w:g}" for t, w in zip(tags, weights, strict=True)] if weighted else tags
             out.writerow([row_id, click, site, "|".join(cells)])
     return path
 
@@ -68,7 +68,8 @@ def write_csv(path, rows, weighted: bool = False, delimiter: str = ","):
 def write_parquet(path, rows, weighted: bool = False, row_group_size: int = 1000):
     if weighted:
         tags = pa.array(
-            [list(zip(t, w)) for _, _, _, t, w in rows], type=pa.map_(pa.string(), pa.float64())
+            [list(zip(t, w, strict=True)) for _, _, _, t, w in rows],
+            type=pa.map_(pa.string(), pa.float64()),
         )
     else:
         tags = pa.array([t for _, _, _, t, _ in rows], type=pa.list_(pa.string()))
@@ -128,7 +129,11 @@ def test_a_bag_is_split_dropping_empty_items_and_keeping_repeats(tmp_path):
                multi_valued=parse_multi_valued("tags:pipe:mean"))  # fmt: skip
     rows = read_rows(path, s, progress=False)
     a, b, c, missing = (hash_token(t) for t in ("a", "b", "c", ""))
-    assert rows.keys[:, 1:].tolist() == [[a, a, b], [missing, PAD_KEY, PAD_KEY], [c, PAD_KEY, PAD_KEY]]
+    assert rows.keys[:, 1:].tolist() == [
+        [a, a, b],
+        [missing, PAD_KEY, PAD_KEY],
+        [c, PAD_KEY, PAD_KEY],
+    ]
     np.testing.assert_allclose(rows.values[:, 1:], [[1 / 3] * 3, [1, 0, 0], [1, 0, 0]])
 
 
@@ -165,16 +170,15 @@ def test_bad_declarations_are_refused(kwargs, message):
 def test_bad_bags_name_their_file_and_line(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text(
-        "click,site,tags\n1,s,a|b\n0,s,a|b|c\n1,s,a:0.5|b\n0,s,a:x\n1,s,a:1|b:-1\n"
-        "0,s,a:0.5|b:1.5\n"
+        "click,site,tags\n1,s,a|b\n0,s,a|b|c\n1,s,a:0.5|b\n0,s,a:x\n1,s,a:1|b:-1\n0,s,a:0.5|b:1.5\n"
     )
     with pytest.raises(DataError, match=r"bad\.csv:3: column tags holds 3 values, more than its "
                                         r"declared maximum of 2"):  # fmt: skip
         read_rows(path, schema(id_column=None, max_values=2), progress=False)
     with pytest.raises(DataError, match=r"bad\.csv:2: .*'a' has no weight"):
         read_rows(path, schema(id_column=None, weighted=True), progress=False)
-    rows = read_rows(path, schema(id_column=None, weighted=True, pooling="mean"), skip_bad_lines=True,
-                     progress=False)  # fmt: skip
+    weighted_mean = schema(id_column=None, weighted=True, pooling="mean")
+    rows = read_rows(path, weighted_mean, skip_bad_lines=True, progress=False)
     assert rows.lines.tolist() == [7]
     np.testing.assert_allclose(rows.values[0, 1:], [0.25, 0.75])
     reasons = "\n".join(rows.bad_examples)
@@ -247,12 +251,14 @@ def test_pooled_fields_and_fm_equal_a_hand_computation(tmp_path, encoder_kind, p
     z = fnn_fast.ops.fnn_input(fm.table.detach(), fm.w0.detach(), split.ids, split.values,
                                fnn.slot_fields, fnn.num_fields)  # fmt: skip
     logits = fm(split.ids, split.values).detach().double().numpy()
-    for i, (_, _, site, tags, weights) in enumerate(rows_in):
+    for i, (_, _, _, tags, weights) in enumerate(rows_in):
         ids = split.ids[i].tolist()
         x = np.array(weights, dtype=np.float64)
         if pooling == "mean":
             x = x / x.sum()
-        features = [(ids[0], 1.0)] + (list(zip(ids[1:], x)) if tags else [(ids[1], 1.0)])
+        features = [(ids[0], 1.0)] + (
+            list(zip(ids[1:], x, strict=False)) if tags else [(ids[1], 1.0)]
+        )
         bag = sum(xi * table[f] for f, xi in features[1:])
         np.testing.assert_allclose(z[i, 1:].numpy(), np.concatenate([table[ids[0]], bag]),
                                    rtol=1e-5, atol=1e-6)  # fmt: skip
@@ -315,6 +321,26 @@ def test_native_kernels_pool_bags_as_the_reference(widths, pooling, factors):
     assert torch.equal(short, z[rows])
     assert torch.equal(native.fm_scores(table, ids[rows][:, keep], values[rows][:, keep]),
                        native.fm_scores(table, ids[rows], values[rows]))  # fmt: skip
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("pooling", ["sum", "mean"])
+def test_cuda_models_pool_bags_as_the_reference(pooling):
+    widths = (1, 3, 1, 5)
+    ids, values, slot_fields = bag_batch(65, widths, 40, seed=2, pooling=pooling)
+    torch.manual_seed(0)
+    fm = FM(40, 8, init_std=0.3)
+    fnn = FNN.from_fm(fm, slot_fields=slot_fields.tolist(), hidden=(8,))
+    for model in (fm, fnn):
+        fnn_fast.set_backend("reference")
+        try:
+            with torch.no_grad():
+                expected = model(ids, values)
+        finally:
+            fnn_fast.set_backend("auto")
+        with torch.no_grad():
+            got = model.to("cuda")(ids.to("cuda"), values.to("cuda")).cpu()
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def train_both(make_model, rule: RowUpdate, batches):
@@ -442,7 +468,9 @@ def test_scoring_refuses_a_bag_longer_than_the_model_takes(tmp_path, ad_files):
     long.write_text("id,click,site,tags\nx,1,a,tag1\ny,0,b,tag1|tag2|tag3|tag4|tag5\n")
     with pytest.raises(DataError, match=r"long\.csv:3: field tags has 5 values; the model takes "
                                         r"at most 4"):  # fmt: skip
-        Split.encode(read_rows(long, load_model(out).schema, progress=False), load_model(out).encoder)
+        Split.encode(
+            read_rows(long, load_model(out).schema, progress=False), load_model(out).encoder
+        )
     scores = tmp_path / "s.csv"
     assert main(["score", "--model", str(out), "--input", str(long), "--output", str(scores),
                  "--skip-bad-lines", "--no-progress", "--workers", "0"]) == 0  # fmt: skip

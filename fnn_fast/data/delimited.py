@@ -14,8 +14,8 @@ import itertools
 
 import numpy as np
 
-from fnn_fast.data.errors import BadLines, DataError, MalformedLine
 from fnn_fast.data.bags import BagKeys
+from fnn_fast.data.errors import BadLines, DataError, MalformedLine
 from fnn_fast.data.rows import ArrayChunks, ParsedRows, bag_slots, join_fields
 from fnn_fast.data.schema import CRITEO_COLUMNS, Schema, criteo_columns_of
 from fnn_fast.data.textfile import TextPart, lines_of
@@ -82,7 +82,9 @@ def read_delimited(
             values.extend(categorical_values)
             if id_col is not None:
                 row_ids.append(cells[id_col])
-            for (bag_keys, bag_values, counts), (row_keys, row_values) in zip(bag_lists, row_bags):
+            for (bag_keys, bag_values, counts), (row_keys, row_values) in zip(
+                bag_lists, row_bags, strict=True
+            ):
                 bag_keys.extend(row_keys)
                 bag_values.extend(row_values)
                 counts.append(len(row_keys))

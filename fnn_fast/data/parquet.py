@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from fnn_fast.data.errors import BadLines, DataError, MalformedLine
 from fnn_fast.data.bags import MISSING_KEY, BagKeys, BagSpec
+from fnn_fast.data.errors import BadLines, DataError, MalformedLine
 from fnn_fast.data.rows import ParsedRows, bag_slots, into_layout, join_fields, widest_layout
 from fnn_fast.data.schema import Schema
 from fnn_fast.data.tokens import (
@@ -124,8 +124,9 @@ def _assemble(batches, schema: Schema, bad: BadLines, source: str) -> ParsedRows
     labels, keys, values, lines, row_ids, layouts = zip(*batches, strict=True)
     slot_fields = widest_layout(layouts, len(schema.field_names))
     if any(not np.array_equal(layout, slot_fields) for layout in layouts):
-        keys = [into_layout(k, have, slot_fields, PAD_KEY) for k, have in zip(keys, layouts)]
-        values = [into_layout(v, have, slot_fields, 0.0) for v, have in zip(values, layouts)]
+        pairs = list(zip(keys, values, layouts, strict=True))
+        keys = [into_layout(k, have, slot_fields, PAD_KEY) for k, _, have in pairs]
+        values = [into_layout(v, have, slot_fields, 0.0) for _, v, have in pairs]
     return ParsedRows(
         labels=np.concatenate(labels),
         keys=np.concatenate(keys),

@@ -337,8 +337,8 @@ _BYTE_ORDER_MARK = b"\xef\xbb\xbf"
 def native_text_layout(schema: Schema, encoder: FeatureEncoder, header: list[str] | None):
     """(delimiter, column slots, column kinds) for fnn_fast._C.DelimitedEncoder, or None where
     its fast path does not apply (not Criteo or CSV, an id column to pass through, multi-valued
-    columns, a model whose slots are not one per column, no native module). ``header``: the file's columns (Criteo: 40
-    by default, see criteo_columns)."""
+    columns, a model whose slots are not one per column, no native module). ``header``: the
+    file's columns (Criteo: 40 by default, see criteo_columns)."""
     if schema.format not in ("criteo", "csv") or schema.id_column is not None:
         return None
     if schema.multi_valued:  # the C++ reader takes a cell for one value
