@@ -460,12 +460,37 @@ def test_train_evaluate_and_score(tmp_path, ad_files, suffix, inputs, capsys):
     np.testing.assert_allclose(scorer.predict_pandas(table.to_pandas()), expected, rtol=1e-6)
 
 
-def test_scoring_refuses_a_bag_longer_than_the_model_takes(tmp_path, ad_files):
-    out = tmp_path / "model"
-    assert main(["train", "--train", str(ad_files["train.csv"]), "--out", str(out),
-                 *CSV_INPUT, *FAST, "--fm-epochs", "1", "--fnn-epochs", "1"]) == 0  # fmt: skip
+@pytest.fixture(scope="module")
+def weighted_model(tmp_path_factory, ad_files):
+    """A model trained briefly on weighted CSV bags (sum pooling)."""
+    folder = tmp_path_factory.mktemp("weighted")
+    train = write_csv(folder / "train.csv", ad_log(1500, seed=0), weighted=True)
+    inputs = [c if c != "tags:pipe:mean" else "tags:pipe:weighted" for c in CSV_INPUT]
+    out = folder / "model"
+    assert main(["train", "--train", str(train), "--out", str(out), *inputs, *FAST,
+                 "--fm-epochs", "1", "--fnn-epochs", "1"]) == 0  # fmt: skip
+    return out
+
+
+def test_export_takes_the_bags_values(weighted_model, tmp_path):
+    from fnn_fast.export import encode_file, serving_module, uses_values
+
+    test = write_csv(tmp_path / "t.csv", ad_log(200, seed=4), weighted=True)
+    saved = load_model(weighted_model)
+    assert uses_values(saved)
+    ids, values = encode_file(weighted_model, test)  # as `fnn-fast score` encodes the file
+    assert (values == 0).any() and not np.isin(values, (0, 1)).all()  # padding, weights
+    for which in ("fnn", "fm"):
+        expected = Scorer(saved, which=which).predict_ids(ids, values)
+        with torch.no_grad():
+            got = serving_module(saved, which)(torch.from_numpy(ids), torch.from_numpy(values))
+        np.testing.assert_allclose(got.double().numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_scoring_refuses_a_bag_longer_than_the_model_takes(tmp_path, weighted_model):
+    out = weighted_model
     long = tmp_path / "long.csv"
-    long.write_text("id,click,site,tags\nx,1,a,tag1\ny,0,b,tag1|tag2|tag3|tag4|tag5\n")
+    long.write_text("id,click,site,tags\nx,1,a,tag1:1\ny,0,b,t:1|t:1|t:1|t:1|t:1\n")
     with pytest.raises(DataError, match=r"long\.csv:3: field tags has 5 values; the model takes "
                                         r"at most 4"):  # fmt: skip
         Split.encode(
