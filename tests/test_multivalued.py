@@ -22,7 +22,7 @@ import fnn_fast
 from fnn_fast import FM, FNN, SparseRowOptimizer
 from fnn_fast.cli import main
 from fnn_fast.data import DataError, FeatureEncoder, HashedEncoder, Schema, read_rows
-from fnn_fast.data.bags import parse_multi_valued
+from fnn_fast.data.bags import BagSpec, parse_multi_valued
 from fnn_fast.data.cache import ensure_entry, open_rows
 from fnn_fast.data.parts import conform_slots
 from fnn_fast.data.tokens import PAD_KEY, hash_token
@@ -148,6 +148,28 @@ def test_multi_valued_option_syntax():
         parse_multi_valued("tags:|:median")
     with pytest.raises(ValueError, match="declared twice"):
         parse_multi_valued("tags:|,tags:;")
+
+
+def test_schema_round_trip_keeps_the_bags():
+    declared = Schema("csv", categorical=["site", "tags"], bag_pooling="mean",
+                      multi_valued=parse_multi_valued("tags:;:5:weighted"))  # fmt: skip
+    assert declared.bag("tags").pooling == "mean"  # the schema's default filled in
+    assert declared.bag("tags") == BagSpec(";", "mean", 5, weighted=True)
+    assert declared.bag("site") is None
+    assert Schema.from_dict(json.loads(json.dumps(declared.to_dict()))) == declared
+    old = {k: v for k, v in declared.to_dict().items() if k not in ("multi_valued", "bag_pooling")}
+    assert Schema.from_dict(old).multi_valued == {}  # a model saved before bags
+    with pytest.raises(ValueError, match="unknown settings"):
+        Schema("csv", categorical=["tags"], multi_valued={"tags": {"separator": "|", "n": 3}})
+
+
+def test_cli_names_a_bad_declaration(tmp_path, ad_files, capsys):
+    args = ["train", "--train", str(ad_files["train.csv"]), "--out", str(tmp_path / "m"),
+            "--format", "csv", "--label", "click", "--categorical", "site", *FAST]  # fmt: skip
+    assert main([*args, "--multi-valued", "tags:pipe"]) == 2
+    assert "'tags' must be a categorical column" in capsys.readouterr().err
+    assert main([*args, "--multi-valued", "site:pipe:max"]) == 2
+    assert "unknown option 'max'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

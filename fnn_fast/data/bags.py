@@ -55,20 +55,6 @@ class BagSpec:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def describe(self, column: str) -> str:
-        """The spec in the --multi-valued syntax."""
-        parts = [column, _separator_text(self.separator), self.pooling]
-        if self.max_values is not None:
-            parts.append(str(self.max_values))
-        if self.weighted:
-            parts.append("weighted")
-        return ":".join(parts)
-
-
-def _separator_text(separator: str | None) -> str:
-    names = {v: k for k, v in SEPARATOR_NAMES.items()}
-    return "" if separator is None else names.get(separator, separator)
-
 
 def parse_multi_valued(texts) -> dict[str, dict]:
     """``--multi-valued`` values (each ``COL[:SEP[:OPTION...]]``, several comma-separated) as

@@ -64,7 +64,7 @@ class Schema:
         if self.bag_pooling not in POOLINGS:
             raise ValueError(f"bag_pooling must be one of {POOLINGS}, not {self.bag_pooling!r}")
         self.multi_valued = {
-            column: BagSpec(**{"pooling": self.bag_pooling, **dict(spec)}).to_dict()
+            column: _bag_spec(column, spec, self.bag_pooling)
             for column, spec in dict(self.multi_valued).items()
         }
         if self.format == "libfm":
@@ -160,3 +160,11 @@ class Schema:
         if unknown:
             raise ValueError(f"unknown schema keys: {sorted(unknown)}")
         return cls(**{"numeric_rule": 1, **data})
+
+
+def _bag_spec(column: str, spec: dict, pooling: str) -> dict:
+    """A multi-valued column's settings, complete (pooling: the schema's default)."""
+    unknown = set(spec) - set(BagSpec.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"multi-valued column {column!r}: unknown settings {sorted(unknown)}")
+    return BagSpec(**{"pooling": pooling, **spec}).to_dict()
