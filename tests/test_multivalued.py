@@ -218,6 +218,8 @@ def test_bad_parquet_bags_name_their_row(tmp_path):
     pq.write_table(pa.table({"click": [1], "site": ["s"], "tags": ["a|b"]}), strings)
     with pytest.raises(DataError, match="declared multi-valued without a separator"):
         read_rows(strings, schema("parquet", None), progress=False)
+    with pytest.raises(DataError, match="declared weighted, but holds list<"):
+        read_rows(path, schema("parquet", None, weighted=True), progress=False)
     rows = read_rows(strings, schema("parquet", None, separator="|"), progress=False)
     assert rows.keys[0, 1:].tolist() == [hash_token("a"), hash_token("b")]
     weights = tmp_path / "weights.parquet"

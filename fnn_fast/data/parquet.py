@@ -243,6 +243,12 @@ def _list_bags(column: pa.Array, name: str, spec: BagSpec, tokens: TokenKeys, pa
     offsets = column.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
     begin, end = int(offsets[0]), int(offsets[-1])
     weighted = pa.types.is_map(column.type)
+    if spec.weighted and not weighted:
+        raise DataError(
+            path, None,
+            f"column {name} is declared weighted, but holds {column.type}: weighted values in "
+            "Parquet are a map<string, number> column (value -> weight)",
+        )  # fmt: skip
     items = (column.keys if weighted else column.values).slice(begin, end - begin)
     rows = np.repeat(np.arange(n), np.diff(offsets))
     keep = ~column.is_null().to_numpy(zero_copy_only=False)[rows]
