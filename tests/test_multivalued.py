@@ -26,7 +26,7 @@ from fnn_fast.data.bags import BagSpec, parse_multi_valued
 from fnn_fast.data.cache import ensure_entry, open_rows
 from fnn_fast.data.parts import conform_slots
 from fnn_fast.data.tokens import PAD_KEY, hash_token
-from fnn_fast.ops import native, reference
+from fnn_fast.ops import cpu, library, reference
 from fnn_fast.optim import RowUpdate
 from fnn_fast.saved import load_model
 from fnn_fast.score import Scorer, predict
@@ -320,7 +320,7 @@ def bag_batch(batch: int, widths, rows: int, seed: int, pooling: str):
 WIDTHS = [(1, 3, 1, 5), (4,), (1, 1, 2)]
 
 
-@pytest.mark.skipif(not native.available(), reason="fnn_fast._C was not built")
+@pytest.mark.skipif(not cpu.available(), reason="fnn_fast._C was not built")
 @pytest.mark.parametrize("widths", WIDTHS)
 @pytest.mark.parametrize("pooling", ["sum", "mean"])
 @pytest.mark.parametrize("factors", [3, 10])
@@ -329,9 +329,9 @@ def test_native_kernels_pool_bags_as_the_reference(widths, pooling, factors):
     ids, values, slot_fields = bag_batch(33, widths, 40, seed=len(widths), pooling=pooling)
     w0 = torch.tensor(0.3)
     fm_ref = reference.fm_forward(table.double(), w0.double(), ids, values.double())
-    torch.testing.assert_close(native.fm_scores(table, ids, values).double() + 0.3, fm_ref,
+    torch.testing.assert_close(library.fm_forward(table, ids, values).double() + 0.3, fm_ref,
                                rtol=1e-5, atol=1e-5)  # fmt: skip
-    z = native.fnn_gather(table, ids, values, slot_fields, len(widths))
+    z = library.fnn_fields(table, ids, values, slot_fields, len(widths))
     z_ref = reference.fnn_fields(table, ids, values, slot_fields, len(widths), sparse=False)
     torch.testing.assert_close(z, z_ref)
     # padded slots add exactly nothing: the same rows without them give the same bits
@@ -340,11 +340,11 @@ def test_native_kernels_pool_bags_as_the_reference(widths, pooling, factors):
         return
     rows = padded[:1]
     keep = values[rows[0]] != 0
-    short = native.fnn_gather(table, ids[rows][:, keep], values[rows][:, keep],
+    short = library.fnn_fields(table, ids[rows][:, keep], values[rows][:, keep],
                               slot_fields[keep], len(widths))  # fmt: skip
     assert torch.equal(short, z[rows])
-    assert torch.equal(native.fm_scores(table, ids[rows][:, keep], values[rows][:, keep]),
-                       native.fm_scores(table, ids[rows], values[rows]))  # fmt: skip
+    assert torch.equal(library.fm_forward(table, ids[rows][:, keep], values[rows][:, keep]),
+                       library.fm_forward(table, ids[rows], values[rows]))  # fmt: skip
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -393,7 +393,7 @@ def train_both(make_model, rule: RowUpdate, batches):
     return trained["reference"], trained["native"]
 
 
-@pytest.mark.skipif(not native.available(), reason="fnn_fast._C was not built")
+@pytest.mark.skipif(not cpu.available(), reason="fnn_fast._C was not built")
 @pytest.mark.parametrize("kind", ["sgd", "adagrad"])
 @pytest.mark.parametrize("model_kind", ["fm", "fnn"])
 def test_fused_training_on_bags_matches_the_reference(kind, model_kind):
