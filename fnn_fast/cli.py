@@ -714,9 +714,10 @@ def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> 
     for stage in ("fm", "fnn"):
         p.add_argument(
             f"--{stage}-early-stopping",
-            choices=("auc", "logloss"),
+            choices=("auto", "auc", "logloss"),
             default=getattr(defaults, f"{stage}_early_stopping"),
-            help=f"the validation metric that picks the {stage.upper()}'s best epoch",
+            help=f"the validation metric that picks the {stage.upper()}'s best epoch (auto: AUC "
+            "where the validation split has 200 rows of each class, else logloss)",
         )
     p.add_argument("--fm-epochs", type=int, default=defaults.fm_epochs, help="stage 1, at most")
     p.add_argument(
