@@ -10,18 +10,16 @@ import sys
 import textwrap
 
 import numpy as np
+import pandas as pd  # the test extra brings it
 import pyarrow as pa
 import pytest
 import torch
+from trained_models import CATEGORICAL, NUMERIC, cli_scores, write_csv, write_libfm
 
-pd = pytest.importorskip("pandas")
-
-from trained_models import CATEGORICAL, NUMERIC, cli_scores, write_csv, write_libfm  # noqa: E402
-
-import fnn_fast  # noqa: E402
-from fnn_fast.cli import main  # noqa: E402
-from fnn_fast.data import DataError, Schema  # noqa: E402
-from fnn_fast.train import TrainConfig  # noqa: E402
+import fnn_fast
+from fnn_fast.cli import main
+from fnn_fast.data import DataError, Schema
+from fnn_fast.train import TrainConfig
 
 COLUMNS = dict(label="label", categorical=CATEGORICAL, numeric=NUMERIC.split(","))
 QUICK = dict(fm_epochs=2, fnn_epochs=1, hidden=[16, 8], progress=False)
