@@ -79,6 +79,14 @@ class TrainedModel(SavedModel):
     history: dict = field(default_factory=dict)
     report: _Report | None = field(default=None, repr=False)
 
+    def __repr__(self) -> str:
+        fnn = "no FNN" if self.fnn is None else f"FNN hidden {self.fnn.hidden}"
+        read = "no input schema" if self.schema is None else f"reads {self.schema.format}"
+        return (
+            f"TrainedModel(FM {self.fm.num_features:,} features x {self.fm.num_factors} "
+            f"factors, {fnn}, {read})"
+        )
+
     @property
     def train_config(self) -> TrainConfig | None:
         """The :class:`~fnn_fast.train.TrainConfig` it was trained with (None if unknown)."""
@@ -108,7 +116,7 @@ class TrainedModel(SavedModel):
         class is NaN, as in ``fnn-fast evaluate``."""
         from fnn_fast.train import evaluate
 
-        rows = _read(data, "data", self._schema(), _Reading(progress=False))
+        rows = read_input(data, "data", self._schema(), InputOptions(progress=False))
         return evaluate(self.model(which), Split.encode(rows, self.encoder))
 
     def scorer(self, which: str = "fnn", batch_size: int = 8192, device: str = "cpu", **options):
@@ -193,7 +201,8 @@ def fit(
     (``fm_epochs=5``, ``hidden=[64, 32]``). ``out``: also write the model directory there,
     as the command does (``overwrite`` an earlier one); ``checkpoint_every`` (steps, or
     "10m") writes checkpoints into it and ``resume=True`` continues a killed run.
-    ``progress``: bars and the data summary on stderr, as the command prints them.
+    ``progress``: tqdm bars on stderr; the data summary and each epoch's line are printed
+    there as the command prints them.
     """
     config = make_config(config, **settings)
     device = resolve_device(device)  # before any data is read: no GPU is a quick error
@@ -214,9 +223,11 @@ def fit(
     for name, data in inputs.items():
         if data is not None:
             _check_input(data, name, schema)
+    if hash_space not in ("field", "shared"):
+        raise ValueError(f"hash_space must be 'field' or 'shared', not {hash_space!r}")
     if (checkpoint_every or resume) and out is None:
         raise ValueError("checkpoints are written into the model directory: give out= as well")
-    reading = _Reading(
+    reading = InputOptions(
         cache_dir=cache_dir, skip_bad_lines=skip_bad_lines, progress=progress,
         min_count=min_count, hash_buckets=hash_buckets, hash_space=hash_space,
     )  # fmt: skip
@@ -337,7 +348,7 @@ def _format_of(data) -> str:
 
 
 @dataclass
-class _Reading:
+class InputOptions:
     """How inputs are read and encoded (the command's input and encoder options)."""
 
     cache_dir: object = None
@@ -421,7 +432,7 @@ def _check_cache_dir(cache_dir) -> None:
         check_creatable(cache_dir, "cache")
 
 
-def _read(data, name: str, schema: Schema, reading: _Reading) -> ParsedRows:
+def read_input(data, name: str, schema: Schema, reading: InputOptions) -> ParsedRows:
     """Labelled rows of a file (through the cache with ``cache_dir``) or of a table; a bad row
     raises DataError naming it (rows of a table count from 1, as lines of a file), or is
     skipped and counted with ``skip_bad_lines``."""
@@ -443,7 +454,7 @@ def _read(data, name: str, schema: Schema, reading: _Reading) -> ParsedRows:
     return rows
 
 
-def fit_encoder(keys, slot_fields, field_names, reading: _Reading):
+def fit_encoder(keys, slot_fields, field_names, reading: InputOptions):
     """The vocabularies of the training keys, or with ``hash_buckets`` the hashed encoder (no
     vocabulary; the pass over the keys only measures the collisions)."""
     if reading.hash_buckets is None:
@@ -453,8 +464,6 @@ def fit_encoder(keys, slot_fields, field_names, reading: _Reading):
         )  # fmt: skip
     if reading.min_count != 1:
         raise ValueError("--min-count needs vocabularies: it cannot be used with --hash-buckets")
-    if reading.hash_space not in ("field", "shared"):
-        raise ValueError(f"hash_space must be 'field' or 'shared', not {reading.hash_space!r}")
     return HashedEncoder.fit(
         keys, slot_fields, field_names, buckets=reading.hash_buckets,
         shared=reading.hash_space == "shared", progress=reading.progress,
@@ -472,14 +481,14 @@ def _announce(rows: int, encoder, fields_: int, streamed: bool) -> None:
         print(encoder.describe_collisions(), file=sys.stderr)
 
 
-def load_splits(train, valid, test, schema: Schema, reading: _Reading, valid_fraction: float,
+def load_splits(train, valid, test, schema: Schema, reading: InputOptions, valid_fraction: float,
                 seed: int):  # fmt: skip
     """(train, valid, test or None, encoder) in memory; the encoder is fit on the training rows
     only (not on a validation part split off them)."""
-    train_rows = _read(train, "train", schema, reading)
+    train_rows = read_input(train, "train", schema, reading)
     train_index = valid_index = None  # None: all the rows
     if valid is not None:
-        valid_rows = _read(valid, "valid", schema, reading)
+        valid_rows = read_input(valid, "valid", schema, reading)
     else:
         if not 0 < valid_fraction < 1:
             raise ValueError(f"valid_fraction must be between 0 and 1, not {valid_fraction}")
@@ -494,11 +503,11 @@ def load_splits(train, valid, test, schema: Schema, reading: _Reading, valid_fra
     valid_split = Split.encode(valid_rows, encoder, valid_index)
     test_split = None
     if test is not None:
-        test_split = Split.encode(_read(test, "test", schema, reading), encoder)
+        test_split = Split.encode(read_input(test, "test", schema, reading), encoder)
     return train_split, valid_split, test_split, encoder
 
 
-def stream_splits(train, valid, test, schema: Schema, reading: _Reading, chunk_rows: int,
+def stream_splits(train, valid, test, schema: Schema, reading: InputOptions, chunk_rows: int,
                   shuffle_buffer: int):  # fmt: skip
     """As :func:`load_splits`, streamed: every split streams from its binary cache entry; the
     encoder is fitted on the training entry read by row ranges."""
@@ -527,7 +536,7 @@ def stream_splits(train, valid, test, schema: Schema, reading: _Reading, chunk_r
     return train_split, held_out(valid), test_split, encoder
 
 
-def _cache_entry(path, schema: Schema, reading: _Reading):
+def _cache_entry(path, schema: Schema, reading: InputOptions):
     """Streaming: the binary cache entry to stream ``path`` from (``path`` itself when it is
     one; else its entry in the cache directory, parsed into it on the first run)."""
     from fnn_fast.data.cache import check_entry, ensure_entry, read_meta
@@ -572,7 +581,7 @@ def _identity(data) -> list | None:
     return [str(path)] + [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
-def fingerprint(inputs: dict, config: TrainConfig, schema: Schema, reading: _Reading,
+def fingerprint(inputs: dict, config: TrainConfig, schema: Schema, reading: InputOptions,
                 valid_fraction: float | None, stream: tuple | None) -> dict:  # fmt: skip
     """What a resumed run must share with the checkpoint: its data and every setting that
     changes the model (not the checkpoint interval, progress, the cache directory).

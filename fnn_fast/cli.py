@@ -57,9 +57,9 @@ def _schema_from_args(args) -> Schema:
     )  # fmt: skip
 
 
-def _reading(args) -> api._Reading:
+def _reading(args) -> api.InputOptions:
     """How the input options read and encode the inputs."""
-    return api._Reading(
+    return api.InputOptions(
         cache_dir=getattr(args, "cache_dir", None), skip_bad_lines=args.skip_bad_lines,
         progress=not args.no_progress, min_count=getattr(args, "min_count", 1),
         hash_buckets=getattr(args, "hash_buckets", None),
@@ -68,7 +68,7 @@ def _reading(args) -> api._Reading:
 
 
 def _read(path, schema: Schema, args) -> ParsedRows:
-    return api._read(path, "data", schema, _reading(args))
+    return api.read_input(path, "data", schema, _reading(args))
 
 
 def _config_from_args(args) -> TrainConfig:
