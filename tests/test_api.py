@@ -259,3 +259,22 @@ def test_fit_and_load_are_exported_lazily():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal without CUDA")
+def test_a_missing_gpu_is_refused_before_any_data_is_read(tmp_path):
+    with pytest.raises(ValueError, match="CUDA is not available here"):
+        fnn_fast.fit(str(tmp_path / "missing.csv"), device="cuda", out=tmp_path / "m", **COLUMNS)
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fit_on_a_gpu(data):
+    _, _, frames = data
+    gpu = fnn_fast.fit(frames["train"], test=frames["test"], device="cuda", **COLUMNS, **QUICK)
+    assert gpu.metrics["device"].startswith("cuda")
+    assert all(p.device.type == "cpu" for p in gpu.fnn.parameters())  # back, ready to save
+    cpu = fnn_fast.fit(frames["train"], test=frames["test"], **COLUMNS, **QUICK)
+    p = gpu.predict(frames["test"])
+    assert np.isfinite(p).all()
+    assert abs(gpu.evaluate(frames["test"])["auc"] - cpu.evaluate(frames["test"])["auc"]) < 0.05
