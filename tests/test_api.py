@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pandas as pd  # the test extra brings it
@@ -210,39 +209,48 @@ def test_bad_input_is_named(data, tmp_path):
         fnn_fast.fit(train, **COLUMNS, **QUICK).predict(frames["test"].drop(columns="c2"))
 
 
-RESUME_SCRIPT = """
-import sys
+RESUME_FIT = """
 import pandas as pd
 import fnn_fast
 
-frame = pd.read_csv(sys.argv[1])
-frame.loc[0, "c1"] = sys.argv[3]  # the same rows, or one changed cell
-fnn_fast.fit(frame, valid=frame.iloc[:500], label="label", categorical=["c1", "c2", "c3"],
-             numeric="n1,n2", fm_epochs=2, fnn_epochs=2, hidden=[8], batch_size=128,
-             progress=False, out=sys.argv[2], checkpoint_every=10, resume="--resume" in sys.argv)
+def resumable_fit(path, out, cell, resume):
+    frame = pd.read_csv(path)
+    frame.loc[0, "c1"] = cell  # the same rows, or one changed cell
+    return fnn_fast.fit(
+        frame, valid=frame.iloc[:500], label="label", categorical=["c1", "c2", "c3"],
+        numeric="n1,n2", fm_epochs=2, fnn_epochs=2, hidden=[8], batch_size=128,
+        progress=False, out=out, checkpoint_every=10, resume=resume,
+    )
 """
 
 
 def test_checkpoints_and_resume_from_a_dataframe(data, tmp_path):
     _, files, _ = data
     script = tmp_path / "fit.py"
-    script.write_text(textwrap.dedent(RESUME_SCRIPT))
+    script.write_text(
+        RESUME_FIT + "\nimport sys\nresumable_fit(*sys.argv[1:4], '--resume' in sys.argv)\n"
+    )
 
-    def run(out, cell, *extra, kill=None):
+    def run(out, *extra, kill=None):
         env = {k: v for k, v in os.environ.items() if k != "FNN_FAST_TEST_KILL"}
         env["PYTHONPATH"] = os.pathsep.join(sys.path)
         if kill is not None:
             env["FNN_FAST_TEST_KILL"] = kill
-        command = [sys.executable, str(script), str(files["train"]), str(out), cell, *extra]
+        command = [sys.executable, str(script), str(files["train"]), str(out), "a1", *extra]
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
-    whole = run(tmp_path / "whole", "a1")
+    whole = run(tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr
     out = tmp_path / "killed"
-    assert run(out, "a1", kill="checkpoint:3").returncode == -9
-    changed = run(out, "a2", "--resume")
-    assert changed.returncode != 0 and "data train" in changed.stderr, changed.stderr
-    resumed = run(out, "a1", "--resume")
+    assert run(out, kill="checkpoint:3").returncode == -9
+    # other rows: refused (the checkpoint holds a hash of the table), nothing touched
+    namespace = {}
+    exec(RESUME_FIT, namespace)
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(ValueError, match="--resume refused.*data train"):
+        namespace["resumable_fit"](files["train"], out, "a2", resume=True)
+    assert sorted(p.name for p in out.iterdir()) == before
+    resumed = run(out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming at epoch" in resumed.stderr
     model = (out / "model.safetensors").read_bytes()
