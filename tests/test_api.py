@@ -286,3 +286,19 @@ def test_fit_on_a_gpu(data):
     p = gpu.predict(frames["test"])
     assert np.isfinite(p).all()
     assert abs(gpu.evaluate(frames["test"])["auc"] - cpu.evaluate(frames["test"])["auc"]) < 0.05
+
+
+def test_what_a_resume_checks_of_a_table():
+    from fnn_fast.api import _identity, _input
+
+    def identity(data):
+        return _identity(_input(data, "train"))
+
+    rows = {"a": list(range(10)), "b": [f"s{i}" for i in range(10)], "c": [None, 1.5] * 5}
+    table = pa.table(rows)
+    half = pa.table({k: v[:5] for k, v in rows.items()})
+    assert identity(table.slice(0, 5)) == identity(half)  # the same rows, other buffers
+    assert identity(table.slice(0, 5)) != identity(table.slice(5, 5))  # a slice's own rows
+    assert identity(pa.concat_tables([half.slice(0, 2), half.slice(2)])) == identity(half)
+    frame = table.to_pandas()
+    assert identity(frame) == identity(frame.copy()) != identity(frame.iloc[1:])
