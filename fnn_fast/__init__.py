@@ -11,7 +11,7 @@ with ``FNN_FAST_REQUIRE_NATIVE=1`` fails.
 
 from fnn_fast.modules import FM, FNN
 from fnn_fast.native_check import NativeKernelsMissing, check_native
-from fnn_fast.ops import backends, set_backend
+from fnn_fast.ops import backends, set_backend, use_backend
 from fnn_fast.optim import SparseRowOptimizer
 
 check_native()
@@ -27,6 +27,7 @@ __all__ = [
     "fit",
     "load",
     "set_backend",
+    "use_backend",
     "__version__",
 ]
 

@@ -179,7 +179,7 @@ def fit(
     train, valid=None, test=None, *,
     format: str | None = None, label: str | None = None, categorical=None, numeric=None,
     numeric_mode: str = "bucketize", id_column: str | None = None, delimiter: str | None = None,
-    featindex=None, schema: Schema | None = None,
+    featindex=None, multi_valued=None, bag_pooling: str = "sum", schema: Schema | None = None,
     valid_fraction: float = 0.2, min_count: int = 1, hash_buckets: int | None = None,
     hash_space: str = "field", config: TrainConfig | dict | None = None,
     out=None, overwrite: bool = False, device: str = "cpu", progress: bool = True,
@@ -196,7 +196,8 @@ def fit(
     libfm, criteo, csv or parquet, by default from a .csv / .parquet suffix; DataFrames and
     tables are read as parquet columns) with ``label``, ``categorical`` and ``numeric``
     columns (lists or comma-separated), ``numeric_mode``, ``id_column``, ``delimiter``,
-    ``featindex``. Training settings: ``config`` (a TrainConfig, or a dict such as
+    ``featindex``, ``multi_valued`` and ``bag_pooling`` (bag columns: see
+    :func:`make_schema`). Training settings: ``config`` (a TrainConfig, or a dict such as
     ``best.json``'s of ``fnn-fast tune``), then any TrainConfig field as a keyword
     (``fm_epochs=5``, ``hidden=[64, 32]``). ``out``: also write the model directory there,
     as the command does (``overwrite`` an earlier one); ``checkpoint_every`` (steps, or
@@ -210,10 +211,10 @@ def fit(
         schema = make_schema(
             format or _format_of(train), label=label, categorical=categorical, numeric=numeric,
             numeric_mode=numeric_mode, id_column=id_column, delimiter=delimiter,
-            featindex=featindex,
+            featindex=featindex, multi_valued=multi_valued, bag_pooling=bag_pooling,
         )  # fmt: skip
     elif any(x is not None for x in (format, label, categorical, numeric, id_column, delimiter,
-                                     featindex)):  # fmt: skip
+                                     featindex, multi_valued)):  # fmt: skip
         raise ValueError("give either schema= or the schema options (format, label, ...), not both")
     inputs = {name: _input(data, name) for name, data in (("train", train), ("valid", valid),
                                                           ("test", test))}  # fmt: skip
@@ -301,9 +302,13 @@ def make_config(config: TrainConfig | dict | None = None, **settings) -> TrainCo
 
 def make_schema(
     format: str, *, label=None, categorical=None, numeric=None, numeric_mode="bucketize",
-    id_column=None, delimiter=None, featindex=None,
+    id_column=None, delimiter=None, featindex=None, multi_valued=None, bag_pooling="sum",
 ) -> Schema:  # fmt: skip
-    """The input schema of the schema options (``fnn-fast train``'s --format, --label ...)."""
+    """The input schema of the schema options (``fnn-fast train``'s --format, --label ...).
+    ``multi_valued``: the bag columns, as the schema's mapping (column -> BagSpec fields, e.g.
+    ``{"tags": {"separator": "|", "pooling": "mean"}}``) or as --multi-valued's text
+    (``"tags:pipe:mean"``, or a list of them)."""
+    multi_valued = _bags(multi_valued)
     if format == "criteo":
         chosen = [n for n, v in (("label", label), ("categorical", categorical),
                                  ("numeric", numeric)) if v]  # fmt: skip
@@ -314,13 +319,25 @@ def make_schema(
             )
         # a delimiter: Criteo's columns in delimited text with a header line naming them
         criteo = Schema.criteo("csv" if delimiter else "criteo")
-        settings = {"numeric_mode": numeric_mode, "id_column": id_column, "delimiter": delimiter}
+        settings = {"numeric_mode": numeric_mode, "id_column": id_column, "delimiter": delimiter,
+                    "multi_valued": multi_valued, "bag_pooling": bag_pooling}  # fmt: skip
         return Schema.from_dict(criteo.to_dict() | settings)
     return Schema(
         format=format, label=label, categorical=_names(categorical), numeric=_names(numeric),
         numeric_mode=numeric_mode, id_column=id_column, delimiter=delimiter,
         featindex=str(Path(featindex).resolve()) if featindex else None,
+        multi_valued=multi_valued, bag_pooling=bag_pooling,
     )  # fmt: skip
+
+
+def _bags(multi_valued) -> dict:
+    if multi_valued is None:
+        return {}
+    if isinstance(multi_valued, dict):
+        return multi_valued
+    from fnn_fast.data.bags import parse_multi_valued
+
+    return parse_multi_valued(multi_valued)
 
 
 def _names(columns) -> list[str]:

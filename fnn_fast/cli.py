@@ -15,6 +15,7 @@ from fnn_fast import api
 from fnn_fast import export as export_command
 from fnn_fast.bench import command as bench_command
 from fnn_fast.data import DataError, HashedEncoder, ParsedRows, Schema
+from fnn_fast.data.bags import parse_multi_valued
 from fnn_fast.metrics import finite_or_none
 from fnn_fast.native_check import missing_native_reason, native_warning_shown
 from fnn_fast.outputs import (
@@ -53,7 +54,7 @@ def _schema_from_args(args) -> Schema:
     return api.make_schema(
         args.format, label=args.label, categorical=_columns(args.categorical),
         numeric=_columns(args.numeric), numeric_mode=args.numeric_mode, id_column=args.id_column,
-        delimiter=args.delimiter, featindex=args.featindex,
+        delimiter=args.delimiter, featindex=args.featindex, **_bag_settings(args),
     )  # fmt: skip
 
 
@@ -65,6 +66,14 @@ def _reading(args) -> api.InputOptions:
         hash_buckets=getattr(args, "hash_buckets", None),
         hash_space=getattr(args, "hash_space", "field"),
     )  # fmt: skip
+
+
+def _bag_settings(args) -> dict:
+    """The schema's multi-valued columns (--multi-valued) and their default pooling."""
+    return {
+        "multi_valued": parse_multi_valued(getattr(args, "multi_valued", None)),
+        "bag_pooling": getattr(args, "bag_pooling", None) or "sum",
+    }
 
 
 def _read(path, schema: Schema, args) -> ParsedRows:
@@ -463,6 +472,23 @@ def _add_input_options(
         )
         p.add_argument("--id-column", help="csv/parquet: pass-through id column for scores")
         p.add_argument("--delimiter", help="csv: column delimiter (default ',')")
+        p.add_argument(
+            "--multi-valued",
+            action="append",
+            metavar="COL:SEP[:OPTION...]",
+            help="csv/parquet: categorical columns holding several values (a bag) split by SEP "
+            "(a character, or comma, pipe, semicolon, space, tab, colon; none for Parquet "
+            "lists); OPTIONs: sum or mean, the most values a bag may hold (default: the "
+            "training file's busiest row), weighted (items TOKEN:WEIGHT). Comma-separated or "
+            "repeated, e.g. tags:pipe:mean,cats:;:4",
+        )
+        p.add_argument(
+            "--bag-pooling",
+            choices=("sum", "mean"),
+            default="sum",
+            help="how a bag's values pool where its column does not say (Parquet list columns "
+            "are bags without being declared)",
+        )
         p.add_argument("--cache-dir", help="keep parsed rows here (memory-mapped) for later runs")
     p.add_argument(
         "--skip-bad-lines",

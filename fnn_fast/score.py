@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from fnn_fast.data import DataError, ParsedRows, Schema
 from fnn_fast.data.errors import BadLines
-from fnn_fast.data.parquet import read_record_batch
+from fnn_fast.data.parquet import ColumnKeys, read_record_batch
 from fnn_fast.data.parts import (
     PART_BYTES,
     PART_ROWS,
@@ -49,7 +49,6 @@ from fnn_fast.data.parts import (
     overflow_reason,
     plan_parts,
 )
-from fnn_fast.data.tokens import NumericKeys, TokenKeys
 from fnn_fast.ops import check_ids
 from fnn_fast.outputs import (
     check_creatable,
@@ -174,33 +173,29 @@ class Scorer:
 
     def predict_arrow(self, batch, skip_bad_rows: bool = False) -> np.ndarray:
         """Probabilities for an Arrow RecordBatch or Table whose columns are named as in the
-        model's schema (CSV, Parquet or Criteo columns). A bad row (say a numeric cell that is
-        not a number) is NaN with ``skip_bad_rows``, else raises DataError naming its row."""
-        schema = self.schema
-        if schema is None or schema.format == "libfm":
+        model's schema (CSV, Parquet or Criteo columns; a multi-valued column as text cells
+        with its separator, or as lists). The id column is not needed. A bad row (say a numeric
+        cell that is not a number) is NaN with ``skip_bad_rows``, else raises DataError naming
+        its row."""
+        if self.schema is None or self.schema.format == "libfm":
             raise ValueError("Arrow/pandas scoring needs a model trained on named columns")
+        schema = Schema.from_dict({**self.schema.to_dict(), "id_column": None})
         if isinstance(batch, pa.Table):
             batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else None
             if batch is None:
                 return np.zeros(0)
         if not hasattr(self, "_column_keys"):
-            self._column_keys = (
-                {
-                    c: NumericKeys(c, schema.numeric_mode, schema.numeric_rule)
-                    for c in schema.numeric
-                },
-                {c: TokenKeys() for c in schema.categorical},
-            )
+            self._column_keys = ColumnKeys(schema)
         missing = [c for c in (*schema.numeric, *schema.categorical) if c not in batch.schema.names]
         if missing:
             raise DataError("<arrow batch>", None, f"columns missing: {', '.join(missing)}")
         bad = BadLines("<arrow batch>", skip_bad_rows, keep_all=True)
-        labels, keys, values, lines, _ = read_record_batch(
-            batch, 1, schema, *self._column_keys, bad, labelled=False
+        labels, keys, values, lines, _, slot_fields = read_record_batch(
+            batch, 1, schema, self._column_keys, bad, labelled=False
         )
         rows = ParsedRows(
-            labels, keys, values, np.arange(keys.shape[1], dtype=np.int64), schema.field_names,
-            lines=lines, source="<arrow batch>",
+            labels, keys, values, slot_fields, schema.field_names, lines=lines,
+            source="<arrow batch>",
         )  # fmt: skip
         out = np.full(batch.num_rows, np.nan)
         out[lines - 1] = self.predict_rows(rows, skip_bad_rows)
