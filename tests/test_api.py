@@ -302,3 +302,28 @@ def test_what_a_resume_checks_of_a_table():
     assert identity(pa.concat_tables([half.slice(0, 2), half.slice(2)])) == identity(half)
     frame = table.to_pandas()
     assert identity(frame) == identity(frame.copy()) != identity(frame.iloc[1:])
+
+
+def test_multi_valued_columns_from_text_and_from_lists(tmp_path):
+    rng = np.random.default_rng(5)
+    tags = [list(rng.choice(list("abcdefgh"), size=int(rng.integers(0, 4)))) for _ in range(1500)]
+    clicks = [int(rng.random() < (0.7 if "a" in t else 0.2)) for t in tags]
+    sites = [f"s{i}" for i in rng.integers(0, 9, 1500)]
+    frame = pd.DataFrame({"click": clicks, "site": sites, "tags": tags})
+    text = frame.assign(tags=["|".join(t) for t in tags])
+    text.to_csv(tmp_path / "rows.csv", index=False)
+    columns = dict(label="click", categorical=["site", "tags"], **QUICK)
+    from_csv = fnn_fast.fit(tmp_path / "rows.csv", multi_valued="tags:pipe:mean", **columns)
+    from_text = fnn_fast.fit(text, format="csv", multi_valued="tags:pipe:mean", **columns)
+    from_lists = fnn_fast.fit(frame, multi_valued={"tags": {"pooling": "mean"}}, **columns)
+    assert from_csv.schema.multi_valued["tags"]["separator"] == "|"
+    expected = from_csv.predict(tmp_path / "rows.csv")
+    np.testing.assert_array_equal(from_text.predict(text), expected)
+    for model in (from_text, from_lists):  # lists score as their text does
+        np.testing.assert_array_equal(model.predict(frame), expected)
+    frame.to_parquet(tmp_path / "rows.parquet")  # a list<string> column
+    saved = from_lists.save(tmp_path / "m")  # reads Parquet, as it was trained from Arrow
+    cli = cli_scores(saved, tmp_path / "rows.parquet", tmp_path / "s.npy")
+    np.testing.assert_allclose(cli, expected, rtol=0, atol=1e-6)
+    with pytest.raises(DataError, match="declare its separator"):
+        from_lists.predict(text)  # a model of list columns was given no separator
