@@ -398,7 +398,7 @@ def _input(data, name: str):
     if isinstance(data, pa.Table):
         kind = "Arrow table"
     elif type(data).__module__.split(".")[0] == "pandas" and hasattr(data, "columns"):
-        from fnn_fast.score import _arrow_table
+        from fnn_fast.score.scorer import _arrow_table
 
         kind, data = "DataFrame", _arrow_table(data)
     else:

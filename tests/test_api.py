@@ -13,7 +13,7 @@ import pandas as pd  # the test extra brings it
 import pyarrow as pa
 import pytest
 import torch
-from trained_models import CATEGORICAL, NUMERIC, cli_scores, write_csv, write_libfm
+from helpers import CATEGORICAL, NUMERIC, cli_scores, write_csv, write_libfm
 
 import fnn_fast
 from fnn_fast.cli import main
