@@ -394,7 +394,7 @@ def _run_side_by_side(contenders, case, preset, device, workspace, named, log) -
                 started = time.perf_counter()
                 try:
                     with contender.active():
-                        record.update(_finish_training(step, view, data))
+                        record.update(finish_training(step, view, data))
                 except Exception as error:  # noqa: BLE001
                     record.update(_failure(error, log))
                 record["wall_s"] += time.perf_counter() - started
@@ -407,7 +407,7 @@ def _run_side_by_side(contenders, case, preset, device, workspace, named, log) -
     return [records[c.name] for c in contenders]
 
 
-def _finish_training(step: ModelStep, view: CaseData, data: CaseData) -> dict:
+def finish_training(step: ModelStep, view: CaseData, data: CaseData) -> dict:
     """Train on the rest of the view's batches (untimed), so that every contender has taken the
     same steps on the same batches, then score the held-out batches: AUC, log loss, and the
     planted truth's own AUC (the best any model can reach)."""
