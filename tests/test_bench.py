@@ -87,7 +87,9 @@ def test_records_are_complete(tiny_run):
         assert (r["vs_bound"] is not None) == (r["case"] in bound)
         assert (r["read_gb_per_s"] is not None) == (r["backend"] == "gather-bound")
     if native.available():
-        assert bound and all(r["vs_bound"] == 1.0 for r in by(result.records, backend="gather-bound"))
+        assert bound and all(
+            r["vs_bound"] == 1.0 for r in by(result.records, backend="gather-bound")
+        )
 
 
 @pytest.mark.skipif(not native.available(), reason="fnn_fast._C was not built")

@@ -220,9 +220,18 @@ PRESETS = {
             "Zipf and uniform batches, batch 4096, longer timing: about 10 minutes on 2 cores",
             _cpu_kernels,
             Timing(min_repeats=10, min_time=2.0, max_time=10.0, warmup=2),
-            only=("reference", *COMPILED, "native", "fbgemm", "fbgemm-infer-fp32",
-                  "fbgemm-infer-fp16", "torch-adagrad", "gather-bound", "index_select",
-                  "mlp-only"),  # fmt: skip
+            only=(
+                "reference",
+                *COMPILED,
+                "native",
+                "fbgemm",
+                "fbgemm-infer-fp32",
+                "fbgemm-infer-fp16",
+                "torch-adagrad",
+                "gather-bound",
+                "index_select",
+                "mlp-only",
+            ),  # fmt: skip
         ),
         Preset(
             "tiny",

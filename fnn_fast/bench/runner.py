@@ -12,9 +12,9 @@ same case; the gather bound's own record gives the random-read rate it reached
 (the timed steps among them, the rest untimed) and scores held-out batches: ``auc``,
 ``logloss`` and ``steps`` come from the same run as the speed.
 
-A run refuses to start (:class:`~fnn_fast.bench.machine.NativeMissing`) when the native backend is among its contenders
-on CPU but fnn_fast's native build is not importable: the run would time the pure-PyTorch path
-where the native one was meant (an uninstalled source tree does this).
+A run refuses to start (:class:`~fnn_fast.bench.machine.NativeMissing`) when the native backend
+is among its contenders on CPU but fnn_fast's native build is not importable: the run would time
+the pure-PyTorch path where the native one was meant (an uninstalled source tree does this).
 """
 
 from __future__ import annotations

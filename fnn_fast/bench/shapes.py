@@ -163,8 +163,13 @@ class CaseData:
         batches = []
         for ids in draw_batches(self.shape, count, rng):
             labels = rng.random(ids.shape[0]) < planted_probabilities(ids, self.seed)
-            batches.append(Batch(torch.from_numpy(ids).to(self.device),
-                                 torch.from_numpy(labels).float().to(self.device), offsets))
+            batches.append(
+                Batch(
+                    torch.from_numpy(ids).to(self.device),
+                    torch.from_numpy(labels).float().to(self.device),
+                    offsets,
+                )
+            )
         return batches  # fmt: skip
 
     def view(self) -> CaseData:

@@ -259,9 +259,7 @@ class CompiledReference(Contender):
                 step()
         except Exception as error:  # noqa: BLE001 - any compiler failure is a reason to skip
             first = (str(error).strip().splitlines() or [""])[0][:160]
-            _compile_failures[key] = (
-                f"torch.compile cannot run it: {type(error).__name__}: {first}"
-            )
+            _compile_failures[key] = f"torch.compile cannot run it: {type(error).__name__}: {first}"
             raise SkipCase(_compile_failures[key]) from None
         return step
 

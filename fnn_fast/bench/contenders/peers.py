@@ -105,7 +105,9 @@ class _FbgemmModel(Scored):
     def logits(self, batch):
         ids = batch.field_major  # FBGEMM takes the ids field by field
         # its output is batch-major: [B, F * width]
-        rows = self.table(ids, _offsets(self.offsets, ids.numel())).view(-1, self.fields, self.width)
+        rows = self.table(ids, _offsets(self.offsets, ids.numel())).view(
+            -1, self.fields, self.width
+        )
         if self.layers is None:
             return fm_logits(rows, self.w0, self.factors)
         return self.layers(rows[..., : self.dim], self.w0)
