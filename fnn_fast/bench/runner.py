@@ -343,8 +343,11 @@ def _run_side_by_side(contenders, case, preset, device, workspace, named, log) -
     on its own view of the case's batches."""
     sync = device_sync(device)
     records, entries, steps = {}, [], {}
+    # Set up fnn_fast's own backends and the bounds first: where memory runs short (cold
+    # tables), the compiled variants and the peers are the ones skipped for it.
+    order = sorted(contenders, key=lambda c: (c.name.startswith("compiled"), c.kind == "peer"))
     try:
-        for contender in contenders:
+        for contender in order:
             record = records[contender.name] = _base_record(case, contender, device)
             record["fresh"] = case.fresh
             reason = skip_reason(contender, case, preset, device, named=named)
