@@ -473,10 +473,11 @@ def test_gather_bound_sums_each_samples_rows():
     from fnn_fast.bench.contenders.bounds import gather_sum
 
     generator = torch.Generator().manual_seed(5)
-    table = torch.randn(ODD.rows, ODD.dim, generator=generator)
-    ids = torch.randint(0, ODD.rows, (ODD.batch, 22), generator=generator)
-    out = gather_sum(table, ids, torch.empty(ODD.batch, ODD.dim))
-    torch.testing.assert_close(out, table[ids].sum(1))
+    for dim in (11, 17, 3):  # compiled-in widths and a generic one
+        table = torch.randn(ODD.rows, dim, generator=generator)
+        ids = torch.randint(0, ODD.rows, (ODD.batch, 22), generator=generator)
+        out = gather_sum(table, ids, torch.empty(ODD.batch, dim))
+        torch.testing.assert_close(out, table[ids].sum(1))
     ids[4, 7] = ODD.rows
     with pytest.raises(IndexError, match="at flat position 95"):
         gather_sum(table, ids, out)

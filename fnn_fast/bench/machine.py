@@ -70,6 +70,11 @@ def available_memory(device: str) -> int | None:
     return _meminfo("MemAvailable")
 
 
+def total_memory(device: str) -> int | None:
+    """The machine's memory (CPU) in bytes; None on GPU (the card is not shared) or unknown."""
+    return None if device == "cuda" else _meminfo("MemTotal")
+
+
 def machine_info(device: str) -> dict:
     import fnn_fast
 

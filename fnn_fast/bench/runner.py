@@ -40,7 +40,7 @@ from fnn_fast.bench.contenders import (
     SkipCase,
     all_contenders,
 )
-from fnn_fast.bench.machine import available_memory, machine_info, require_native
+from fnn_fast.bench.machine import available_memory, machine_info, require_native, total_memory
 from fnn_fast.bench.shapes import CaseData
 from fnn_fast.bench.traffic import op_bytes
 
@@ -54,6 +54,8 @@ RECORD_FIELDS = (
 MAX_REPEATS = 1000
 TURN_SECONDS = 0.25  # of timed calls a contender makes in a row, side by side with others
 MEMORY_HEADROOM = 0.8  # skip a contender whose tables would need more of the free memory
+# ... after leaving this share of the machine's memory free for its other users (CPU)
+MEMORY_RESERVE = 0.25
 
 
 @dataclass
@@ -257,8 +259,12 @@ def skip_reason(
     if reason is None and case.level != "quality":
         free = available_memory(device)
         needed = contender.memory_bytes(case)
-        if free is not None and needed > MEMORY_HEADROOM * free:
-            reason = f"needs about {needed / 2**30:.1f} GB, {free / 2**30:.1f} GB free"
+        usable = None if free is None else free - MEMORY_RESERVE * (total_memory(device) or 0)
+        if usable is not None and needed > MEMORY_HEADROOM * usable:
+            reason = (
+                f"needs about {needed / 2**30:.1f} GB, {free / 2**30:.1f} GB free (a quarter "
+                "of the memory is left to the machine's other users)"
+            )
     return reason
 
 
