@@ -7,7 +7,8 @@ settings:
 - ``fbgemm-infer-fp32``, ``fbgemm-infer-fp16``: FBGEMM's inference TBE
   (``IntNBitTableBatchedEmbeddingBagsCodegen``) with float32 or float16 weights, for scoring;
 - ``torchfm``: pytorch-fm's FactorizationMachineModel and FactorizationSupportedNeuralNetwork
-  Model, dense embedding gradients, Adam, as in its examples;
+  Model (with fnn_fast's layer sizes, no dropout), dense embedding gradients, Adam with its
+  examples' rate and weight decay;
 - ``torch-adagrad``: plain PyTorch as most users write it, ``nn.Embedding(sparse=True)`` with
   ``torch.optim.Adagrad`` (element-wise Adagrad: D state floats a row against row-wise
   Adagrad's one), the like-for-like peer of fnn_fast's default update;
@@ -303,7 +304,9 @@ class _TorchFMModel(Scored):
             cls = fnn.FactorizationSupportedNeuralNetworkModel
             self.module = cls(dims, spec.factors, mlp_dims=spec.hidden, dropout=0.0)
         self.module.to(spec.device)
-        self.optimizers = [torch.optim.Adam(self.module.parameters(), lr=PEER_ADAM_LR)]
+        from fnn_fast.peers import TORCHFM_ADAM  # its examples' optimizer settings
+
+        self.optimizers = [torch.optim.Adam(self.module.parameters(), **TORCHFM_ADAM)]
 
     def score(self, batch):
         self.module.eval()
@@ -327,7 +330,12 @@ class TorchFM(Contender):
         return reason_if_missing("torchfm.model.fm", "torchfm.model.fnn", install="torchfm")
 
     def optimizer(self, case):
-        return f"dense adam lr {PEER_ADAM_LR:g}"
+        from fnn_fast.peers import TORCHFM_ADAM
+
+        return (
+            f"dense Adam lr {TORCHFM_ADAM['lr']:g}, weight decay {TORCHFM_ADAM['weight_decay']:g} "
+            "(its examples); the FNN with fnn_fast's layer sizes, no dropout"
+        )
 
     def memory_bytes(self, case):
         return 4 * case.shape.rows * case.shape.dim * 4  # weights, dense gradient, Adam's two
