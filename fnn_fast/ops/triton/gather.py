@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fnn_fast.ops.triton._common import check_device, on_device
+from fnn_fast.ops.triton._common import check_device, load_weighted_rows, on_device
 from fnn_fast.ops.triton.fm import lookup_blocks
 from fnn_fast.ops.triton.sparse_update import sparse_update
 
@@ -59,19 +59,9 @@ def _fnn_fields_kernel(
             slots = first
         at = samples[:, None] * S + slots[None, :]
         present = sample_ok[:, None] & taken[None, :]
-        ids = tl.load(ids_ptr + at, mask=present, other=0)
-        # Callers check ids; this keeps a bad one from reading outside the table.
-        present = present & (ids >= 0) & (ids < R)
-        if HAS_VALUES:
-            x = tl.load(values_ptr + at, mask=present, other=0.0)
-        else:
-            x = present.to(tl.float32)
-        rows = tl.load(
-            table_ptr + ids[:, :, None] * D + cols[None, None, :],
-            mask=present[:, :, None] & col_ok[None, None, :],
-            other=0.0,
+        total += load_weighted_rows(
+            table_ptr, ids_ptr, values_ptr, at, present, cols, D, R, HAS_VALUES
         )
-        total += x[:, :, None] * rows
     tl.store(
         z_ptr + samples[:, None, None] * (F * D) + fields[None, :, None] * D + cols[None, None, :],
         total,
