@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from fnn_fast.ops import checks
+from fnn_fast.ops.checks import Hparams
 
 try:
     from fnn_fast import _C
@@ -27,9 +28,6 @@ else:
     _IMPORT_ERROR = None
 
 RULES = checks.RULES
-
-# The rule's hyperparameters: lr, weight_decay, eps, beta1, beta2.
-Hparams = tuple[float, float, float, float, float]
 
 # A row with more occurrences than this in a batch (a hot row) is cut into segments of this many,
 # summed by separate groups of lanes, then combined by one block in a fixed order; shorter runs

@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fnn_fast.ops.checks import Hparams
 from fnn_fast.ops.triton._common import (
     check_device,
     load_weighted_rows,
@@ -109,19 +110,10 @@ def fm_forward(
 
 
 def fm_backward_update(
-    table: torch.Tensor,
-    ids: torch.Tensor,
-    values: torch.Tensor | None,
-    sums: torch.Tensor,
-    grad_logits: torch.Tensor,
-    state1: torch.Tensor,
-    state2: torch.Tensor,
-    hparams: tuple[float, float, float, float, float],
-    rule: int,
-    step: int,
-    *,
-    window: int | None = None,
-) -> None:
+    table: torch.Tensor, ids: torch.Tensor, values: torch.Tensor | None, sums: torch.Tensor,
+    grad_logits: torch.Tensor, state1: torch.Tensor, state2: torch.Tensor, hparams: Hparams,
+    rule: int, step: int, *, window: int | None = None,
+) -> None:  # fmt: skip
     """Sum each present row's gradient g_b x (1, sums_b - x v_i) over the batch and apply the
     rule to it in place (``window``: see sparse_update)."""
     check_device(table)

@@ -29,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fnn_fast.ops.checks import Hparams
 from fnn_fast.ops.triton._common import adam_step_size, next_power_of_2, on_device
 
 SGD, ADAGRAD, ROWWISE_ADAGRAD, ADAM = 0, 1, 2, 3
@@ -324,7 +325,7 @@ def sparse_update(
     slot_fields: torch.Tensor | None,
     state1: torch.Tensor,
     state2: torch.Tensor,
-    hparams: tuple[float, float, float, float, float],
+    hparams: Hparams,
     rule: int,
     step: int,
     *,
