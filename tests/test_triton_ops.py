@@ -365,13 +365,13 @@ from fnn_fast.ops.triton import fm, gather, sparse_update
 
 INTS = {"keys_ptr": "*i32", "order_ptr": "*i64", "ids_ptr": "*i64", "slot_fields_ptr": "*i64",
         "field_slots_ptr": "*i64", "field_starts_ptr": "*i64", "field_counts_ptr": "*i64"}
-FLOATS = {"lr", "weight_decay", "eps", "beta1", "beta2", "step_size"}
+SCALARS = ("fp32",) * 6  # the rule's floats, one tuple argument
 
 def sm90(kernel, num_warps, **constexprs):
     signature = {
         name: "constexpr" if name in constexprs
         else INTS.get(name, "*fp32") if name.endswith("_ptr")
-        else "fp32" if name in FLOATS
+        else SCALARS if name == "scalars"
         else "i32"
         for name in kernel.arg_names
     }

@@ -162,7 +162,7 @@ def fnn_input(
 ):  # fmt: skip
     """The FNN's dense input z = [w0, z_1, ..., z_F]: [B, 1 + F (1 + K)]."""
     z = fnn_fields(table, ids, values, slot_fields, num_fields, sparse, fused)
-    return torch.cat([w0.reshape(1, 1).expand(z.shape[0], 1), z], dim=1)
+    return reference.with_w0(w0, z)
 
 
 def fnn_fields(

@@ -16,6 +16,9 @@ from torch import Tensor
 
 RULES = {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 2, "adam": 3}
 
+# A rule's hyperparameters as the kernels take them: lr, weight_decay, eps, beta1, beta2.
+Hparams = tuple[float, float, float, float, float]
+
 
 def _is_tensor(t) -> bool:
     return isinstance(t, Tensor)
@@ -220,7 +223,7 @@ def z_width(table: Tensor, num_fields: int, width: int) -> int:
     return max(width, num_fields * table.shape[1])
 
 
-def hyperparameters(hparams: Tensor) -> tuple[float, float, float, float, float]:
+def hyperparameters(hparams: Tensor) -> Hparams:
     """(lr, weight_decay, eps, beta1, beta2) as the kernels take them."""
     lr, weight_decay, eps, beta1, beta2 = hparams.tolist()
     return lr, weight_decay, eps, beta1, beta2

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from fnn_fast.ops import checks
+from fnn_fast.ops.checks import Hparams
 
 try:
     from fnn_fast import _C
@@ -135,6 +136,26 @@ def _workspace(table: Tensor, items: int, launch) -> tuple[Tensor, int]:
     return torch.empty(nbytes, dtype=torch.uint8, device=table.device), nbytes
 
 
+def _backward_update(
+    kernel: str, inputs: tuple, table: Tensor, ids: Tensor, values: Tensor | None,
+    state1: Tensor, state2: Tensor, hparams: Hparams, rule: int, step: int,
+) -> None:  # fmt: skip
+    """Checks the state and launches the backward kernel ``_C.cuda.<kernel>`` (the FM's or the
+    FNN's): its arguments are the table's and the batch's, then ``inputs`` (those of its kind),
+    then the rule's, the state's and the workspace's, which the two kernels share."""
+    _check_state(table, state1, state2, rule)
+    if ids.numel() == 0:
+        return
+    launch = _launch(table)
+    workspace, nbytes = _workspace(table, ids.numel(), launch)
+    lr, weight_decay, eps, beta1, beta2 = hparams
+    getattr(_C.cuda, kernel)(
+        table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
+        *ids.shape, *inputs, rule, lr, weight_decay, eps, beta1, beta2, step, _address(state1),
+        _address(state2), workspace.data_ptr(), nbytes, LONG_RUN, *launch,
+    )  # fmt: skip
+
+
 # --- The interface ----------------------------------------------------------------------------
 
 
@@ -152,34 +173,18 @@ def fm_forward(table: Tensor, ids: Tensor, values: Tensor | None, sums: Tensor |
 
 
 def fm_backward_update(
-    table: Tensor,
-    ids: Tensor,
-    values: Tensor | None,
-    sums: Tensor,
-    grad_logits: Tensor,
-    state1: Tensor,
-    state2: Tensor,
-    hparams: tuple[float, float, float, float, float],
-    rule: int,
-    step: int,
-) -> None:
+    table: Tensor, ids: Tensor, values: Tensor | None, sums: Tensor, grad_logits: Tensor,
+    state1: Tensor, state2: Tensor, hparams: Hparams, rule: int, step: int,
+) -> None:  # fmt: skip
     """Sums each present row's gradient g_b x (1, sums_b - x v) over its occurrences, adds
     weight decay once, and applies the rule to the row and its state in place."""
     _check_batch(table, ids, values)
     batch, slots = ids.shape
     _check_like("sums", sums, (batch, table.shape[1] - 1), torch.float32, table.device)
     _check_like("grad_logits", grad_logits, (batch,), torch.float32, table.device)
-    _check_state(table, state1, state2, rule)
-    if ids.numel() == 0:
-        return
-    launch = _launch(table)
-    workspace, nbytes = _workspace(table, ids.numel(), launch)
-    lr, weight_decay, eps, beta1, beta2 = hparams
-    _C.cuda.fm_backward_update(
-        table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
-        batch, slots, _address(sums), grad_logits.data_ptr(), rule, lr, weight_decay, eps,
-        beta1, beta2, step, _address(state1), _address(state2), workspace.data_ptr(), nbytes,
-        LONG_RUN, *launch,
+    _backward_update(
+        "fm_backward_update", (_address(sums), grad_logits.data_ptr()),
+        table, ids, values, state1, state2, hparams, rule, step,
     )  # fmt: skip
 
 
@@ -214,18 +219,10 @@ def fnn_fields(
 
 
 def fnn_fields_backward_update(
-    table: Tensor,
-    ids: Tensor,
-    values: Tensor | None,
-    slot_fields: Tensor | None,
-    num_fields: int,
-    grad_z: Tensor,
-    state1: Tensor,
-    state2: Tensor,
-    hparams: tuple[float, float, float, float, float],
-    rule: int,
+    table: Tensor, ids: Tensor, values: Tensor | None, slot_fields: Tensor | None,
+    num_fields: int, grad_z: Tensor, state1: Tensor, state2: Tensor, hparams: Hparams, rule: int,
     step: int,
-) -> None:
+) -> None:  # fmt: skip
     """Sums each present row's gradient x grad_z[b, field block] over its occurrences, adds
     weight decay once, and applies the rule to the row and its state in place."""
     _check_batch(table, ids, values)
@@ -236,15 +233,8 @@ def fnn_fields_backward_update(
     _check_like("slot_fields", slot_fields, (slots,), torch.int64, table.device)
     _check_like("grad_z", grad_z, (batch, num_fields * table.shape[1]), torch.float32,
                 table.device)  # fmt: skip
-    _check_state(table, state1, state2, rule)
-    if ids.numel() == 0:
-        return
-    launch = _launch(table)
-    workspace, nbytes = _workspace(table, ids.numel(), launch)
-    lr, weight_decay, eps, beta1, beta2 = hparams
-    _C.cuda.fnn_fields_backward_update(
-        table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
-        batch, slots, _address(slot_fields), num_fields, grad_z.data_ptr(), rule, lr,
-        weight_decay, eps, beta1, beta2, step, _address(state1), _address(state2),
-        workspace.data_ptr(), nbytes, LONG_RUN, *launch,
+    _backward_update(
+        "fnn_fields_backward_update",
+        (_address(slot_fields), num_fields, grad_z.data_ptr()),
+        table, ids, values, state1, state2, hparams, rule, step,
     )  # fmt: skip

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fnn_fast.ops import cpu, gpu, library, reference
+from fnn_fast.ops import cpu, gpu, library
 
 _FM = {"cpu": (cpu.fm_forward_train, cpu.fm_backward_update),
        "cuda": (gpu.fm_forward_train, gpu.fm_backward_update)}  # fmt: skip
@@ -32,20 +32,14 @@ class _FMTrain(torch.autograd.Function):
     def forward(ctx, table, ids, values, state1, state2, step, hparams, rule):
         forward, ctx.update = _FM[table.device.type]
         logits, sums = forward(table, ids, values, state1, state2, step, hparams, rule)
-        ctx.save_for_backward(table, ids, values, sums, state1, state2, step, hparams)
-        ctx.rule = rule
+        inputs = (table, ids, values, state1, state2, step, hparams, rule)
+        library.fm_setup_context(ctx, inputs, (logits, sums))
         ctx.mark_non_differentiable(sums)
         return logits, sums
 
     @staticmethod
     def backward(ctx, grad_logits, grad_sums):
-        table, ids, values, sums, state1, state2, step, hparams = ctx.saved_tensors
-        grad_values = None
-        if ctx.needs_input_grad[2]:  # before the update changes the rows
-            grad_values = reference.fm_values_grad(table, ids, values, sums, grad_logits)
-        ctx.update(table, ids, values, sums, grad_logits, state1, state2, step, hparams, ctx.rule)
-        torch.autograd.graph.increment_version((table, state1, state2))
-        return None, None, grad_values, *(None,) * 5
+        return library.fm_train_backward(ctx, grad_logits, ctx.update, bump_versions=True)
 
 
 class _FieldsTrain(torch.autograd.Function):
@@ -53,24 +47,15 @@ class _FieldsTrain(torch.autograd.Function):
     def forward(ctx, table, ids, values, slot_fields, num_fields, state1, state2, step, hparams,
                 rule, width):  # fmt: skip
         forward, ctx.update = _FIELDS[table.device.type]
-        z = forward(table, ids, values, slot_fields, num_fields, state1, state2, step, hparams,
-                    rule, width)  # fmt: skip
-        ctx.save_for_backward(table, ids, values, slot_fields, state1, state2, step, hparams)
-        ctx.num_fields, ctx.rule = num_fields, rule
+        inputs = (table, ids, values, slot_fields, num_fields, state1, state2, step, hparams,
+                  rule, width)  # fmt: skip
+        z = forward(*inputs)
+        library.fields_setup_context(ctx, inputs, z)
         return z
 
     @staticmethod
     def backward(ctx, grad_z):
-        table, ids, values, slot_fields, state1, state2, step, hparams = ctx.saved_tensors
-        grad_values = None
-        if ctx.needs_input_grad[2]:  # before the update changes the rows
-            grad_values = reference.fnn_fields_values_grad(
-                table, ids, slot_fields, ctx.num_fields, grad_z
-            )
-        ctx.update(table, ids, values, slot_fields, ctx.num_fields, grad_z, state1, state2, step,
-                   hparams, ctx.rule)  # fmt: skip
-        torch.autograd.graph.increment_version((table, state1, state2))
-        return None, None, grad_values, *(None,) * 8
+        return library.fields_train_backward(ctx, grad_z, ctx.update, bump_versions=True)
 
 
 def fm_forward_train(table, ids, values, state1, state2, step, hparams, rule):

@@ -64,23 +64,33 @@ def _(table, ids, values, sums, grad_logits, state1, state2, step, hparams, rule
     return None
 
 
-def _fm_setup_context(ctx, inputs, output):
+def fm_setup_context(ctx, inputs, output):
+    """Saves what the backward of fm_forward_train needs (``inputs`` its arguments, ``output``
+    its (logits, sums)); the eager wiring (``fnn_fast.ops.eager``) saves through it too."""
     table, ids, values, state1, state2, step, hparams, rule = inputs
     ctx.save_for_backward(table, ids, values, output[1], state1, state2, step, hparams)
     ctx.rule = rule
 
 
-def _fm_backward(ctx, grad_logits, grad_sums):
+def fm_train_backward(ctx, grad_logits, update, bump_versions=False):
+    """The gradients of fm_forward_train's inputs, after ``update`` (the kernel function or the
+    op) has applied the table's update; ``bump_versions``: the eager wiring, which calls the
+    kernel functions directly, bumps the version counters the op's mutates_args would."""
     table, ids, values, sums, state1, state2, step, hparams = ctx.saved_tensors
     grad_values = None
     if ctx.needs_input_grad[2]:  # before the update changes the rows
         grad_values = reference.fm_values_grad(table, ids, values, sums, grad_logits)
-    fm_backward_update(table, ids, values, sums, grad_logits, state1, state2, step, hparams,
-                       ctx.rule)  # fmt: skip
-    return None, None, grad_values, None, None, None, None, None
+    update(table, ids, values, sums, grad_logits, state1, state2, step, hparams, ctx.rule)
+    if bump_versions:
+        torch.autograd.graph.increment_version((table, state1, state2))
+    return None, None, grad_values, *(None,) * 5
 
 
-fm_forward_train.register_autograd(_fm_backward, setup_context=_fm_setup_context)
+def _fm_backward(ctx, grad_logits, grad_sums):
+    return fm_train_backward(ctx, grad_logits, fm_backward_update)
+
+
+fm_forward_train.register_autograd(_fm_backward, setup_context=fm_setup_context)
 
 
 # --- FNN fields (z without w0) -----------------------------------------------------------------
@@ -118,22 +128,32 @@ def _(table, ids, values, slot_fields, num_fields, grad_z, state1, state2, step,
     return None
 
 
-def _fields_setup_context(ctx, inputs, output):
+def fields_setup_context(ctx, inputs, output):
+    """Saves what the backward of fnn_fields_train needs (``inputs`` its arguments); the eager
+    wiring saves through it too."""
     table, ids, values, slot_fields, num_fields, state1, state2, step, hparams, rule, _ = inputs
     ctx.save_for_backward(table, ids, values, slot_fields, state1, state2, step, hparams)
     ctx.num_fields, ctx.rule = num_fields, rule
 
 
-def _fields_backward(ctx, grad_z):
+def fields_train_backward(ctx, grad_z, update, bump_versions=False):
+    """The gradients of fnn_fields_train's inputs, after ``update`` has applied the table's
+    update (``bump_versions``: as fm_train_backward)."""
     table, ids, values, slot_fields, state1, state2, step, hparams = ctx.saved_tensors
     grad_values = None
     if ctx.needs_input_grad[2]:  # before the update changes the rows
         grad_values = reference.fnn_fields_values_grad(
             table, ids, slot_fields, ctx.num_fields, grad_z
         )
-    fnn_fields_backward_update(table, ids, values, slot_fields, ctx.num_fields, grad_z, state1,
-                               state2, step, hparams, ctx.rule)  # fmt: skip
+    update(table, ids, values, slot_fields, ctx.num_fields, grad_z, state1, state2, step,
+           hparams, ctx.rule)  # fmt: skip
+    if bump_versions:
+        torch.autograd.graph.increment_version((table, state1, state2))
     return None, None, grad_values, *(None,) * 8
 
 
-fnn_fields_train.register_autograd(_fields_backward, setup_context=_fields_setup_context)
+def _fields_backward(ctx, grad_z):
+    return fields_train_backward(ctx, grad_z, fnn_fields_backward_update)
+
+
+fnn_fields_train.register_autograd(_fields_backward, setup_context=fields_setup_context)

@@ -39,13 +39,9 @@ def fm_forward(
 
 
 def fnn_fields(
-    table: torch.Tensor,
-    ids: torch.Tensor,
-    values: torch.Tensor | None = None,
-    slot_fields: torch.Tensor | None = None,
-    num_fields: int | None = None,
-    sparse: bool = True,
-) -> torch.Tensor:
+    table: torch.Tensor, ids: torch.Tensor, values: torch.Tensor | None = None,
+    slot_fields: torch.Tensor | None = None, num_fields: int | None = None, sparse: bool = True,
+) -> torch.Tensor:  # fmt: skip
     """z_1, ..., z_F with z_f = sum over slots of field f of x_s [w_s, v_s]: [B, F (1 + K)]."""
     rows = lookup(table, ids, values, sparse)
     batch, slots, dim = rows.shape
@@ -57,16 +53,15 @@ def fnn_fields(
 
 
 def fnn_input(
-    table: torch.Tensor,
-    w0: torch.Tensor,
-    ids: torch.Tensor,
-    values: torch.Tensor | None = None,
-    slot_fields: torch.Tensor | None = None,
-    num_fields: int | None = None,
-    sparse: bool = True,
-) -> torch.Tensor:
+    table: torch.Tensor, w0: torch.Tensor, ids: torch.Tensor, values: torch.Tensor | None = None,
+    slot_fields: torch.Tensor | None = None, num_fields: int | None = None, sparse: bool = True,
+) -> torch.Tensor:  # fmt: skip
     """The FNN's dense input z = [w0, z_1, ..., z_F]: [B, 1 + F (1 + K)]."""
-    z = fnn_fields(table, ids, values, slot_fields, num_fields, sparse)
+    return with_w0(w0, fnn_fields(table, ids, values, slot_fields, num_fields, sparse))
+
+
+def with_w0(w0: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """z [B, N] with the bias w0 as a first column: [B, 1 + N]."""
     return torch.cat([w0.reshape(1, 1).expand(z.shape[0], 1), z], dim=1)
 
 

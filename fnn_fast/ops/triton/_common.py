@@ -9,6 +9,7 @@ import struct
 
 import torch
 import triton
+import triton.language as tl
 
 
 def next_power_of_2(n: int) -> int:
@@ -56,3 +57,24 @@ def on_device(table: torch.Tensor):
     if table.device.type != "cuda":
         return contextlib.nullcontext()
     return torch.cuda.device(table.device)
+
+
+@triton.jit
+def load_weighted_rows(
+    table_ptr, ids_ptr, values_ptr, at, present, cols, D, R, HAS_VALUES: tl.constexpr
+):
+    """x table[id] [M, N, BLOCK_D] for the lookups at flat positions ``at`` [M, N] of ids and
+    values where ``present``; 0 elsewhere (every x is 1 without HAS_VALUES)."""
+    ids = tl.load(ids_ptr + at, mask=present, other=0)
+    # Callers check ids; this keeps a bad one from reading outside the table.
+    present = present & (ids >= 0) & (ids < R)
+    if HAS_VALUES:
+        x = tl.load(values_ptr + at, mask=present, other=0.0)
+    else:
+        x = present.to(tl.float32)
+    rows = tl.load(
+        table_ptr + ids[:, :, None] * D + cols[None, None, :],
+        mask=present[:, :, None] & (cols < D)[None, None, :],
+        other=0.0,
+    )
+    return x[:, :, None] * rows

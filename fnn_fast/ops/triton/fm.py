@@ -15,8 +15,10 @@ import torch
 import triton
 import triton.language as tl
 
+from fnn_fast.ops.checks import Hparams
 from fnn_fast.ops.triton._common import (
     check_device,
+    load_weighted_rows,
     multiprocessors,
     next_power_of_2,
     on_device,
@@ -51,19 +53,9 @@ def _fm_forward_kernel(
         slots = first_slot + tl.arange(0, BLOCK_S)
         at = samples[:, None] * S + slots[None, :]
         present = sample_ok[:, None] & (slots < S)[None, :]
-        ids = tl.load(ids_ptr + at, mask=present, other=0)
-        # Callers check ids; this keeps a bad one from reading outside the table.
-        present = present & (ids >= 0) & (ids < R)
-        if HAS_VALUES:
-            x = tl.load(values_ptr + at, mask=present, other=0.0)
-        else:
-            x = present.to(tl.float32)
-        rows = tl.load(
-            table_ptr + ids[:, :, None] * D + cols[None, None, :],
-            mask=present[:, :, None] & col_ok[None, None, :],
-            other=0.0,
+        weighted = load_weighted_rows(
+            table_ptr, ids_ptr, values_ptr, at, present, cols, D, R, HAS_VALUES
         )
-        weighted = x[:, :, None] * rows
         total += tl.sum(weighted, axis=1)
         squares += tl.sum(weighted * weighted, axis=1)
     linear = tl.sum(tl.where((cols == 0)[None, :], total, 0.0), axis=1)
@@ -118,19 +110,10 @@ def fm_forward(
 
 
 def fm_backward_update(
-    table: torch.Tensor,
-    ids: torch.Tensor,
-    values: torch.Tensor | None,
-    sums: torch.Tensor,
-    grad_logits: torch.Tensor,
-    state1: torch.Tensor,
-    state2: torch.Tensor,
-    hparams: tuple[float, float, float, float, float],
-    rule: int,
-    step: int,
-    *,
-    window: int | None = None,
-) -> None:
+    table: torch.Tensor, ids: torch.Tensor, values: torch.Tensor | None, sums: torch.Tensor,
+    grad_logits: torch.Tensor, state1: torch.Tensor, state2: torch.Tensor, hparams: Hparams,
+    rule: int, step: int, *, window: int | None = None,
+) -> None:  # fmt: skip
     """Sum each present row's gradient g_b x (1, sums_b - x v_i) over the batch and apply the
     rule to it in place (``window``: see sparse_update)."""
     check_device(table)

@@ -11,7 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fnn_fast.ops.triton._common import check_device, on_device
+from fnn_fast.ops.checks import Hparams
+from fnn_fast.ops.triton._common import check_device, load_weighted_rows, on_device
 from fnn_fast.ops.triton.fm import lookup_blocks
 from fnn_fast.ops.triton.sparse_update import sparse_update
 
@@ -59,19 +60,9 @@ def _fnn_fields_kernel(
             slots = first
         at = samples[:, None] * S + slots[None, :]
         present = sample_ok[:, None] & taken[None, :]
-        ids = tl.load(ids_ptr + at, mask=present, other=0)
-        # Callers check ids; this keeps a bad one from reading outside the table.
-        present = present & (ids >= 0) & (ids < R)
-        if HAS_VALUES:
-            x = tl.load(values_ptr + at, mask=present, other=0.0)
-        else:
-            x = present.to(tl.float32)
-        rows = tl.load(
-            table_ptr + ids[:, :, None] * D + cols[None, None, :],
-            mask=present[:, :, None] & col_ok[None, None, :],
-            other=0.0,
+        total += load_weighted_rows(
+            table_ptr, ids_ptr, values_ptr, at, present, cols, D, R, HAS_VALUES
         )
-        total += x[:, :, None] * rows
     tl.store(
         z_ptr + samples[:, None, None] * (F * D) + fields[None, :, None] * D + cols[None, None, :],
         total,
@@ -80,12 +71,9 @@ def _fnn_fields_kernel(
 
 
 def fnn_fields(
-    table: torch.Tensor,
-    ids: torch.Tensor,
-    values: torch.Tensor | None,
-    slot_fields: torch.Tensor | None,
-    num_fields: int,
-) -> torch.Tensor:
+    table: torch.Tensor, ids: torch.Tensor, values: torch.Tensor | None,
+    slot_fields: torch.Tensor | None, num_fields: int,
+) -> torch.Tensor:  # fmt: skip
     """z [B, num_fields * D], the FNN input without its w0 column."""
     check_device(table)
     batch, slots = ids.shape
@@ -114,20 +102,11 @@ def fnn_fields(
 
 
 def fnn_fields_backward_update(
-    table: torch.Tensor,
-    ids: torch.Tensor,
-    values: torch.Tensor | None,
-    slot_fields: torch.Tensor | None,
-    num_fields: int,
-    grad_z: torch.Tensor,
-    state1: torch.Tensor,
-    state2: torch.Tensor,
-    hparams: tuple[float, float, float, float, float],
-    rule: int,
-    step: int,
-    *,
+    table: torch.Tensor, ids: torch.Tensor, values: torch.Tensor | None,
+    slot_fields: torch.Tensor | None, num_fields: int, grad_z: torch.Tensor,
+    state1: torch.Tensor, state2: torch.Tensor, hparams: Hparams, rule: int, step: int, *,
     window: int | None = None,
-) -> None:
+) -> None:  # fmt: skip
     """Sum each present row's gradient x dL/dz[b, field block] over the batch and apply the
     rule to it in place (``window``: see sparse_update)."""
     check_device(table)

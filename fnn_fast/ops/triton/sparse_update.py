@@ -29,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fnn_fast.ops.checks import Hparams
 from fnn_fast.ops.triton._common import adam_step_size, next_power_of_2, on_device
 
 SGD, ADAGRAD, ROWWISE_ADAGRAD, ADAM = 0, 1, 2, 3
@@ -87,15 +88,12 @@ def _apply_rule(
     first,
     second,
     grad,  # [M, BLOCK_D] their summed gradients (0 where masked)
-    lr,
-    weight_decay,
-    eps,
-    beta1,
-    beta2,
-    step_size,  # adam: lr sqrt(1 - beta2^t) / (1 - beta1^t)
+    scalars,  # (lr, weight_decay, eps, beta1, beta2, step_size); adam's step_size:
+    # lr sqrt(1 - beta2^t) / (1 - beta1^t)
     RULE: tl.constexpr,
 ):
     # The math of csrc/cpu/row_update.h, with IEEE division and square root to match it.
+    lr, weight_decay, eps, beta1, beta2, step_size = scalars
     mask = update[:, None] & (cols < D)[None, :]
     offsets = rows[:, None] * D + cols[None, :]
     grad = grad + weight_decay * weight
@@ -138,12 +136,7 @@ def _window_update_kernel(
     D,
     R,
     GRAD_WIDTH,  # FNN: F * D, the row length of dL/dz
-    lr,
-    weight_decay,
-    eps,
-    beta1,
-    beta2,
-    step_size,
+    scalars,  # the rule's floats (see _apply_rule)
     FM: tl.constexpr,
     HAS_VALUES: tl.constexpr,
     HAS_SLOT_FIELDS: tl.constexpr,
@@ -227,7 +220,7 @@ def _window_update_kernel(
         a = a - tl.where((cols >= 1)[None, :], c[:, None] * weight, 0.0)
     _apply_rule(
         table_ptr, state1_ptr, state2_ptr, rows, whole, cols, D, weight, first, second, a,
-        lr, weight_decay, eps, beta1, beta2, step_size, RULE,
+        scalars, RULE,
     )  # fmt: skip
 
 
@@ -242,12 +235,7 @@ def _combine_kernel(
     N,
     D,
     R,
-    lr,
-    weight_decay,
-    eps,
-    beta1,
-    beta2,
-    step_size,
+    scalars,
     FM: tl.constexpr,
     RULE: tl.constexpr,
     WINDOW: tl.constexpr,
@@ -304,7 +292,7 @@ def _combine_kernel(
             a = a - tl.where((cols >= 1)[None, :], c * weight, 0.0)
         _apply_rule(
             table_ptr, state1_ptr, state2_ptr, rows, update, cols, D, weight, first, second, a,
-            lr, weight_decay, eps, beta1, beta2, step_size, RULE,
+            scalars, RULE,
         )  # fmt: skip
 
 
@@ -324,7 +312,7 @@ def sparse_update(
     slot_fields: torch.Tensor | None,
     state1: torch.Tensor,
     state2: torch.Tensor,
-    hparams: tuple[float, float, float, float, float],
+    hparams: Hparams,
     rule: int,
     step: int,
     *,
@@ -365,14 +353,14 @@ def sparse_update(
             keys, order, values if values is not None else grad, grad,
             sums if sums is not None else grad, slot_fields if slot_fields is not None else order,
             table, state1, state2, partial, partial_c,
-            lookups, slots, dim, num_rows, grad.shape[1] if grad.dim() == 2 else 0, *scalars,
+            lookups, slots, dim, num_rows, grad.shape[1] if grad.dim() == 2 else 0, scalars,
             FM=fm, HAS_VALUES=values is not None, HAS_SLOT_FIELDS=slot_fields is not None,
             RULE=rule, WINDOW=window, BLOCK_D=block_d,
             num_warps=max(1, min(8, window * block_d // 256)),  # 8 elements per thread
         )  # fmt: skip
         if windows > 1:
             _combine_kernel[(windows - 1,)](
-                keys, table, state1, state2, partial, partial_c, lookups, dim, num_rows, *scalars,
+                keys, table, state1, state2, partial, partial_c, lookups, dim, num_rows, scalars,
                 FM=fm, RULE=rule, WINDOW=window, BLOCK_W=min(64, next_power_of_2(windows)),
                 BLOCK_D=block_d, num_warps=1,
             )  # fmt: skip
