@@ -341,22 +341,22 @@ def _cmd_train_ranks(args) -> int:
     import torch
     import torch.distributed as dist
 
+    from fnn_fast.checkpoint import parse_every
     from fnn_fast.train import Ranks
 
-    for flag, given in (("--checkpoint-every", args.checkpoint_every), ("--resume", args.resume),
-                        ("--stream", args.stream)):  # fmt: skip
-        if given:
-            raise ValueError(f"{flag} is not supported under torchrun yet: train without it")
+    if args.stream:
+        raise ValueError("--stream is not supported under torchrun yet: train without it")
+    every = parse_every(args.checkpoint_every) if args.checkpoint_every else (None, None)
     device = resolve_device(args.device)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     timeout = datetime.timedelta(seconds=args.dist_timeout)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=timeout)
+    _init_ranks(backend, timeout)
     ranks = Ranks.current()
     try:
-        return _train_on_ranks(args, ranks, device)
+        return _train_on_ranks(args, ranks, device, every)
     except RuntimeError as error:  # torch.distributed's errors (DistError among them)
         print(
             f"fnn-fast: error: rank {ranks.rank} of {ranks.world_size}: a collective failed or "
@@ -371,15 +371,55 @@ def _cmd_train_ranks(args) -> int:
             dist.destroy_process_group()
 
 
-def _train_on_ranks(args, ranks, device) -> int:
+def _init_ranks(backend: str, timeout) -> None:
+    """init_process_group from torchrun's environment. Workers that torchrun restarted
+    (--max-restarts) meet under a prefix of their own in its store: torchrun (2.5 on) shares its
+    rendezvous store with the workers and keeps it over restarts, and the failed attempt's keys
+    (its peers' addresses) would be read again, a gloo connect to a dead port."""
     import torch.distributed as dist
 
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if attempt in ("", "0") or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        dist.init_process_group(backend, timeout=timeout)
+        return
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          is_master=False, timeout=timeout)  # fmt: skip
+    dist.init_process_group(
+        backend, store=dist.PrefixStore(f"fnn_fast/attempt_{attempt}", store),
+        rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout,
+    )  # fmt: skip
+
+
+def _ranks_resume(args, ranks) -> bool:
+    """Whether this job resumes: with --resume, or as workers that torchrun restarted
+    (--max-restarts) in a run of --checkpoint-every that has not finished. Rank 0's view of the
+    output directory decides for all."""
+    from fnn_fast.outputs import IN_PROGRESS, read_manifest
+
+    restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") not in ("", "0")
+    resume = bool(args.resume)
+    if not resume and restarted and args.checkpoint_every:
+        manifest = read_manifest(args.out) if Path(args.out).is_dir() else None
+        resume = bool(manifest and manifest.get("kind") == "model" and manifest.get(IN_PROGRESS))
+    return ranks.all_gather(resume)[0]
+
+
+def _train_on_ranks(args, ranks, device, every=(None, None)) -> int:
     """Every rank reads and encodes the whole input (the same encoder everywhere, checked),
     then trains on its slice of every global batch with the tables sharded over the ranks;
-    rank 0 writes the ordinary model directory, the other ranks write nothing."""
+    with --checkpoint-every each rank checkpoints its rows (--resume: on any number of ranks).
+    Rank 0 writes the ordinary model directory, the other ranks write nothing."""
+    import torch.distributed as dist
+
+    from fnn_fast.checkpoint import ShardedCheckpointer
+
     config = _config_from_args(args)
     _check_inputs(args, "--train", "--valid", "--test", "--featindex")
-    check_directory(args.out, args.overwrite, "model")
+    resume = _ranks_resume(args, ranks)
+    if resume:
+        check_resumable(args.out, "model")
+    else:
+        check_directory(args.out, args.overwrite, "model")
     args.input_format = args.format
     train, valid, test, encoder, schema = _load_splits(args)
     mine = (
@@ -391,23 +431,47 @@ def _train_on_ranks(args, ranks, device) -> int:
             "the ranks read different data or encoded it differently (features, rows, id sums "
             f"per rank: {ranks.all_gather(mine)}): give every rank the same files"
         )
+    checkpoint = None
+    if resume or args.checkpoint_every:
+        checkpoint = ShardedCheckpointer(
+            args.out, _fingerprint(args, config), *every, ranks=ranks,
+            num_features=encoder.num_features,
+        )  # fmt: skip
+    if resume:
+        loaded = checkpoint.load()
+        if ranks.main and loaded is None:
+            print("fnn-fast: no checkpoint was written yet: training from the start",
+                  file=sys.stderr)  # fmt: skip
+        elif ranks.main:
+            print(f"fnn-fast: resuming from the checkpoint of {loaded[0]['ranks']['world_size']} "
+                  f"ranks on {ranks.world_size} ranks", file=sys.stderr)  # fmt: skip
+    elif checkpoint is not None:
+        if ranks.main:
+            start_run(args.out, args.overwrite, "model")
+        ranks.all_gather(None)  # claimed before any rank writes into it
     result = train_two_stage(
-        train, valid, test, encoder, config, progress=not args.no_progress, device=device,
-        ranks=ranks,
+        train, valid, test, encoder, config, progress=not args.no_progress,
+        checkpoint=checkpoint, device=device, ranks=ranks,
     )  # fmt: skip
     rows_per_rank = ranks.all_gather(ranks.rows_trained)
     if not ranks.main:
         dist.barrier()  # the ranks leave together, after rank 0 has written the model
         return 0
-    extra = {
-        **_encoder_metrics(encoder), "device": str(device),
-        "world_size": ranks.world_size, "rows_per_rank": rows_per_rank,
-    }  # fmt: skip
-    with writing_directory(args.out, args.overwrite, "model") as out:
-        save_run(out, result, encoder, schema, config, extra=extra,
-                 report_split=test if test is not None else valid,
-                 split_name="test" if test is not None else "validation",
-                 data=_data_paths(args))  # fmt: skip
+    report = dict(
+        extra={
+            **_encoder_metrics(encoder), "device": str(device),
+            "world_size": ranks.world_size, "rows_per_rank": rows_per_rank,
+        },  # fmt: skip
+        report_split=test if test is not None else valid,
+        split_name="test" if test is not None else "validation",
+        data=_data_paths(args),
+    )
+    if checkpoint is None:
+        with writing_directory(args.out, args.overwrite, "model") as out:
+            save_run(out, result, encoder, schema, config, **report)
+    else:
+        save_run(args.out, result, encoder, schema, config, **report)
+        finish_run(args.out, "model", checkpoint.remove)
     dist.barrier()
     _print_metrics(result.metrics)
     print(f"model written to {args.out} by rank 0 of {ranks.world_size} "

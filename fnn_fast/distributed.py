@@ -586,6 +586,13 @@ class _ShardedModel(nn.Module):
         self.embedding.fuse_update(rule)
         return self
 
+    def fused_state(self) -> dict[str, torch.Tensor]:
+        """The row update's state of this rank's rows, and its step count (a checkpoint's)."""
+        return self.embedding.fused_state()
+
+    def load_fused_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.embedding.load_fused_state(state)
+
     def dense_parameters(self) -> list[nn.Parameter]:
         """The replicated parameters (everything but the table shard)."""
         return [p for p in self.parameters() if p is not self.embedding.table]

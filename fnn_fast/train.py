@@ -200,14 +200,22 @@ class Ranks:
         return out
 
 
+_FAULT_SEEN: list[int] = [0]
+
+
 def _test_fault(ranks: Ranks | None, step: int) -> None:
-    """Tests only: FNN_FAST_TEST_DIE="RANK:STEP" makes that rank exit at that training step
-    (of its first stage's first epoch), as a killed or crashed rank would."""
+    """Tests only: FNN_FAST_TEST_DIE="RANK:STEP[:TIMES]" makes that rank exit at the TIMES-th
+    (default: first) training step numbered STEP within an epoch (counted over the epochs of
+    both stages), as a killed or crashed rank would; not in workers that torchrun restarted
+    (TORCHELASTIC_RESTART_COUNT > 0)."""
     spec = os.environ.get("FNN_FAST_TEST_DIE")
-    if ranks is None or not spec:
+    if ranks is None or not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
         return
-    rank, at = (int(x) for x in spec.split(":"))
-    if ranks.rank == rank and step == at:
+    rank, at, times = ([int(x) for x in spec.split(":")] + [1])[:3]
+    if ranks.rank != rank or step != at:
+        return
+    _FAULT_SEEN[0] += 1
+    if _FAULT_SEEN[0] == times:
         print(f"fnn-fast: rank {rank}: exiting at step {step} (FNN_FAST_TEST_DIE)",
               file=sys.stderr, flush=True)  # fmt: skip
         os._exit(17)
@@ -403,9 +411,8 @@ def fit(
     rank draws the same order of global batches and steps on its slice of each, its summed loss
     divided by the global batch's size and the dense gradients summed over the ranks: one
     process's step on the whole batch. Metrics and early stopping are the same on all ranks;
-    only rank 0 logs. Checkpoints are not written then."""
-    if ranks is not None and checkpoint is not None:
-        raise ValueError("checkpoints are not written under torchrun yet")
+    only rank 0 logs. The checkpoint is then a
+    :class:`fnn_fast.checkpoint.ShardedCheckpointer` (each rank saves its rows)."""
     log = _log if ranks is None or ranks.main else (lambda message: None)
     progress = progress and (ranks is None or ranks.main)
     generator = torch.Generator().manual_seed(seed)

@@ -1,6 +1,9 @@
 """`torchrun ... -m fnn_fast train` end to end: two gloo ranks on 127.0.0.1 write the model and
 metrics one process writes (to ~1e-5), record the world size and each rank's rows, and a rank
-that dies stops the others with an error within --dist-timeout instead of a hang."""
+that dies stops the others with an error within --dist-timeout instead of a hang. With
+--checkpoint-every: torchrun's restart (--max-restarts 1) after a rank died resumes from the last
+sharded checkpoint, and a checkpoint of 2 ranks resumes on 3; both end with one process's
+metrics."""
 
 from __future__ import annotations
 
@@ -56,28 +59,84 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_ranks_write_what_one_process_writes(files, tmp_path):
-    assert main(train_args(files, tmp_path / "one")) == 0
-    run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "fnn_fast", *train_args(files, tmp_path / "two", "--dist-timeout", "30")],
-        env=env(), capture_output=True, text=True, timeout=120,
+@pytest.fixture(scope="module")
+def one_process(files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one") / "model"
+    assert main(train_args(files, out)) == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def torchrun(files, out, ranks, *extra, restarts=0, die=None, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+         str(ranks), "--max-restarts", str(restarts), "--monitor-interval", "0.2",
+         "-m", "fnn_fast", *train_args(files, out, "--dist-timeout", "30", *extra)],
+        env=env(**({"FNN_FAST_TEST_DIE": die} if die else {})),
+        capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
-    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    assert one["world_size"] == 1 and two["world_size"] == 2
-    # each rank trained on half of every batch: together, what one process trained on
-    assert len(two["rows_per_rank"]) == 2 and sum(two["rows_per_rank"]) == one["rows_per_rank"][0]
-    assert min(two["rows_per_rank"]) > 0.45 * one["rows_per_rank"][0]
+
+
+def assert_same_metrics(one, two, rows=True):
     for stage in ("fm", "fnn"):
         assert one[stage]["epochs"] == two[stage]["epochs"]
         for key, value in one[stage].items():
             if isinstance(value, float):
                 assert two[stage][key] == pytest.approx(value, abs=1e-5), (stage, key)
+    if rows:  # each rank trained on its slice of every batch: together, one process's rows
+        assert sum(two["rows_per_rank"]) == one["rows_per_rank"][0]
+
+
+def test_two_ranks_write_what_one_process_writes(files, one_process, tmp_path):
+    run = torchrun(files, tmp_path / "two", 2)
+    assert run.returncode == 0, run.stderr[-3000:]
+    one = one_process
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert one["world_size"] == 1 and two["world_size"] == 2
+    assert len(two["rows_per_rank"]) == 2
+    assert min(two["rows_per_rank"]) > 0.45 * one["rows_per_rank"][0]
+    assert_same_metrics(one, two)
     # the ordinary model directory: score and evaluate read it as one process's
     assert load_model(tmp_path / "two").fnn is not None
     assert not (tmp_path / "two" / "checkpoint").exists()
+
+
+def test_restarted_workers_resume_from_the_last_checkpoint(files, one_process, tmp_path):
+    """Rank 1 dies in the 4th epoch's step 20 (the FNN's first; 25 steps an epoch, 75 in the
+    FM); torchrun restarts both workers, which resume from the checkpoint of the FNN's step 15
+    (the 90th step) and finish the run."""
+    out = tmp_path / "run"
+    run = torchrun(files, out, 2, "--checkpoint-every", "10", restarts=1, die="1:20:4")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "exiting at step 20 (FNN_FAST_TEST_DIE)" in run.stderr
+    assert "resuming from the checkpoint of 2 ranks on 2 ranks" in run.stderr
+    assert "FNN: resuming at epoch 1, step 15" in run.stderr, run.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert_same_metrics(one_process, metrics)
+    assert metrics["world_size"] == 2 and len(metrics["rows_per_rank"]) == 2
+    assert not any((out / name).exists() for name in ("checkpoint", "checkpoint.prev"))
+    assert load_model(out).fnn is not None
+
+
+def test_a_checkpoint_of_two_ranks_resumes_on_three(files, one_process, tmp_path):
+    out = tmp_path / "run"
+    died = torchrun(files, out, 2, "--checkpoint-every", "10", die="1:25")
+    assert died.returncode != 0 and "FNN_FAST_TEST_DIE" in died.stderr
+    saved = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert saved["stage"] == "fm" and saved["fit"]["step"] == 20
+    assert saved["ranks"]["world_size"] == 2
+    assert sorted(p.name for p in (out / "checkpoint").iterdir()) == [
+        "dense.safetensors", "shard-00000-of-00002.safetensors",
+        "shard-00001-of-00002.safetensors", "state.json",
+    ]  # fmt: skip
+    # one process refuses it, naming what to do
+    assert main(train_args(files, out, "--checkpoint-every", "10", "--resume")) == 2
+    run = torchrun(files, out, 3, "--checkpoint-every", "10", "--resume")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "resuming from the checkpoint of 2 ranks on 3 ranks" in run.stderr
+    assert "FM: resuming at epoch 1, step 20" in run.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 3 and len(metrics["rows_per_rank"]) == 3
+    assert_same_metrics(one_process, metrics)
 
 
 def test_a_dead_rank_stops_the_others_within_the_timeout(files, tmp_path):
@@ -120,7 +179,6 @@ def test_a_dead_rank_stops_the_others_within_the_timeout(files, tmp_path):
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
-def test_torchrun_refuses_checkpoints_for_now(files, tmp_path, monkeypatch):
+def test_torchrun_refuses_stream_for_now(files, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    args = train_args(files, tmp_path / "out", "--checkpoint-every", "10")
-    assert main(args) == 2
+    assert main(train_args(files, tmp_path / "out", "--stream")) == 2
