@@ -404,6 +404,160 @@ def _ranks_resume(args, ranks) -> bool:
     return ranks.all_gather(resume)[0]
 
 
+SHARE_FORMATS = ("libfm", "criteo", "csv")  # text read by byte ranges: each rank its share
+
+
+def _rank_splits(args, ranks):
+    """As _load_splits for a torchrun job: (train, valid, test, encoder, schema). A text
+    --train (libFM, Criteo, CSV; not through --cache-dir) is read in shares: rank r parses the
+    lines that start in the r-th of N equal byte ranges of the file, so the ranks' shares in
+    rank order are the file. The split off for validation is drawn over the whole file as one
+    process draws it. The vocabulary is fitted on every rank's training keys: each rank counts
+    its own, rank 0 merges the counts and sends the encoder to all (one process's encoder).
+    train is a RankSplit (each rank its rows, in global order); the validation split is whole
+    on every rank (read by each, or gathered from their shares); the test split is read by rank
+    0 only (it is evaluated there, on the gathered model). Other inputs: every rank reads all."""
+    import torch
+
+    from fnn_fast.distributed import RankSplit
+
+    schema = _schema_from_args(args)
+    if schema.format not in SHARE_FORMATS or args.cache_dir is not None:
+        train, valid, test, encoder, schema = _load_splits(args)
+        return train, valid, test if ranks.main else None, encoder, schema
+    rows = _read_share(args.train, schema, args, ranks)
+    layouts = ranks.all_gather((len(rows), rows.field_names, rows.slot_fields.tolist()))
+    layouts = [layout[1:] for layout in layouts if layout[0]]  # an empty share has none
+    if layouts and not len(rows):
+        slots = len(layouts[0][1])
+        rows = ParsedRows(labels=np.zeros(0, np.float32), keys=np.zeros((0, slots), np.int64),
+                          values=np.zeros((0, slots), np.float32),
+                          slot_fields=np.asarray(layouts[0][1], np.int64),
+                          field_names=list(layouts[0][0]))  # fmt: skip
+    if any(layout != layouts[0] for layout in layouts):  # say, a multi-valued libFM field
+        if ranks.main:
+            print("fnn-fast: the ranks' shares of --train have different slot layouts: every "
+                  "rank reads the whole file", file=sys.stderr)  # fmt: skip
+        train, valid, test, encoder, schema = _load_splits(args)
+        return train, valid, test if ranks.main else None, encoder, schema
+    counts = ranks.all_gather(len(rows))
+    total, low = sum(counts), sum(counts[: ranks.rank])
+    if total == 0:
+        raise DataError(args.train, None, "no rows to train on")
+    train_index, valid_index = np.arange(len(rows)), None
+    if not args.valid:  # the one process's split of the whole file, each rank its rows of it
+        order = np.random.default_rng(args.seed).permutation(total)
+        cut = int(round(total * (1 - args.valid_fraction)))
+        mine = [np.sort(order[:cut]), np.sort(order[cut:])]
+        del order
+        train_index, valid_index = (
+            rows_[(rows_ >= low) & (rows_ < low + len(rows))] - low for rows_ in mine
+        )
+    keys = rows.keys if valid_index is None else rows.keys[train_index]
+    encoder = _fit_encoder_ranks(keys, rows.slot_fields, rows.field_names, args, ranks)
+    del keys
+    if ranks.main:
+        print(f"{sum(ranks.all_gather(len(train_index))):,} training rows (rank 0 of "
+              f"{ranks.world_size} holds {len(train_index):,}), {encoder.num_features:,} "
+              f"features in {len(rows.field_names)} fields", file=sys.stderr)  # fmt: skip
+    else:
+        ranks.all_gather(len(train_index))
+    if isinstance(encoder, HashedEncoder) and ranks.main:
+        print(encoder.describe_collisions(), file=sys.stderr)
+    local = Split.encode(rows, encoder, train_index if valid_index is not None else None)
+    labels = torch.cat(ranks.all_gather(local.labels))
+    train = RankSplit(local, [len(t) for t in ranks.all_gather(local.labels)], labels, ranks.group)
+    if args.valid:
+        valid = Split.encode(_read(args.valid, schema, args), encoder)
+    else:  # the ranks' validation rows, gathered in rank (= file) order
+        part = Split.encode(rows, encoder, valid_index)
+        values = part.values if part.values is not None else torch.ones(part.ids.shape)
+        pieces = ranks.all_gather((part.ids, values, part.labels))
+        values = torch.cat([v for _, v, _ in pieces])
+        valid = Split(ids=torch.cat([i for i, _, _ in pieces]),
+                      values=None if bool((values == 1).all()) else values,
+                      labels=torch.cat([y for _, _, y in pieces]))  # fmt: skip
+    del rows
+    test = None
+    if args.test and ranks.main:
+        test = Split.encode(_read(args.test, schema, args), encoder)
+    return train, valid, test, encoder, schema
+
+
+def _read_share(path, schema: Schema, args, ranks) -> ParsedRows:
+    """This rank's share of a text file: the lines that start in its byte range."""
+    from fnn_fast.data.errors import BadLines
+    from fnn_fast.data.parts import Part, criteo_columns, csv_header, read_text_part, text_part
+    from fnn_fast.data.readers import read_rows
+
+    size = os.path.getsize(path)
+    start = size * ranks.rank // ranks.world_size
+    stop = size * (ranks.rank + 1) // ranks.world_size
+    part = Part(0, ranks.rank, str(path), "text", start, stop, size=stop - start)
+    data, _ = read_text_part(part)
+    header = None
+    if schema.format == "criteo":
+        header = criteo_columns(path)
+    elif schema.format == "csv" and start > 0:
+        header = csv_header(path, schema)
+    try:
+        rows = read_rows(path, schema, bad=BadLines(path, args.skip_bad_lines), progress=False,
+                         part=text_part(data, start == 0, header))  # fmt: skip
+    except DataError as error:  # its line counted from the share's first: the file's line
+        if error.line is None or start == 0:
+            raise
+        raise DataError(error.path, error.line + _lines_before(path, start), error.reason) \
+            from None
+    if rows.bad_lines:
+        print(f"{path} (rank {ranks.rank}'s share): skipped {rows.bad_lines} bad line(s)",
+              file=sys.stderr)  # fmt: skip
+    return rows
+
+
+def _lines_before(path, offset: int) -> int:
+    """The lines of ``path`` before the first one that starts at or after ``offset``."""
+    with open(path, "rb") as file:
+        head = file.read(offset)
+        if head.endswith(b"\n"):
+            return head.count(b"\n")
+        return head.count(b"\n") + (1 if file.readline() else 0)
+
+
+def _fit_encoder_ranks(keys, slot_fields, field_names, args, ranks):
+    """The encoder one process fits on the training keys of every rank: each rank counts its
+    keys, rank 0 merges the counts (vocabularies; with --hash-buckets the distinct keys, for
+    the collision report) and sends the encoder to all."""
+    import torch.distributed as dist
+
+    from fnn_fast.data.encoder import _frequent, _merge, count_keys
+
+    hashed = getattr(args, "hash_buckets", None) is not None
+    if hashed and args.min_count != 1:
+        raise ValueError("--min-count needs vocabularies: it cannot be used with --hash-buckets")
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    counted = count_keys(keys, slot_fields, len(field_names), progress=False)
+    mine = [_merge(parts) if parts else empty for parts in counted]
+    everyone = [None] * ranks.world_size if ranks.main else None
+    root = dist.get_global_rank(ranks.group, 0) if ranks.group is not None else 0
+    dist.gather_object(mine, everyone, dst=root, group=ranks.group)
+    encoder = None
+    if ranks.main:
+        per_field = [[counts[f] for counts in everyone] for f in range(len(field_names))]
+        if hashed:
+            encoder = HashedEncoder(field_names, slot_fields, args.hash_buckets,
+                                    args.hash_space == "shared")  # fmt: skip
+            encoder.collisions = encoder.collision_report(
+                [np.unique(np.concatenate([k for k, _ in parts])) for parts in per_field]
+            )
+        else:
+            vocabs = [_frequent(parts, args.min_count) for parts in per_field]
+            encoder = FeatureEncoder(field_names, slot_fields, vocabs, args.min_count)
+        del everyone, per_field
+    box = [encoder]
+    dist.broadcast_object_list(box, src=root, group=ranks.group)
+    return box[0]
+
+
 def _train_on_ranks(args, ranks, device, every=(None, None)) -> int:
     """Every rank reads and encodes the whole input (the same encoder everywhere, checked),
     then trains on its slice of every global batch with the tables sharded over the ranks;
@@ -421,15 +575,16 @@ def _train_on_ranks(args, ranks, device, every=(None, None)) -> int:
     else:
         check_directory(args.out, args.overwrite, "model")
     args.input_format = args.format
-    train, valid, test, encoder, schema = _load_splits(args)
+    train, valid, test, encoder, schema = _rank_splits(args, ranks)
     mine = (
         encoder.num_features, len(train), None if valid is None else len(valid),
-        None if test is None else len(test), int(train.ids.sum()), float(train.labels.sum()),
+        None if valid is None else int(valid.ids.sum()), train.click_rate(),
     )  # fmt: skip
     if len(set(ranks.all_gather(mine))) != 1:
         raise ValueError(
-            "the ranks read different data or encoded it differently (features, rows, id sums "
-            f"per rank: {ranks.all_gather(mine)}): give every rank the same files"
+            "the ranks read different data or encoded it differently (features, training "
+            f"rows, validation rows and id sum, click rate per rank: {ranks.all_gather(mine)}): "
+            "give every rank the same files"
         )
     checkpoint = None
     if resume or args.checkpoint_every:

@@ -747,3 +747,83 @@ class ShardedFNN(_ShardedModel):
             z = torch.cat([self.w0.reshape(1, 1).expand(fields.shape[0], 1), fields], dim=1)
             return self.output(self.hidden_layers(z[:, : 1 + width])).squeeze(-1)
         return fnn_head(fields, width, self.w0, self.hidden_layers, self.output)
+
+
+# --- the training rows, shared out between the ranks -------------------------------------------
+
+
+class RankSplit:
+    """This rank's rows of a training split the ranks hold between them: rank r holds the
+    global rows [offset_r, offset_r + n_r) (the ranks' shares in order make the split one
+    process reads). Every rank draws the same order of global batches, as one process over the
+    whole split (``batches`` with a generator), and steps on the rows of each batch it holds
+    (any number, none included); so N ranks take the steps one process takes on the same
+    global batches. ``labels``: the whole split's labels (every rank holds them, for the
+    metrics), ``len``: the whole split's rows.
+
+    ``local``: this rank's rows (an in-memory :class:`fnn_fast.train.Split`); ``counts``:
+    every rank's number of rows, in rank order; ``labels``: every rank's labels concatenated."""
+
+    per_rank = True
+
+    def __init__(self, local, counts: Sequence[int], labels: torch.Tensor, group=None):
+        self.local, self.group = local, group
+        self.rank, self.world_size = _world(group)
+        self.counts = [int(c) for c in counts]
+        if len(self.counts) != self.world_size or self.counts[self.rank] != len(local):
+            raise ValueError(f"counts {self.counts} do not fit rank {self.rank}'s "
+                             f"{len(local)} rows of {self.world_size} ranks")  # fmt: skip
+        self.offset = sum(self.counts[: self.rank])
+        self.total = sum(self.counts)
+        if len(labels) != self.total:
+            raise ValueError(f"{len(labels)} labels for {self.total} rows")
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return self.total
+
+    def click_rate(self) -> float:
+        """The whole split's share of positive labels (as Split.click_rate)."""
+        return float(self.labels.sum(dtype=torch.float64)) / self.total if self.total else 0.5
+
+    def for_evaluation(self) -> RankSplit:
+        return self
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None, *,
+                start_step: int = 0, sizes=None, **_):  # fmt: skip
+        """With ``generator``: the rows this rank holds of each global batch (in the order the
+        generator draws, as Split.batches over the whole split), each global batch's size
+        appended to ``sizes``. Without: this rank's rows in batches (RBM pre-training)."""
+        local = self.local
+        if generator is None:
+            yield from local.batches(batch_size, start_step=start_step)
+            return
+        order = torch.randperm(self.total, generator=generator)
+        low, high = self.offset, self.offset + len(local)
+        for start in range(start_step * batch_size, self.total, batch_size):
+            rows = order[start : start + batch_size]
+            index = rows[(rows >= low) & (rows < high)] - low
+            if sizes is not None:
+                sizes.append(len(rows))
+            values = None if local.values is None else local.values.index_select(0, index)
+            yield local.ids.index_select(0, index), values, local.labels.index_select(0, index)
+
+    @torch.no_grad()
+    def predict_logits(self, model: nn.Module, batch_size: int = 8192):
+        """Logits [N] of the whole split (numpy float32), the same on every rank (collective):
+        each rank predicts its rows, in as many calls as the rank with the most rows needs."""
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        out = torch.zeros(self.total, dtype=torch.float32, device=device)
+        local = self.local
+        for start in range(0, max(self.counts), batch_size):
+            rows = slice(min(start, len(local)), min(start + batch_size, len(local)))
+            ids = local.ids[rows].to(device)
+            values = None if local.values is None else local.values[rows].to(device)
+            at = self.offset + rows.start
+            out[at : at + ids.shape[0]] = model(ids, values).to(torch.float32)
+        model.train(was_training)
+        out = out.to(_comm_device(self.group, out.device))
+        dist.all_reduce(out, group=self.group)
+        return out.cpu().numpy()

@@ -306,7 +306,10 @@ def predict_logits_ranks(model: torch.nn.Module, split, ranks: Ranks,
                          batch_size: int = 8192) -> np.ndarray:  # fmt: skip
     """As :func:`predict_logits` for a sharded model (collective): each rank computes its slice
     of every batch and the slices are summed into one [N] vector (each row comes from one rank,
-    the others add zeros), the same on every rank."""
+    the others add zeros), the same on every rank. A split the ranks hold between them
+    (:class:`fnn_fast.distributed.RankSplit`) predicts its own."""
+    if getattr(split, "per_rank", False):
+        return split.predict_logits(model, batch_size)
     was_training = model.training
     model.eval()
     device = model_device(model)
@@ -470,11 +473,15 @@ def fit(
             leave=False,
             disable=None if progress else True,
         )
-        batches = train.batches(
-            batch_size, generator, epoch=epoch, seed=seed, start_step=start_step
-        )
         sizes: deque[int] = deque()  # the global batches' sizes, in order
-        batches = to_device(_rank_slices(batches, ranks, sizes), model_device(model))
+        if getattr(train, "per_rank", False):  # each rank holds its rows of the split
+            batches = train.batches(batch_size, generator, start_step=start_step, sizes=sizes)
+        else:
+            batches = train.batches(
+                batch_size, generator, epoch=epoch, seed=seed, start_step=start_step
+            )
+            batches = _rank_slices(batches, ranks, sizes)
+        batches = to_device(batches, model_device(model))
         for step, (ids, values, labels) in enumerate(batches, start_step + 1):
             global_rows = sizes.popleft()
             for optimizer in optimizers:
@@ -766,6 +773,8 @@ def train_fnn(
         full = fnn.cpu()
         fnn = ShardedFNN.from_fnn(full, group=ranks.group).to(device)
         del full  # each rank keeps its rows only
+        if config.pretrain == "rbm" and not resuming:  # pre-trained on each rank's rows:
+            fnn.broadcast_dense()  # rank 0's layers for all
         fnn.fuse_update(
             RowUpdate(
                 config.fnn_optimizer, config.fnn_embedding_lr, config.fnn_weight_decay,

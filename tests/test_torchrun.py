@@ -14,9 +14,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from fnn_fast.cli import main
+from fnn_fast.data import DataError
 from fnn_fast.data.synthetic import plant_model, write_libfm
 from fnn_fast.saved import load_model
 
@@ -63,7 +65,7 @@ def free_port() -> int:
 def one_process(files, tmp_path_factory):
     out = tmp_path_factory.mktemp("one") / "model"
     assert main(train_args(files, out)) == 0
-    return json.loads((out / "metrics.json").read_text())
+    return {**json.loads((out / "metrics.json").read_text()), "out": out}
 
 
 def torchrun(files, out, ranks, *extra, restarts=0, die=None, timeout=120):
@@ -96,8 +98,57 @@ def test_two_ranks_write_what_one_process_writes(files, one_process, tmp_path):
     assert min(two["rows_per_rank"]) > 0.45 * one["rows_per_rank"][0]
     assert_same_metrics(one, two)
     # the ordinary model directory: score and evaluate read it as one process's
-    assert load_model(tmp_path / "two").fnn is not None
+    model, alone = load_model(tmp_path / "two"), load_model(one["out"])
+    assert model.fnn is not None
     assert not (tmp_path / "two" / "checkpoint").exists()
+    # the vocabulary merged from the ranks' counts is the one process's
+    assert len(model.encoder.vocabs) == len(alone.encoder.vocabs)
+    for mine, theirs in zip(model.encoder.vocabs, alone.encoder.vocabs, strict=True):
+        assert mine.tolist() == theirs.tolist()
+    # each rank read its share of the file (half of the lines, give or take a line's bytes)
+    assert "training rows (rank 0 of 2 holds" in run.stderr
+
+
+@pytest.mark.parametrize("kind", ["libfm", "csv", "criteo"])
+def test_the_ranks_shares_make_the_file(kind, files, tmp_path):
+    """_read_share for 1 to 5 ranks (and more ranks than lines): the shares in rank order are
+    the rows one read of the whole file gives; a bad line is named by its line in the file."""
+    from fnn_fast.cli import _read_share, _schema_from_args, build_parser
+    from fnn_fast.data.readers import read_rows
+    from fnn_fast.data.schema import CRITEO_COLUMNS
+    from fnn_fast.train import Ranks
+
+    path = tmp_path / "train.libfm"  # a copy: a bad line is written into it below
+    path.write_text(files["train"].read_text())
+    options = ["--format", kind]
+    if kind != "libfm":
+        rows = [line.split() for line in path.read_text().splitlines()]
+        if kind == "csv":
+            path = tmp_path / "train.csv"
+            body = [",".join([r[0]] + [c.split(":")[0] for c in r[1:]]) for r in rows]
+            path.write_text("label,a,b,c,d,e\n" + "\n".join(body) + "\n")
+            options += ["--label", "label", "--categorical", "a,b,c,d,e"]
+        else:
+            path = tmp_path / "train.criteo"
+            width = len(CRITEO_COLUMNS) - 1
+            body = ["\t".join([r[0]] + [""] * 13 + [c.split(":")[0] for c in r[1:]]
+                              + [""] * (width - 13 - len(r) + 1)) for r in rows]  # fmt: skip
+            path.write_text("\n".join(body) + "\n")
+    args = build_parser().parse_args(["train", "--train", str(path), "--out", "x", *options])
+    schema = _schema_from_args(args)
+    whole = read_rows(path, schema, progress=False)
+    for world in (1, 2, 3, 5, 4000):
+        shares = [_read_share(path, schema, args, Ranks(rank, world)) for rank in range(world)]
+        assert all(s.field_names == whole.field_names for s in shares if len(s))
+        assert np.array_equal(np.concatenate([s.labels for s in shares]), whole.labels)
+        assert np.array_equal(np.concatenate([s.keys for s in shares if len(s)]), whole.keys)
+        assert np.array_equal(np.concatenate([s.values for s in shares if len(s)]), whole.values)
+    # a bad line in the last share: its line number in the file
+    text = path.read_text().splitlines()
+    text[-3] = "x" if kind != "csv" else "1,2"
+    path.write_text("\n".join(text) + "\n")
+    with pytest.raises(DataError, match=rf"{path.name}:{len(text) - 2}: "):
+        _read_share(path, schema, args, Ranks(2, 3))
 
 
 def test_restarted_workers_resume_from_the_last_checkpoint(files, one_process, tmp_path):
