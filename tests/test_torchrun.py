@@ -34,7 +34,7 @@ def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("torchrun")
     truth = plant_model((20,) * 5, num_factors=3, nonlinear=1.0, seed=0)
     paths = {}
-    for seed, (name, rows) in enumerate((("train", 2000), ("test", 500))):
+    for seed, (name, rows) in enumerate((("train", 2000), ("test", 500), ("valid", 300))):
         sample = truth.sample(rows, seed=seed).rows
         paths[name] = folder / f"{name}.libfm"
         write_libfm(paths[name], sample.labels, sample.keys)
@@ -149,6 +149,18 @@ def test_the_ranks_shares_make_the_file(kind, files, tmp_path):
     path.write_text("\n".join(text) + "\n")
     with pytest.raises(DataError, match=rf"{path.name}:{len(text) - 2}: "):
         _read_share(path, schema, args, Ranks(2, 3))
+
+
+def test_a_valid_file_and_hashed_features_on_two_ranks(files, tmp_path):
+    """--valid (read whole by every rank) and --hash-buckets (the collision report from every
+    rank's keys) on 2 ranks give one process's metrics and encoder."""
+    extra = ["--valid", str(files["valid"]), "--hash-buckets", "64"]
+    assert main(train_args(files, tmp_path / "one", *extra)) == 0
+    run = torchrun(files, tmp_path / "two", 2, *extra)
+    assert run.returncode == 0, run.stderr[-3000:]
+    one, two = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two"))
+    assert_same_metrics(one, two)
+    assert two["hashing"] == one["hashing"] and one["hashing"]
 
 
 def test_restarted_workers_resume_from_the_last_checkpoint(files, one_process, tmp_path):
