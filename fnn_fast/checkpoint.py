@@ -18,9 +18,9 @@ settings is refused naming what differs.
 
 Under ``torchrun`` (:class:`ShardedCheckpointer`) the same directory holds one file per rank,
 ``shard-RRRRR-of-NNNNN.safetensors``: that rank's rows of the table (``model.embedding.table``,
-``best.embedding.table``) and of their row optimizer state (``fused.state1``, ``fused.state2``);
-``dense.safetensors`` (rank 0): everything else (w0, the layers, the optimizers, the random
-number generators, the stage-1 FM); and ``state.json``, the manifest, written by rank 0 last,
+``best.embedding.table``, in stage 2 the finished FM's ``fm.embedding.table``) and of their row
+optimizer state (``fused.state1``, ``fused.state2``); ``dense.safetensors`` (rank 0):
+everything else (w0, the layers, the optimizers, the random number generators); and ``state.json``, the manifest, written by rank 0 last,
 after every rank has written and hashed its shard: the world size and row map the shards were
 cut by, and every file's sha256. A checkpoint is valid only with its manifest, so a kill while
 any rank writes leaves the previous one. On load each rank reads the rows it owns now from the
@@ -301,9 +301,11 @@ class Checkpointer:
 
 # -- torchrun: one shard per rank ---------------------------------------------------------------
 
-# The tensors cut by rows (each rank saves its rows): the table, the best epoch's table, and the
-# fused rule's row state. Everything else is the same on every rank and saved by rank 0.
-ROW_KEYS = ("model.embedding.table", "best.embedding.table", "fused.state1", "fused.state2")
+# The tensors cut by rows (each rank saves its rows): the table, the best epoch's table, the
+# fused rule's row state and, in stage 2, the finished FM's table. Everything else is the same
+# on every rank and saved by rank 0.
+ROW_KEYS = ("model.embedding.table", "best.embedding.table", "fused.state1", "fused.state2",
+            "fm.embedding.table")
 DENSE = "dense.safetensors"
 
 

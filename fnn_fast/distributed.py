@@ -206,6 +206,51 @@ def _reference_row_update(kind, rule: RowUpdate, table, state1, state2, step, id
         table[rows] = w - size * m / (v.sqrt() + eps)
 
 
+# --- a shard of one process's random start ----------------------------------------------------
+
+DRAW_ROWS = 1 << 16  # rows drawn at a time (a multiple of 16: randn's blocks of 16 values)
+
+
+def drawn_rows(num_rows: int, width: int, rows: torch.Tensor, draw) -> torch.Tensor:
+    """Rows ``rows`` (sorted global ids) of a [num_rows, width] table as one ``draw`` over the
+    whole table fills it from the global generator, drawn DRAW_ROWS rows at a time: O(chunk)
+    memory, the generator left where the whole draw leaves it. ``draw(n)`` fills [n, width]
+    the way the module does (FM: normal_ of the factor columns; FNN: randn). Holds because
+    torch's CPU normal_ of a strided view draws value by value, and randn (and normal_ of a
+    contiguous tensor, which a one-row view is) in blocks of 16, the last block of a call
+    redrawn: chunks hold a multiple of 16 values but the last, which holds 16 or more and
+    two rows or more, so the blocks fall alike. tests/test_distributed.py checks it against
+    the whole draw."""
+    out = torch.zeros(len(rows), width)
+    start = 0
+    while start < num_rows:
+        stop = min(start + DRAW_ROWS, num_rows)
+        left = num_rows - stop
+        if left == 1 or 0 < left * width < 16:  # a short last chunk joins this one
+            stop = num_rows
+        chunk = draw(stop - start)
+        low, high = (int(torch.searchsorted(rows, x)) for x in (start, stop))
+        out[low:high] = chunk[rows[low:high] - start]
+        start = stop
+    return out
+
+
+def fm_draw(num_factors: int, init_std: float):
+    """What FM(num_features, num_factors, init_std=init_std) draws for n rows of its table."""
+
+    def draw(n: int) -> torch.Tensor:
+        table = torch.zeros(n, 1 + num_factors)
+        table[:, 1:].normal_(0.0, init_std)
+        return table
+
+    return draw
+
+
+def fnn_draw(num_factors: int, init_std: float):
+    """What FNN(num_features, ..., num_factors, init_std=init_std) draws for n rows."""
+    return lambda n: torch.randn(n, 1 + num_factors).mul_(init_std)
+
+
 # --- the sharded table -------------------------------------------------------------------------
 
 
@@ -633,6 +678,22 @@ class ShardedFM(_ShardedModel):
         return {"num_features": self.num_features, "num_factors": self.num_factors}
 
     @classmethod
+    def like_fm(cls, num_features: int, num_factors: int = 10, *, init_std: float = 0.01,
+                scheme: str = "block", group=None, slot_names=None) -> ShardedFM:  # fmt: skip
+        """The shards of the FM that ``FM(num_features, num_factors, init_std=init_std)`` would
+        draw from the global generator now (every rank draws the whole stream a chunk at a
+        time and keeps its rows; the generator ends where FM leaves it): one process's start,
+        without a whole table on any rank."""
+        model = cls(num_features, num_factors, scheme=scheme, group=group, init_std=0.0,
+                    slot_names=slot_names)  # fmt: skip
+        embedding = model.embedding
+        rows = embedding.sharding.global_rows(embedding.rank)
+        table = drawn_rows(num_features, 1 + num_factors, rows, fm_draw(num_factors, init_std))
+        with torch.no_grad():
+            embedding.table.copy_(table)
+        return model
+
+    @classmethod
     def from_fm(cls, fm: FM, *, scheme: str = "block", group=None) -> ShardedFM:
         """Shard a full FM (every rank passes the same one)."""
         model = cls(fm.num_features, fm.num_factors, scheme=scheme, group=group, init_std=0.0,
@@ -670,8 +731,8 @@ class ShardedFNN(_ShardedModel):
                  scheme: str = "block", group=None, seed: int = 0,
                  slot_names=None):  # fmt: skip
         super().__init__()
-        # The layers as FNN builds them (a one-row FNN lends them; its table is dropped).
-        template = FNN(1, num_fields, num_factors, hidden, activation=activation,
+        # The layers as FNN builds them (an FNN of no rows lends them, drawing nothing else).
+        template = FNN(0, num_fields, num_factors, hidden, activation=activation,
                        dropout=dropout, slot_fields=slot_fields, init_std=0.0)  # fmt: skip
         self.num_features, self.num_factors = num_features, num_factors
         self.num_fields, self.hidden = template.num_fields, template.hidden
@@ -714,6 +775,33 @@ class ShardedFNN(_ShardedModel):
         with torch.no_grad():
             model.embedding.table.copy_(fm.embedding.table)
             model.w0.copy_(fm.w0)
+        return model
+
+    @classmethod
+    def like_fnn(cls, num_features: int, num_fields: int, num_factors: int = 10,
+                 hidden: Sequence[int] = (200, 300, 100), *, fm: ShardedFM | None = None,
+                 init_std: float = 0.01, group=None, **kwargs) -> ShardedFNN:  # fmt: skip
+        """The shards of the FNN that ``FNN(num_features, num_fields, num_factors, hidden,
+        init_std=init_std, **kwargs)`` would draw from the global generator now, or with ``fm``
+        ``FNN.from_fm`` of the whole of that sharded FM (each rank copies its shard): the table's
+        draws are made a chunk at a time (kept, or only passed over for ``fm``), then the layers
+        are drawn as FNN draws them. One process's start without a whole table on any rank."""
+        if fm is not None:
+            group, num_features = fm.embedding.group, fm.num_features
+            num_factors, kwargs["scheme"] = fm.num_factors, fm.embedding.sharding.scheme
+            kwargs.setdefault("slot_names", fm.slot_names)
+        sharding = RowSharding(num_features, _world(group)[1], kwargs.get("scheme", "block"))
+        rank = _world(group)[0]
+        rows = sharding.global_rows(rank) if fm is None else torch.zeros(0, dtype=torch.int64)
+        table = drawn_rows(num_features, 1 + num_factors, rows, fnn_draw(num_factors, init_std))
+        model = cls(num_features, num_fields, num_factors, hidden, init_std=0.0, group=group,
+                    **kwargs)  # fmt: skip
+        with torch.no_grad():
+            if fm is None:
+                model.embedding.table.copy_(table)
+            else:
+                model.embedding.table.copy_(fm.embedding.table)
+                model.w0.copy_(fm.w0)
         return model
 
     def to_fnn(self, dst: int = 0) -> FNN | None:

@@ -614,18 +614,19 @@ def train_fm(
     ranks: Ranks | None = None,
 ) -> tuple[FM, list[dict]]:
     """Stage 1: an FM trained with sparse row updates, on ``device`` (``checkpoint``: see
-    :func:`fit`). With ``ranks``, the FM is built as one process builds it, then sharded over
-    the ranks to train; the best FM is returned, whole, on every rank."""
+    :func:`fit`). With ``ranks``, each rank builds its rows of the FM one process builds and
+    trains them (:class:`fnn_fast.distributed.ShardedFM`); the best FM is returned sharded."""
     device = resolve_device(device)
     torch.manual_seed(config.seed)
-    fm = FM(num_features, config.factors, init_std=config.fm_init_std, slot_names=slot_names)
-    with torch.no_grad():
-        fm.w0.fill_(base_rate_logit(train))
-    if ranks is not None:
+    if ranks is None:
+        fm = FM(num_features, config.factors, init_std=config.fm_init_std, slot_names=slot_names)
+    else:
         from fnn_fast.distributed import ShardedFM
 
-        full, fm = fm, ShardedFM.from_fm(fm, group=ranks.group)
-        del full  # each rank keeps its rows only
+        fm = ShardedFM.like_fm(num_features, config.factors, init_std=config.fm_init_std,
+                               group=ranks.group, slot_names=slot_names)  # fmt: skip
+    with torch.no_grad():
+        fm.w0.fill_(base_rate_logit(train))
     fm.to(device)
     # The native kernels apply the table's update inside backward; on the reference backend the
     # table gets a sparse gradient and the optimizer below applies the same rule.
@@ -659,14 +660,18 @@ def train_fm(
         stage="fm",
         ranks=ranks,
     )
-    if ranks is not None:  # stage 2 starts from the whole FM on every rank
-        sharded, table = fm, fm.embedding.gather_table(None)
-        fm = FM(num_features, config.factors, init_std=0.0, slot_names=slot_names)
-        with torch.no_grad():
-            fm.table.copy_(table.cpu())
-            fm.w0.copy_(sharded.w0.detach().cpu())
-        del sharded, table
     return fm, history
+
+
+def _whole_fm(sharded) -> FM:
+    """The whole FM of a ShardedFM, on every rank (collective)."""
+    table = sharded.embedding.gather_table(None)
+    fm = FM(sharded.num_features, sharded.num_factors, init_std=0.0,
+            slot_names=sharded.slot_names)  # fmt: skip
+    with torch.no_grad():
+        fm.table.copy_(table.cpu())
+        fm.w0.copy_(sharded.w0.detach().cpu())
+    return fm
 
 
 def build_fnn(fm: FM | None, num_features: int, slot_fields, config: TrainConfig, slot_names=None):
@@ -748,11 +753,27 @@ def train_fnn(
     ranks: Ranks | None = None,
 ) -> tuple[FNN | None, list[dict]]:
     """Stage 2: an FNN, from the FM's embedding (or a random one), fine-tuned end to end on
-    ``device``. With ``ranks``, the FNN is built (and RBM pre-trained) as one process does it,
-    then sharded over the ranks to train; the best FNN is gathered on rank 0 (None elsewhere)."""
+    ``device``. With ``ranks`` (``fm`` sharded), each rank builds its rows of the FNN one
+    process builds and trains them; with RBM pre-training the FNN is built whole (the FM
+    gathered) and pre-trained on each rank's rows, rank 0's layers kept, then sharded. The best
+    FNN is gathered on rank 0 (None elsewhere)."""
     device = resolve_device(device)
     torch.manual_seed(config.seed + 1)
-    fnn = build_fnn(fm, num_features, slot_fields, config, slot_names)
+    if ranks is not None and config.pretrain != "rbm":
+        from fnn_fast.distributed import ShardedFNN
+
+        if config.fnn_init not in ("fm", "random"):
+            raise ValueError(f"fnn_init must be 'fm' or 'random', got {config.fnn_init!r}")
+        fnn = ShardedFNN.like_fnn(
+            num_features, int(max(slot_fields)) + 1, config.factors, config.hidden,
+            fm=fm if config.fnn_init == "fm" else None, init_std=config.fnn_init_std,
+            group=ranks.group, activation=config.activation, dropout=config.dropout,
+            slot_fields=slot_fields, slot_names=slot_names,
+        )  # fmt: skip
+    else:
+        if ranks is not None and fm is not None:
+            fm = _whole_fm(fm)
+        fnn = build_fnn(fm, num_features, slot_fields, config, slot_names)
     fnn.to(device)
     with torch.no_grad():
         fnn.output.bias.fill_(base_rate_logit(train))
@@ -767,7 +788,7 @@ def train_fnn(
         pretrain_rbm(fnn, train, config, progress and (ranks is None or ranks.main))
     elif config.pretrain != "none":
         raise ValueError(f"pretrain must be 'none' or 'rbm', got {config.pretrain!r}")
-    if ranks is not None:
+    if ranks is not None and config.pretrain == "rbm":
         from fnn_fast.distributed import ShardedFNN
 
         full = fnn.cpu()
@@ -847,8 +868,14 @@ def train_two_stage(
     resumed = None if checkpoint is None else checkpoint.resumed
     if resumed is not None and resumed[0]["stage"] == "fnn":  # stage 1 is done: its best FM
         meta, tensors = resumed
-        fm = FM(encoder.num_features, config.factors, init_std=config.fm_init_std,
-                slot_names=slot_names)  # fmt: skip
+        if ranks is None:
+            fm = FM(encoder.num_features, config.factors, init_std=config.fm_init_std,
+                    slot_names=slot_names)  # fmt: skip
+        else:  # this rank's rows of it
+            from fnn_fast.distributed import ShardedFM
+
+            fm = ShardedFM(encoder.num_features, config.factors, init_std=0.0,
+                           group=ranks.group, slot_names=slot_names)  # fmt: skip
         fm.load_state_dict(prefixed(tensors, "fm"))
         fm_history = meta["fm_history"]
     else:
@@ -863,9 +890,10 @@ def train_two_stage(
         train, valid, fm, encoder.num_features, slot_fields, config, slot_names, progress,
         checkpoint, device, ranks,
     )  # fmt: skip
-    if ranks is not None and not ranks.main:
-        return None
-    if ranks is not None:
+    if ranks is not None:  # the whole FM on rank 0
+        fm = fm.to_fm(0)
+        if not ranks.main:
+            return None
         fm = fm.to(device)  # as one process: the final metrics on the device it trained on
     metrics = {
         "fm": {**_split_metrics(fm, valid, test), "epochs": len(fm_history)},

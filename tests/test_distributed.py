@@ -345,7 +345,7 @@ def test_a_checkpoint_of_two_ranks_reads_back_on_other_world_sizes(scheme, shard
                                              num_features=NUM_FEATURES)  # fmt: skip
             meta, tensors = checkpoint._read(checkpoint.directory)
             assert meta["ranks"]["world_size"] == 2 and meta["stage"] == "fm"
-            assert set(ROW_KEYS) - set(tensors) == {"best.embedding.table"}
+            assert set(ROW_KEYS) - set(tensors) == {"best.embedding.table", "fm.embedding.table"}
             mine = sharding.global_rows(rank)
             assert tensors["model.embedding.table"].shape == (len(mine), 1 + FACTORS)
             table[mine] = tensors["model.embedding.table"]
@@ -370,6 +370,38 @@ def test_a_checkpoint_of_two_ranks_reads_back_on_other_world_sizes(scheme, shard
     checkpoint = ShardedCheckpointer(copy, {}, ranks=Ranks(1, 2), num_features=NUM_FEATURES)
     with pytest.raises(CheckpointError, match="shard-00001-of-00002.safetensors does not match"):
         checkpoint._read(checkpoint.directory)
+
+
+@pytest.mark.parametrize("chunk", [16, 48, 1 << 16])
+def test_drawn_rows_are_the_whole_draw(chunk, monkeypatch):
+    """A shard's rows drawn a chunk at a time equal those rows of FM(...) / FNN(...) drawn
+    whole, and the generator ends where the whole draw leaves it (what makes N ranks start
+    where one process starts, without a whole table on any rank)."""
+    from fnn_fast import distributed as fd
+
+    def fnn_table(rows, factors):  # what FNN draws first, before its layers
+        table = FNN(rows, 2, factors, (3,), init_std=0.1).table.detach()
+        torch.manual_seed(5)
+        drawn = torch.randn((rows, 1 + factors), out=torch.zeros(rows, 1 + factors)).mul_(0.1)
+        torch.testing.assert_close(table, drawn, rtol=0, atol=0)
+        return drawn
+
+    monkeypatch.setattr(fd, "DRAW_ROWS", chunk)
+    for rows, factors in [(50, 4), (101, 10), (33, 16), (49, 16), (7, 3), (200, 0), (1, 4)]:
+        for build, draw in [
+            (lambda: FM(rows, factors, init_std=0.1).table, fd.fm_draw(factors, 0.1)),
+            (lambda: fnn_table(rows, factors), fd.fnn_draw(factors, 0.1)),
+        ]:  # fmt: skip
+            torch.manual_seed(5)
+            whole, after = build().detach(), torch.rand(4)
+            for scheme, world in [("block", 3), ("cyclic", 4), ("block", 1)]:
+                sharding = fd.RowSharding(rows, world, scheme)
+                for rank in range(world):
+                    mine = sharding.global_rows(rank)
+                    torch.manual_seed(5)
+                    got = fd.drawn_rows(rows, 1 + factors, mine, draw)
+                    torch.testing.assert_close(got, whole[mine], rtol=0, atol=0)
+                    torch.testing.assert_close(torch.rand(4), after, rtol=0, atol=0)
 
 
 def test_row_sharding_maps_every_row_once():
