@@ -20,11 +20,12 @@ Under ``torchrun`` (:class:`ShardedCheckpointer`) the same directory holds one f
 ``shard-RRRRR-of-NNNNN.safetensors``: that rank's rows of the table (``model.embedding.table``,
 ``best.embedding.table``, in stage 2 the finished FM's ``fm.embedding.table``) and of their row
 optimizer state (``fused.state1``, ``fused.state2``); ``dense.safetensors`` (rank 0):
-everything else (w0, the layers, the optimizers, the random number generators); and ``state.json``, the manifest, written by rank 0 last,
-after every rank has written and hashed its shard: the world size and row map the shards were
-cut by, and every file's sha256. A checkpoint is valid only with its manifest, so a kill while
-any rank writes leaves the previous one. On load each rank reads the rows it owns now from the
-shards that hold them (resharding when the world size changed).
+everything else (w0, the layers, the optimizers, the random number generators); and
+``state.json``, the manifest, written by rank 0 last, after every rank has written and hashed
+its shard: the world size and row map the shards were cut by, and every file's sha256. A
+checkpoint is valid only with its manifest, so a kill while any rank writes leaves the previous
+one. On load each rank reads the rows it owns now from the shards that hold them (resharding
+when the world size changed).
 """
 
 from __future__ import annotations
@@ -304,8 +305,13 @@ class Checkpointer:
 # The tensors cut by rows (each rank saves its rows): the table, the best epoch's table, the
 # fused rule's row state and, in stage 2, the finished FM's table. Everything else is the same
 # on every rank and saved by rank 0.
-ROW_KEYS = ("model.embedding.table", "best.embedding.table", "fused.state1", "fused.state2",
-            "fm.embedding.table")
+ROW_KEYS = (
+    "model.embedding.table",
+    "best.embedding.table",
+    "fused.state1",
+    "fused.state2",
+    "fm.embedding.table",
+)
 DENSE = "dense.safetensors"
 
 

@@ -506,8 +506,7 @@ def _read_share(path, schema: Schema, args, ranks) -> ParsedRows:
     except DataError as error:  # its line counted from the share's first: the file's line
         if error.line is None or start == 0:
             raise
-        raise DataError(error.path, error.line + _lines_before(path, start), error.reason) \
-            from None
+        raise DataError(error.path, error.line + _lines_before(path, start), error.reason) from None
     if rows.bad_lines:
         print(f"{path} (rank {ranks.rank}'s share): skipped {rows.bad_lines} bad line(s)",
               file=sys.stderr)  # fmt: skip
@@ -614,8 +613,10 @@ def _train_on_ranks(args, ranks, device, every=(None, None)) -> int:
         return 0
     report = dict(
         extra={
-            **_encoder_metrics(encoder), "device": str(device),
-            "world_size": ranks.world_size, "rows_per_rank": rows_per_rank,
+            **_encoder_metrics(encoder),
+            "device": str(device),
+            "world_size": ranks.world_size,
+            "rows_per_rank": rows_per_rank,
         },  # fmt: skip
         report_split=test if test is not None else valid,
         split_name="test" if test is not None else "validation",

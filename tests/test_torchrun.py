@@ -182,11 +182,17 @@ def test_restarted_workers_resume_from_the_last_checkpoint(files, one_process, t
 
 def test_a_checkpoint_of_two_ranks_resumes_on_three(files, one_process, tmp_path):
     out = tmp_path / "run"
-    died = torchrun(files, out, 2, "--checkpoint-every", "10", die="1:25")
+    """Rank 1 dies in the FM's second epoch, step 20 (25 steps an epoch): the checkpoint of its
+    step 15 (the 40th) holds the table, the best epoch's table and the Adagrad sums cut in 2;
+    3 ranks read them back and finish with one process's metrics."""
+    died = torchrun(files, out, 2, "--checkpoint-every", "10", die="1:20:2")
     assert died.returncode != 0 and "FNN_FAST_TEST_DIE" in died.stderr
     saved = json.loads((out / "checkpoint" / "state.json").read_text())
-    assert saved["stage"] == "fm" and saved["fit"]["step"] == 20
+    assert saved["stage"] == "fm" and (saved["fit"]["epoch"], saved["fit"]["step"]) == (2, 15)
     assert saved["ranks"]["world_size"] == 2
+    assert sorted(saved["ranks"]["row_keys"]) == [
+        "best.embedding.table", "fused.state1", "model.embedding.table",
+    ]  # fmt: skip
     assert sorted(p.name for p in (out / "checkpoint").iterdir()) == [
         "dense.safetensors", "shard-00000-of-00002.safetensors",
         "shard-00001-of-00002.safetensors", "state.json",
@@ -196,7 +202,7 @@ def test_a_checkpoint_of_two_ranks_resumes_on_three(files, one_process, tmp_path
     run = torchrun(files, out, 3, "--checkpoint-every", "10", "--resume")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "resuming from the checkpoint of 2 ranks on 3 ranks" in run.stderr
-    assert "FM: resuming at epoch 1, step 20" in run.stderr
+    assert "FM: resuming at epoch 2, step 15" in run.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 3 and len(metrics["rows_per_rank"]) == 3
     assert_same_metrics(one_process, metrics)
