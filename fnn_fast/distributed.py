@@ -365,24 +365,34 @@ class ShardedTable(_FusedUpdate, nn.Module):
 
     def _gather_rows(self, shard: torch.Tensor, dst: int | None) -> torch.Tensor | None:
         """The full tensor of ``shard``s (rows along dim 0) on rank ``dst`` (None: on every
-        rank); None elsewhere. Collective."""
+        rank); None elsewhere. Collective. The receiving ranks gather into one buffer, which
+        under block sharding is the full tensor already (no second copy); the others allocate
+        nothing but their padded shard."""
         block = max(self.sharding.shard_rows(r) for r in range(self.world_size))
-        padded = shard.new_zeros((block, *shard.shape[1:]))
+        rest = tuple(shard.shape[1:])
+        comm = _comm_device(self.group, shard.device)
+        padded = shard.new_zeros((block, *rest), device=comm)
         padded[: len(shard)] = shard
-        padded = padded.to(_comm_device(self.group, padded.device))
+        receiving = dst is None or self.rank == dst
+        buffer = pieces = None
+        if receiving:
+            buffer = shard.new_empty((self.world_size * block, *rest), device=comm)
+            pieces = list(buffer.split(block))
         if dst is None:
-            pieces = [torch.empty_like(padded) for _ in range(self.world_size)]
             dist.all_gather(pieces, padded, group=self.group)
         else:
-            pieces = [torch.empty_like(padded) for _ in range(self.world_size)]
             root = dst if self.group is None else dist.get_global_rank(self.group, dst)
-            dist.gather(padded, pieces if self.rank == dst else None, dst=root, group=self.group)
-            if self.rank != dst:
-                return None
-        full = shard.new_empty((self.num_features, *shard.shape[1:]))
-        for r, piece in enumerate(pieces):
-            piece = piece[: self.sharding.shard_rows(r)].to(shard.device)
-            full[self.sharding.global_rows(r, shard.device)] = piece
+            dist.gather(padded, pieces, dst=root, group=self.group)
+        del padded, pieces
+        if not receiving:
+            return None
+        buffer = buffer.to(shard.device)
+        if self.sharding.scheme == "block":  # rank r's rows start at r * block
+            return buffer[: self.num_features]
+        full = shard.new_empty((self.num_features, *rest))
+        for r in range(self.world_size):
+            rows = self.sharding.shard_rows(r)
+            full[self.sharding.global_rows(r, shard.device)] = buffer[r * block : r * block + rows]
         return full
 
     @torch.no_grad()

@@ -660,6 +660,8 @@ def train_fm(
         stage="fm",
         ranks=ranks,
     )
+    if ranks is not None:  # the row state is done with: stage 2 starts from the shards
+        fm.fuse_update(None)
     return fm, history
 
 
