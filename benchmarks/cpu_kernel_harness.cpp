@@ -113,11 +113,11 @@ int main(int argc, char** argv) {
                        grad_logits.data(), params, states);
   });
   report("fnn gather", [&](int b) {
-    fnn_gather(table, rows, kDim, batch_ids(b), nullptr, kBatch, kFields, nullptr, kFields,
+    fnn_fields(table, rows, kDim, batch_ids(b), nullptr, kBatch, kFields, nullptr, kFields,
                z.data(), kWidth);
   });
   report("fnn backward + update", [&](int b) {
-    fnn_gather_backward_update(table, rows, kDim, batch_ids(b), nullptr, kBatch, kFields,
+    fnn_fields_backward_update(table, rows, kDim, batch_ids(b), nullptr, kBatch, kFields,
                                nullptr, kFields, grad_z.data(), kWidth, params, states);
   });
   std::printf("distinct rows in the last batch: %zu of %lld lookups\n", groups.rows.size(),

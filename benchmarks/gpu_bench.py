@@ -5,8 +5,8 @@ Shape: F = 39 fields, K = 10 factors (rows of D = 11 floats), batch 65536, table
 100M rows, Zipf(1.1) ids (a hot head shared by every batch; the tail wrapped over the table and
 scattered by a random permutation). Backends: the eager reference, the reference under
 torch.compile, Triton and CUDA (fnn_fast.set_backend); the Triton and CUDA kernels are also timed
-directly through the kernel interface they share (fm_forward, fm_backward_update, fnn_gather,
-fnn_gather_backward_update) for their GB/s.
+directly through the kernel interface they share (fm_forward, fm_backward_update, fnn_fields,
+fnn_fields_backward_update) for their GB/s.
 
 Timing: CUDA events around `inner` back-to-back calls (so Python's launch overhead hides behind
 the GPU's queue), warm-up first, median of the repetitions; batches rotate among 4 so that a
@@ -35,13 +35,13 @@ import torch.nn.functional as F
 
 import fnn_fast
 from fnn_fast import FM, FNN, SparseRowOptimizer
-from fnn_fast.ops import native
+from fnn_fast.ops import cpu, library
 from fnn_fast.optim import RowUpdate
 
 RULE = RowUpdate("rowwise_adagrad", lr=0.05)
 BATCHES = 4  # distinct id batches, used in turn
-KERNEL_CASES = ("fm_forward", "fm_forward+sums", "fnn_gather", "fm_backward_update",
-                "fnn_gather_backward_update")  # fmt: skip
+KERNEL_CASES = ("fm_forward", "fm_forward+sums", "fnn_fields", "fm_backward_update",
+                "fnn_fields_backward_update")  # fmt: skip
 # Settings of the CUDA kernels' knobs (fnn_fast.ops.cuda) timed besides the defaults, on the
 # first table size: lanes per row, and the run length beyond which a hot row is split.
 TUNING = [("lanes=4", {"ROW_LANES": 4}), ("lanes=16", {"ROW_LANES": 16}),
@@ -150,7 +150,7 @@ def fm_forward_bytes(batch, fields, dim, with_sums):
     return 8 * n + 4 * n * dim + 4 * batch + (4 * batch * (dim - 1) if with_sums else 0)
 
 
-def fnn_gather_bytes(batch, fields, dim):
+def fnn_fields_bytes(batch, fields, dim):
     # Reads n ids and n rows; writes z, B x F x D floats.
     n = batch * fields
     return 8 * n + 4 * n * dim + 4 * n * dim
@@ -185,13 +185,13 @@ class NativeCpuKernels:
     ROW_LANES, LONG_RUN = 0, 64  # the CUDA module's knobs, here without effect
 
     def available(self):
-        return native.available()
+        return cpu.available()
 
     def fm_forward(self, table, ids, values, sums):
         if sums is None:
-            return native.fm_scores(table, ids, values)
+            return library.fm_forward(table, ids, values)
         state = torch.empty(0)
-        logits, got = native.fm_train_forward(
+        logits, got = library.fm_forward_train(
             table, ids, values, state, state, torch.zeros((), dtype=torch.int64),
             RULE.hparams(), 0,
         )  # fmt: skip
@@ -199,18 +199,18 @@ class NativeCpuKernels:
         return logits
 
     def fm_backward_update(self, table, ids, values, sums, grad_logits, s1, s2, hp, rule, step):
-        native.fm_backward_update(
+        library.fm_backward_update(
             table, ids, values, sums, grad_logits, s1, s2,
             torch.tensor(step - 1, dtype=torch.int64), torch.tensor(hp, dtype=torch.float64), rule,
         )  # fmt: skip
 
-    def fnn_gather(self, table, ids, values, slot_fields, num_fields):
-        return native.fnn_gather(table, ids, values, slot_fields, num_fields)
+    def fnn_fields(self, table, ids, values, slot_fields, num_fields):
+        return library.fnn_fields(table, ids, values, slot_fields, num_fields)
 
-    def fnn_gather_backward_update(
+    def fnn_fields_backward_update(
         self, table, ids, values, slot_fields, num_fields, grad_z, s1, s2, hp, rule, step
     ):
-        native.fnn_gather_backward_update(
+        library.fnn_fields_backward_update(
             table, ids, values, slot_fields, num_fields, grad_z, s1, s2,
             torch.tensor(step - 1, dtype=torch.int64), torch.tensor(hp, dtype=torch.float64), rule,
         )  # fmt: skip
@@ -219,7 +219,7 @@ class NativeCpuKernels:
 def kernel_modules(device: str) -> dict:
     """name -> module or the reason it cannot run."""
     if not device.startswith("cuda"):
-        return {"native-cpu": NativeCpuKernels() if native.available() else native.IMPORT_ERROR}
+        return {"native-cpu": NativeCpuKernels() if cpu.available() else cpu.IMPORT_ERROR}
     found = {}
     for name in ("cuda", "triton"):
         try:
@@ -332,7 +332,7 @@ class Bench:
 
         def fnn_update():
             turn[0] += 1
-            module.fnn_gather_backward_update(
+            module.fnn_fields_backward_update(
                 table, batches[turn[0] % BATCHES], None, None, a.fields, grad_z, state1, state2,
                 hparams, code, turn[0],
             )  # fmt: skip
@@ -344,11 +344,11 @@ class Bench:
                            fm_forward_bytes(a.batch, a.fields, dim, with_sums=False)),
             "fm_forward+sums": (lambda: module.fm_forward(table, ids(), None, sums),
                                 fm_forward_bytes(a.batch, a.fields, dim, with_sums=True)),
-            "fnn_gather": (lambda: module.fnn_gather(table, ids(), None, None, a.fields),
-                           fnn_gather_bytes(a.batch, a.fields, dim)),
+            "fnn_fields": (lambda: module.fnn_fields(table, ids(), None, None, a.fields),
+                           fnn_fields_bytes(a.batch, a.fields, dim)),
             "fm_backward_update": (fm_update, update_bytes(n, unique, rows, dim, fm_upstream,
                                                            ROWWISE_STATE_BYTES)),
-            "fnn_gather_backward_update": (fnn_update, update_bytes(
+            "fnn_fields_backward_update": (fnn_update, update_bytes(
                 n, unique, rows, dim, fnn_upstream, ROWWISE_STATE_BYTES)),
         }  # fmt: skip
         for i, case in enumerate(KERNEL_CASES):

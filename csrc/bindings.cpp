@@ -57,11 +57,11 @@ static void add_cuda_functions(py::module_ m) {
       "FM logits without bias; also sum_s x v per sample when sums != 0.");
 
   m.def(
-      "fnn_gather",
+      "fnn_fields",
       [](Address table, int64_t dim, Address ids, Address values, int64_t batch, int64_t slots,
          Address field_slots, Address field_offsets, int64_t num_fields, Address z, int device,
          Address stream, int row_lanes) {
-        cuda::fnn_gather(ptr<const float>(table), dim, ptr<const int64_t>(ids),
+        cuda::fnn_fields(ptr<const float>(table), dim, ptr<const int64_t>(ids),
                          ptr<const float>(values), batch, slots, ptr<const int64_t>(field_slots),
                          ptr<const int64_t>(field_offsets), num_fields, ptr<float>(z),
                          launch_on(device, stream, row_lanes));
@@ -94,14 +94,14 @@ static void add_cuda_functions(py::module_ m) {
       "FM backward fused with the sparse update of the rows present in the batch.");
 
   m.def(
-      "fnn_gather_backward_update",
+      "fnn_fields_backward_update",
       [](Address table, int64_t num_rows, int64_t dim, Address ids, Address values,
          int64_t batch, int64_t slots, Address slot_fields, int64_t num_fields, Address grad_z,
          int64_t rule, float lr, float weight_decay, float eps, float beta1, float beta2,
          int64_t step, Address state1, Address state2, Address workspace,
          std::size_t workspace_bytes, int64_t long_run, int device, Address stream,
          int row_lanes) {
-        cuda::fnn_gather_backward_update(
+        cuda::fnn_fields_backward_update(
             ptr<float>(table), num_rows, dim, ptr<const int64_t>(ids), ptr<const float>(values),
             batch, slots, ptr<const int64_t>(slot_fields), num_fields, ptr<const float>(grad_z),
             update_params(rule, lr, weight_decay, eps, beta1, beta2, step),
@@ -150,12 +150,12 @@ PYBIND11_MODULE(_C, m) {
       "fm_forward does (nothing is updated when an id is outside the table).");
 
   m.def(
-      "fnn_gather",
+      "fnn_fields",
       [](Address table, int64_t num_rows, int64_t dim, Address ids, Address values,
          int64_t batch, int64_t slots, Address slot_fields, int64_t num_fields, Address z,
          int64_t z_width) {
         py::gil_scoped_release release;
-        return cpu::fnn_gather(ptr<const float>(table), num_rows, dim, ptr<const int64_t>(ids),
+        return cpu::fnn_fields(ptr<const float>(table), num_rows, dim, ptr<const int64_t>(ids),
                                ptr<const float>(values), batch, slots,
                                ptr<const int64_t>(slot_fields), num_fields, ptr<float>(z),
                                z_width);
@@ -164,14 +164,14 @@ PYBIND11_MODULE(_C, m) {
       "fm_forward does.");
 
   m.def(
-      "fnn_gather_backward_update",
+      "fnn_fields_backward_update",
       [](Address table, int64_t num_rows, int64_t dim, Address ids, Address values,
          int64_t batch, int64_t slots, Address slot_fields, int64_t num_fields, Address grad_z,
          int64_t grad_width, int64_t rule, float lr, float weight_decay, float eps, float beta1,
          float beta2, int64_t step, Address state1, Address state2) {
         const auto params = update_params(rule, lr, weight_decay, eps, beta1, beta2, step);
         py::gil_scoped_release release;
-        return cpu::fnn_gather_backward_update(
+        return cpu::fnn_fields_backward_update(
             ptr<float>(table), num_rows, dim, ptr<const int64_t>(ids), ptr<const float>(values),
             batch, slots, ptr<const int64_t>(slot_fields), num_fields, ptr<const float>(grad_z),
             grad_width, params, {ptr<float>(state1), ptr<float>(state2)});

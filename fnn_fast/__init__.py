@@ -9,7 +9,7 @@ drop-in ``nn.Module``s; :func:`backends` says which kernels run. Without the nat
 
 from fnn_fast.modules import FM, FNN
 from fnn_fast.native_check import NativeKernelsMissing, check_native
-from fnn_fast.ops import backends, set_backend
+from fnn_fast.ops import backends, set_backend, use_backend
 from fnn_fast.optim import SparseRowOptimizer
 
 check_native()
@@ -22,5 +22,6 @@ __all__ = [
     "SparseRowOptimizer",
     "backends",
     "set_backend",
+    "use_backend",
     "__version__",
 ]

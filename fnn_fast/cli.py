@@ -14,6 +14,7 @@ import numpy as np
 from fnn_fast import export as export_command
 from fnn_fast.bench import command as bench_command
 from fnn_fast.data import DataError, FeatureEncoder, HashedEncoder, ParsedRows, Schema, load_rows
+from fnn_fast.data.bags import parse_multi_valued
 from fnn_fast.metrics import finite_or_none
 from fnn_fast.native_check import missing_native_reason, native_warning_shown
 from fnn_fast.outputs import (
@@ -55,8 +56,11 @@ def _schema_from_args(args) -> Schema:
         # --delimiter: Criteo's columns in delimited text with a header line naming them
         schema = Schema.criteo("csv" if args.delimiter else "criteo")
         settings = {"numeric_mode": args.numeric_mode, "id_column": args.id_column}
-        return Schema.from_dict(schema.to_dict() | settings | {"delimiter": args.delimiter})
+        return Schema.from_dict(
+            schema.to_dict() | settings | {"delimiter": args.delimiter} | _bag_settings(args)
+        )
     return Schema(
+        **_bag_settings(args),
         format=args.format,
         label=args.label,
         categorical=_columns(args.categorical),
@@ -66,6 +70,14 @@ def _schema_from_args(args) -> Schema:
         delimiter=args.delimiter,
         featindex=str(Path(args.featindex).resolve()) if args.featindex else None,
     )
+
+
+def _bag_settings(args) -> dict:
+    """The schema's multi-valued columns (--multi-valued) and their default pooling."""
+    return {
+        "multi_valued": parse_multi_valued(getattr(args, "multi_valued", None)),
+        "bag_pooling": getattr(args, "bag_pooling", None) or "sum",
+    }
 
 
 def _read(path, schema: Schema, args) -> ParsedRows:
@@ -860,6 +872,23 @@ def _add_input_options(
         )
         p.add_argument("--id-column", help="csv/parquet: pass-through id column for scores")
         p.add_argument("--delimiter", help="csv: column delimiter (default ',')")
+        p.add_argument(
+            "--multi-valued",
+            action="append",
+            metavar="COL:SEP[:OPTION...]",
+            help="csv/parquet: categorical columns holding several values (a bag) split by SEP "
+            "(a character, or comma, pipe, semicolon, space, tab, colon; none for Parquet "
+            "lists); OPTIONs: sum or mean, the most values a bag may hold (default: the "
+            "training file's busiest row), weighted (items TOKEN:WEIGHT). Comma-separated or "
+            "repeated, e.g. tags:pipe:mean,cats:;:4",
+        )
+        p.add_argument(
+            "--bag-pooling",
+            choices=("sum", "mean"),
+            default="sum",
+            help="how a bag's values pool where its column does not say (Parquet list columns "
+            "are bags without being declared)",
+        )
         p.add_argument("--cache-dir", help="keep parsed rows here (memory-mapped) for later runs")
     p.add_argument(
         "--skip-bad-lines",

@@ -37,8 +37,8 @@ from torch import nn
 
 from fnn_fast import ops
 from fnn_fast.memory import table_zeros
-from fnn_fast.modules import FM, FNN, _FusedUpdate, fnn_head
-from fnn_fast.ops import native, reference
+from fnn_fast.modules import FM, FNN, InputLinear, _FusedUpdate, fnn_head
+from fnn_fast.ops import checks, cpu, library, reference
 from fnn_fast.optim import RowUpdate
 
 SCHEMES = ("block", "cyclic")
@@ -167,7 +167,7 @@ def _all_to_all(stats, kind, output, tensor, out_splits, in_splits, rank, group)
 def _owner_gather(table: torch.Tensor, local_ids: torch.Tensor) -> torch.Tensor:
     """The rows [n, 1 + K] of the shard asked for, by the native gather kernel where it runs."""
     if ops._fused_kernels_apply(table) and local_ids.numel():
-        return native.fnn_gather(table.detach(), local_ids.view(-1, 1), None, None, 1)
+        return library.fnn_fields(table.detach(), local_ids.view(-1, 1), None, None, 1)
     if local_ids.numel() and (int(local_ids.min()) < 0 or int(local_ids.max()) >= len(table)):
         raise IndexError(f"a row asked for is outside this rank's shard of {len(table)} rows")
     return table.detach().index_select(0, local_ids)
@@ -353,9 +353,9 @@ class ShardedTable(_FusedUpdate, nn.Module):
         """One update of the owned rows named in ``local_ids`` (duplicates summed in order)."""
         table, args = self.table, self._fused_args()
         if ops._fused_kernels_apply(table):
-            native.fnn_gather_backward_update(
+            library.fnn_fields_backward_update(
                 table, local_ids.view(-1, 1), None, None, 1, grads, args.state1, args.state2,
-                args.step, args.hparams, native.RULES[args.kind],
+                args.step, args.hparams, checks.RULES[args.kind],
             )  # fmt: skip
         else:
             _reference_row_update(args.kind, self.row_update, table, args.state1, args.state2,
@@ -481,7 +481,7 @@ class _RowsFM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rows, inverse, values):
-        logits, sums = native._cpu_fm_train_forward(rows, inverse, values, *_no_update("cpu"), 0)
+        logits, sums = cpu.fm_forward_train(rows, inverse, values, *_no_update("cpu"), 0)
         ctx.save_for_backward(rows, inverse, values, sums)
         return logits
 
@@ -504,7 +504,7 @@ class _RowsFM(torch.autograd.Function):
         grad[:, 1:] -= own.unsqueeze(1) * rows[:, 1:]
         grad_values = None
         if ctx.needs_input_grad[2]:
-            grad_values = native._fm_values_grad(rows, inverse, values, sums, grad_logits)
+            grad_values = reference.fm_values_grad(rows, inverse, values, sums, grad_logits)
         return grad, None, grad_values
 
 
@@ -515,7 +515,7 @@ class _RowsGather(torch.autograd.Function):
     def forward(ctx, rows, inverse, values, slot_fields, num_fields, width):
         ctx.save_for_backward(rows, inverse, values, slot_fields)
         ctx.num_fields = num_fields
-        return native._cpu_fnn_gather(rows, inverse, values, slot_fields, num_fields, width)
+        return cpu.fnn_fields(rows, inverse, values, slot_fields, num_fields, width)
 
     @staticmethod
     def backward(ctx, grad_z):
@@ -531,7 +531,7 @@ class _RowsGather(torch.autograd.Function):
         grad.index_add_(0, inverse.reshape(-1), blocks.reshape(batch * slots, dim))
         grad_values = None
         if ctx.needs_input_grad[2]:
-            grad_values = native._gather_values_grad(
+            grad_values = reference.fnn_fields_values_grad(
                 rows, inverse, slot_fields, ctx.num_fields, grad_z
             )
         return grad, None, grad_values, None, None, None
@@ -841,10 +841,10 @@ class ShardedFNN(_ShardedModel):
             -(-width // 16) * 16 if torch.is_grad_enabled() and rows.device.type == "cpu" else 0
         )
         fields = rows_fields(rows, inverse, values, self.slot_fields, self.num_fields, padded)
-        if not isinstance(first, nn.Linear):
+        if not isinstance(first, InputLinear):
             z = torch.cat([self.w0.reshape(1, 1).expand(fields.shape[0], 1), fields], dim=1)
             return self.output(self.hidden_layers(z[:, : 1 + width])).squeeze(-1)
-        return fnn_head(fields, width, self.w0, self.hidden_layers, self.output)
+        return fnn_head(fields, self.w0, self.hidden_layers, self.output)
 
 
 # --- the training rows, shared out between the ranks -------------------------------------------

@@ -32,10 +32,13 @@ ONNX_OPSET = 18
 def uses_values(saved: SavedModel) -> bool:
     """Whether the model's encoded rows carry values other than 1, so the exported graph takes
     a ``values`` input: libFM data (feature values, and 0 for an absent field's padded slot) and
-    numeric columns kept as values (``--numeric-mode value``). Bucketized columns give 1 always."""
+    numeric columns kept as values (``--numeric-mode value``), multi-valued columns (their
+    pooling, and 0 for a short bag's padded slots). Bucketized columns give 1 always."""
     schema = saved.schema
-    if schema is None or schema.format == "libfm":
+    if schema is None or schema.format == "libfm" or schema.multi_valued:
         return True
+    if len(np.unique(saved.encoder.slot_fields)) < len(saved.encoder.slot_fields):
+        return True  # a field of several slots (a Parquet list column): padded slots are 0
     return bool(schema.numeric) and schema.numeric_mode == "value"
 
 

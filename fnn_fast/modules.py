@@ -195,7 +195,8 @@ class FNN(_FusedUpdate, nn.Module):
         layers: list[nn.Module] = []
         width = 1 + self.num_fields * (1 + num_factors)
         for size in self.hidden:
-            linear = nn.Linear(width, size)
+            # The first layer reads z, so it is the one that folds w0 (InputLinear).
+            linear = (nn.Linear if layers else InputLinear)(width, size)
             # Glorot suits tanh; it also keeps the FM-initialized input in the active range.
             nn.init.xavier_uniform_(
                 linear.weight,
@@ -209,7 +210,7 @@ class FNN(_FusedUpdate, nn.Module):
                 layers.append(nn.Dropout(dropout))
             width = size
         self.hidden_layers = nn.Sequential(*layers)
-        self.output = nn.Linear(width, 1)
+        self.output = (nn.Linear if layers else InputLinear)(width, 1)
         bound = 1.0 / math.sqrt(width)
         nn.init.uniform_(self.output.weight, -bound, bound)
         nn.init.zeros_(self.output.bias)
@@ -254,12 +255,9 @@ class FNN(_FusedUpdate, nn.Module):
         )  # fmt: skip
 
     def forward(self, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
-        # z = [w0, z_1, ..., z_F] feeds the first linear layer; w0's column of that layer folds
-        # into its bias, so z is used without it: no pass to prepend the column, none to slice
-        # its gradient off. The same function of the same parameters.
         layers = list(self.hidden_layers)
         first = layers[0] if layers else self.output
-        if not isinstance(first, nn.Linear):
+        if not isinstance(first, InputLinear):  # a first layer the user swapped in: plain z
             return self.output(self.hidden_layers(self.input(ids, values))).squeeze(-1)
         ops.check_ids(ids, self.num_features, self.slot_names)
         width = self.num_fields * (1 + self.num_factors)
@@ -271,23 +269,37 @@ class FNN(_FusedUpdate, nn.Module):
             self.table, ids, values, self.slot_fields, self.num_fields, self.sparse,
             self._fused_args(), padded,
         )  # fmt: skip
-        return fnn_head(fields, width, self.w0, self.hidden_layers, self.output)
+        return fnn_head(fields, self.w0, self.hidden_layers, self.output)
 
 
-def fnn_head(
-    fields: torch.Tensor, width: int, w0, hidden_layers: nn.Sequential, output
-) -> torch.Tensor:
-    """The FNN's network above z = [w0, fields]: ``fields`` holds z's field columns (zero padded
-    past ``width`` where the caller padded them); w0's column of the first linear layer folds
-    into its bias. The logits [N]. Shared by :class:`FNN` and the sharded FNN."""
+class InputLinear(nn.Linear):
+    """The FNN's first layer: an ``nn.Linear`` over z = [w0, z_1, ..., z_F].
+
+    ``layer(z)`` is the plain linear map. ``layer(fields, w0=w0)`` takes z without its w0
+    column (zero padded on the right, as the training kernels write it) and folds w0's column
+    into the bias: the same function of the same parameters, without a pass to build z nor one
+    to slice its gradient. Either way it is a module call (hooks see it) of the saved weights.
+    """
+
+    def forward(self, input: torch.Tensor, w0: torch.Tensor | None = None) -> torch.Tensor:
+        if w0 is None:
+            return super().forward(input)
+        weight = self.weight[:, 1:]
+        if input.shape[-1] > weight.shape[1]:
+            weight = nn.functional.pad(weight, (0, input.shape[-1] - weight.shape[1]))
+        bias = self.weight[:, 0] * w0
+        if self.bias is not None:
+            bias = bias + self.bias
+        return nn.functional.linear(input, weight, bias)
+
+
+def fnn_head(fields: torch.Tensor, w0, hidden_layers: nn.Sequential, output) -> torch.Tensor:
+    """The FNN's network above z = [w0, fields], the logits [N]: ``fields`` holds z's field
+    columns (zero padded on the right where the caller padded them), and the first layer (an
+    :class:`InputLinear`) folds w0's column into its bias. Shared by :class:`FNN` and the
+    sharded FNN."""
     first = hidden_layers[0] if len(hidden_layers) else output
-    weight = first.weight[:, 1:]
-    if fields.shape[1] > width:
-        weight = nn.functional.pad(weight, (0, fields.shape[1] - width))
-    bias = first.weight[:, 0] * w0
-    if first.bias is not None:
-        bias = bias + first.bias
-    out = nn.functional.linear(fields, weight, bias)
+    out = first(fields, w0=w0)
     if first is not output:
         out = output(hidden_layers[1:](out))
     return out.squeeze(-1)

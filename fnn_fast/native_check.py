@@ -22,9 +22,9 @@ _shown = False
 
 def missing_native_reason() -> str | None:
     """Why the native kernels are absent and what to do, or None when they are loaded."""
-    from fnn_fast.ops import native
+    from fnn_fast.ops import cpu
 
-    if native.available():
+    if cpu.available():
         return None
     package = Path(__file__).resolve().parent
     source = package.parent
@@ -36,13 +36,11 @@ def missing_native_reason() -> str | None:
         )
     elif (package / "native_build_error.txt").is_file():
         why = (
-            f"the C++ kernels failed to compile when fnn_fast was installed ({native.IMPORT_ERROR}"
+            f"the C++ kernels failed to compile when fnn_fast was installed ({cpu.IMPORT_ERROR}"
             "); fix the build (`pip install . -v` shows the compiler's errors) and reinstall"
         )
     else:
-        why = (
-            f"fnn_fast._C cannot be loaded ({native.IMPORT_ERROR}); reinstall with `pip install .`"
-        )
+        why = f"fnn_fast._C cannot be loaded ({cpu.IMPORT_ERROR}); reinstall with `pip install .`"
     return (
         f"the native C++ kernels are not loaded: {why}. The pure PyTorch reference runs "
         "instead (correct, but much slower); FNN_FAST_REQUIRE_NATIVE=1 makes this an error"

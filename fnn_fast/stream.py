@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from fnn_fast.data.cache import _read_rows_of, read_meta
+from fnn_fast.data.errors import DataError
 
 CHUNK_ROWS = 1 << 14
 WINDOW_CHUNKS = 16  # shuffle buffer: 2^18 rows
@@ -78,6 +79,15 @@ class CacheStream:
         self.chunk_rows, self.window_chunks, self.shuffle = chunk_rows, window_chunks, shuffle
         self.eval_rows = eval_rows
         self.metas = [read_meta(e) for e in self.entries]
+        for entry, meta in zip(self.entries, self.metas, strict=True):
+            if meta["slot_fields"] != [int(f) for f in encoder.slot_fields]:
+                raise DataError(
+                    entry, None,
+                    "its rows have another slot layout than the model's (a multi-valued field "
+                    "with more or fewer slots than in the training file): streaming takes files "
+                    "of one layout; declare each bag column's maximum (--multi-valued "
+                    "COL:SEP:N), or train in memory",
+                )  # fmt: skip
         sizes = [int(m["n_rows"]) for m in self.metas]
         self.chunks: list[_Chunk] = []
         left = limit if limit is not None else sum(sizes)

@@ -99,8 +99,17 @@ class Split:
 
     @classmethod
     def encode(cls, rows: ParsedRows, encoder: FeatureEncoder, index=None) -> Split:
-        """The rows (those ``index`` selects, when given) as tensors."""
-        keys, values, labels = rows.keys, rows.values, rows.labels
+        """The rows (those ``index`` selects, when given) as tensors, laid out in the encoder's
+        slots (a file's multi-valued field may have fewer slots; more values than the model
+        has slots for is a DataError naming the line)."""
+        from fnn_fast.data.errors import DataError
+        from fnn_fast.data.parts import conform_slots, overflow_reason
+
+        keys, values, overflow = conform_slots(rows, encoder)
+        if overflow.any():
+            row = int(np.flatnonzero(overflow)[0])
+            raise DataError(rows.source, int(rows.lines[row]), overflow_reason(rows, encoder, row))
+        labels = rows.labels
         if index is not None:
             keys, values, labels = keys[index], values[index], labels[index]
         ids, values = encoder.transform(keys, values)

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from fnn_fast import FM, FNN, ops
-from fnn_fast.ops import native, reference
+from fnn_fast.ops import checks, cpu, library, reference
 from fnn_fast.optim import RowUpdate
 
-pytestmark = pytest.mark.skipif(not native.available(), reason="fnn_fast._C was not built")
+pytestmark = pytest.mark.skipif(not cpu.available(), reason="fnn_fast._C was not built")
 
 SEED = int(os.environ.get("FNN_FAST_FUZZ_SEED", "0"))
 CASES = int(os.environ.get("FNN_FAST_FUZZ_CASES", "240"))
@@ -346,35 +346,35 @@ def run_kernel(a, table, ids, values):
     if gather:
         args = (a["slot_fields"], a["num_fields"])
         if not a["train"]:
-            z = native.fnn_gather(table, ids, values, *args, a["width"])
+            z = library.fnn_fields(table, ids, values, *args, a["width"])
             want = _reference_z(a, table.double(), ids, _double(values))
             torch.testing.assert_close(z[:, : want.shape[1]].double(), want, atol=1e-4, rtol=1e-4)
             assert not z[:, want.shape[1] :].any()
             return
     elif not a["train"]:
-        got = native.fm_scores(table, ids, values)
+        got = library.fm_forward(table, ids, values)
         want = reference.fm_forward(table.double(), 0.0, ids, _double(values))
         torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4)
         return
     rule, state1, state2, step, hparams = _state(a)
-    code = a.get("rule_code", native.RULES[rule.kind])
+    code = a.get("rule_code", checks.RULES[rule.kind])
     before = table.clone()
     # The reference's dense gradient of the same output, for the SGD update it must make.
     weights = table.detach().double().requires_grad_(True)
     if gather:
-        out = native.fnn_gather_train(table, ids, values, *args, state1, state2, step, hparams,
+        out = library.fnn_fields_train(table, ids, values, *args, state1, state2, step, hparams,
                                       code, a["width"])  # fmt: skip
         grad = torch.randn(out.shape)
         if a.get("break_grad"):
             grad = grad[:, :1]
-        native.fnn_gather_backward_update(table, ids, values, *args, grad, state1, state2, step,
+        library.fnn_fields_backward_update(table, ids, values, *args, grad, state1, state2, step,
                                           hparams, code)  # fmt: skip
         want = _reference_z(a, weights, ids, _double(values))
         dense = torch.autograd.grad((want * grad[:, : want.shape[1]].double()).sum(), weights)[0]
     else:
-        _, sums = native.fm_train_forward(table, ids, values, state1, state2, step, hparams, code)
+        _, sums = library.fm_forward_train(table, ids, values, state1, state2, step, hparams, code)
         grad = torch.randn(ids.shape[0] + (1 if a.get("break_grad") else 0))
-        native.fm_backward_update(table, ids, values, sums, grad, state1, state2, step, hparams,
+        library.fm_backward_update(table, ids, values, sums, grad, state1, state2, step, hparams,
                                   code)  # fmt: skip
         want = reference.fm_forward(weights, 0.0, ids, _double(values))
         dense = torch.autograd.grad((want * grad.double()).sum(), weights, allow_unused=True)[0]

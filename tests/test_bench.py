@@ -16,7 +16,7 @@ from fnn_fast.bench.contenders import CONTENDER_NAMES, all_contenders
 from fnn_fast.bench.shapes import CaseData, Shape, draw_batches
 from fnn_fast.bench.traffic import op_bytes
 from fnn_fast.cli import main
-from fnn_fast.ops import native
+from fnn_fast.ops import cpu
 
 TINY = PRESETS["tiny"]
 OWN_BACKENDS = ("reference", "compiled", "native", "triton", "cuda")
@@ -75,7 +75,7 @@ def test_records_are_complete(tiny_run):
         assert r["status"] == "skipped" and "left out of this preset" in r["reason"]
 
 
-@pytest.mark.skipif(not native.available(), reason="fnn_fast._C was not built")
+@pytest.mark.skipif(not cpu.available(), reason="fnn_fast._C was not built")
 def test_native_runs_every_case(tiny_run):
     result, _, _ = tiny_run
     native_records = by(result.records, backend="native")
@@ -259,7 +259,7 @@ def test_byte_model():
     n, ids, rows, update = 6, 48, 96, 2 * 4 * 5 * 5
     assert op_bytes("fm_forward", 2, 3, 4, 5, "rowwise_adagrad") == ids + rows + 8
     assert op_bytes("fm_train_step", 2, 3, 4, 5, "rowwise_adagrad") == ids + rows + 16 + update
-    assert op_bytes("fnn_gather_train", 2, 3, 4, 5, "sgd") == ids + rows + 2 * 96 + 2 * 4 * 4 * 5
+    assert op_bytes("fnn_fields_train", 2, 3, 4, 5, "sgd") == ids + rows + 2 * 96 + 2 * 4 * 4 * 5
     assert op_bytes("sparse_update", 2, 3, 4, 5, "adam") == ids + rows + 2 * 4 * 12 * 5
     assert op_bytes("index_select", 2, 3, 4, 5, "sgd") == ids + 2 * rows
     assert op_bytes("fm_train", 2, 3, 4, 5, "sgd") is None

@@ -86,23 +86,23 @@ def fnn_reference(table, ids, values, **kw):
 
 @requires_cuda
 @pytest.mark.parametrize("batch,slots,factors", SHAPES)
-def test_fnn_gather(batch, slots, factors):
+def test_fnn_fields(batch, slots, factors):
     table = torch.randn(300, 1 + factors, device=DEVICE)
     ids, values = batch_of(batch, slots, 300, seed=7)
     poison_next_allocation(batch * slots * (1 + factors))
-    z = cuda.fnn_gather(table, ids, values, None, slots)
+    z = cuda.fnn_fields(table, ids, values, None, slots)
     torch.testing.assert_close(z, fnn_reference(table, ids, values))
 
 
 @requires_cuda
 @pytest.mark.parametrize("factors", [3, 10, 15])
-def test_fnn_gather_multi_valued_and_empty_fields(factors):
+def test_fnn_fields_multi_valued_and_empty_fields(factors):
     table = torch.randn(50, 1 + factors, device=DEVICE)
     ids, values = batch_of(9, 5, 50, seed=1)
     # Field 0 has two slots out of order, field 2 two adjacent ones; fields 1 and 4 have none.
     slot_fields = torch.tensor([2, 0, 2, 3, 0], device=DEVICE)
     poison_next_allocation(9 * 5 * (1 + factors))
-    z = cuda.fnn_gather(table, ids, values, slot_fields, 5)
+    z = cuda.fnn_fields(table, ids, values, slot_fields, 5)
     expected = fnn_reference(table, ids, values, slot_fields=slot_fields, num_fields=5)
     torch.testing.assert_close(z, expected)
     assert (z.view(9, 5, -1)[:, [1, 4]] == 0).all()
@@ -125,7 +125,7 @@ def test_bad_inputs_raise():
         cuda.fm_forward(table.double(), torch.zeros(2, 3, dtype=torch.int64, device=DEVICE),
                         None, None)  # fmt: skip
     with pytest.raises(ValueError, match="num_fields"):
-        cuda.fnn_gather(table, torch.zeros(2, 3, dtype=torch.int64, device=DEVICE), None, None, 4)
+        cuda.fnn_fields(table, torch.zeros(2, 3, dtype=torch.int64, device=DEVICE), None, None, 4)
 
 
 # --- Fused backward + update -------------------------------------------------------------------
@@ -171,7 +171,7 @@ class Trainer:
             fields = self.num_fields if self.num_fields is not None else slots
             grad = torch.randn(batch, fields * self.table.shape[1], generator=g) * scale
             grad = grad.to(DEVICE)
-            cuda.fnn_gather_backward_update(
+            cuda.fnn_fields_backward_update(
                 self.table, ids, values, self.slot_fields, fields, grad, self.state1,
                 self.state2, hparams, code, self.step,
             )  # fmt: skip
@@ -244,7 +244,7 @@ def test_lanes_per_row_set_by_hand(monkeypatch, factors, lanes):
     sums = torch.empty(45, factors, device=DEVICE)
     logits = cuda.fm_forward(table, ids, values, sums)
     assert_close_to_reference(logits, table, ids, values, reference.fm_forward)
-    torch.testing.assert_close(cuda.fnn_gather(table, ids, values, None, 7),
+    torch.testing.assert_close(cuda.fnn_fields(table, ids, values, None, 7),
                                fnn_reference(table, ids, values))  # fmt: skip
     for model in ("fm", "fnn"):
         trainer = Trainer(model, "rowwise_adagrad", rows=200, factors=factors)
@@ -275,11 +275,11 @@ def test_empty_batch_changes_nothing():
     empty = torch.zeros(0, 4, dtype=torch.int64, device=DEVICE)
     adam = tuple(RowUpdate("adam").hparams().tolist()), cuda.RULES["adam"], 1
     assert cuda.fm_forward(table, empty, None, None).shape == (0,)
-    assert cuda.fnn_gather(table, empty, None, None, 4).shape == (0, 16)
+    assert cuda.fnn_fields(table, empty, None, None, 4).shape == (0, 16)
     sums, grad_logits = torch.empty(0, 3, device=DEVICE), torch.empty(0, device=DEVICE)
     cuda.fm_backward_update(table, empty, None, sums, grad_logits, state1, state2, *adam)
     grad_z = torch.empty(0, 16, device=DEVICE)
-    cuda.fnn_gather_backward_update(table, empty, None, None, 4, grad_z, state1, state2, *adam)
+    cuda.fnn_fields_backward_update(table, empty, None, None, 4, grad_z, state1, state2, *adam)
     torch.testing.assert_close(table, before, rtol=0, atol=0)
     assert not state1.any() and not state2.any()
 
@@ -295,12 +295,12 @@ def test_large_table_rows_beyond_2_31_elements():
     last = rows - 1
     table[last] = torch.arange(11, dtype=torch.float32, device=DEVICE)
     ids = torch.tensor([[last, last]], device=DEVICE)
-    z = cuda.fnn_gather(table, ids, None, None, 2)
+    z = cuda.fnn_fields(table, ids, None, None, 2)
     torch.testing.assert_close(z[0, 11:], table[last])
     state1, state2 = RowUpdate("sgd").new_state(table)
     grad = torch.ones(1, 22, device=DEVICE)
     sgd = (0.5, 0.0, 1e-10, 0.9, 0.999), cuda.RULES["sgd"], 1
-    cuda.fnn_gather_backward_update(table, ids, None, None, 2, grad, state1, state2, *sgd)
+    cuda.fnn_fields_backward_update(table, ids, None, None, 2, grad, state1, state2, *sgd)
     torch.testing.assert_close(table[last], torch.arange(11.0, device=DEVICE) - 1.0)
     del table
 

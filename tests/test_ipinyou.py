@@ -32,6 +32,7 @@ import pytest
 import fnn_fast
 from fnn_fast.cli import main
 from fnn_fast.data import FeatureEncoder, Schema, load_rows
+from fnn_fast.ops import cpu
 from fnn_fast.train import Split, TrainConfig, evaluate, train_fm, train_fnn
 
 SEEDS = (0, 1, 2)
@@ -116,16 +117,13 @@ def test_fnn_matches_its_fm_over_seeds(over_seeds):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not fnn_fast.ops.native.available(), reason="fnn_fast._C was not built")
+@pytest.mark.skipif(not cpu.available(), reason="fnn_fast._C was not built")
 def test_native_and_reference_training_agree(ipinyou_dir, tmp_path):
     """The fused native kernels train to the same AUC as the reference path."""
     metrics = {}
     for backend in ("reference", "native"):
-        fnn_fast.set_backend(backend)
-        try:
+        with fnn_fast.use_backend(backend):
             assert train(ipinyou_dir, tmp_path / backend) == 0
-        finally:
-            fnn_fast.set_backend("auto")
         metrics[backend] = json.loads((tmp_path / backend / "metrics.json").read_text())
     for stage in ("fm", "fnn"):
         reference, native = metrics["reference"][stage], metrics["native"][stage]

@@ -11,7 +11,7 @@ import torch
 
 import fnn_fast
 from fnn_fast import FM, FNN
-from fnn_fast.ops import native, reference
+from fnn_fast.ops import gpu, reference
 
 
 def fm_direct(table, w0, ids, values):
@@ -196,8 +196,7 @@ def test_fnn_refuses_a_wrong_number_of_id_columns(backend, given):
     native gather, written past z), fewer left fields unwritten."""
     fnn = FNN(100, num_fields=8, num_factors=3, hidden=(4,))
     ids = torch.randint(0, 100, (5, given))
-    fnn_fast.set_backend(backend)
-    try:
+    with fnn_fast.use_backend(backend):
         for call in (fnn, fnn.input):
             with pytest.raises(ValueError, match=f"expected 8 id columns.*got {given}"):
                 call(ids)
@@ -206,8 +205,6 @@ def test_fnn_refuses_a_wrong_number_of_id_columns(backend, given):
                 pytest.raises(ValueError, match=f"expected 8 id columns.*{given}"),
             ):
                 call(ids)
-    finally:
-        fnn_fast.set_backend("auto")
 
 
 @pytest.mark.parametrize("num_fields,given", [(3, 5), (5, 3)])
@@ -249,7 +246,7 @@ def test_gpu_bounds_check_off_reads_no_cuda_ids(monkeypatch):
     try:
         ids = _cuda_like_ids()
         fnn_fast.ops.check_ids(ids, 10)
-        native._check_gpu_bounds(ids, 10)
+        gpu.check_bounds(ids, 10)
         read = {name for name, *_ in ids.mock_calls} - {"dim", "numel"}
         assert not read, f"the CUDA ids were read: {read}"
         with pytest.raises(IndexError, match="outside the table of 10 rows"):
@@ -262,8 +259,41 @@ def test_gpu_bounds_check_off_reads_no_cuda_ids(monkeypatch):
 
 
 def test_gpu_bounds_check_environment_variable():
-    script = "from fnn_fast.ops import native; print(native.GPU_BOUNDS_CHECK)"
+    script = "from fnn_fast.ops import gpu; print(gpu.BOUNDS_CHECK)"
     env = {**os.environ, "FNN_FAST_GPU_BOUNDS_CHECK": "0"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_use_backend_restores_the_previous_choice():
+    assert fnn_fast.backends()["selected"] == "auto"
+    with fnn_fast.use_backend("reference"):
+        assert fnn_fast.backends()["active"] == "reference"
+        with pytest.raises(KeyError), fnn_fast.use_backend("auto"):
+            assert fnn_fast.backends()["selected"] == "auto"
+            raise KeyError("the block fails")
+        assert fnn_fast.backends()["selected"] == "reference"
+    assert fnn_fast.backends()["selected"] == "auto"
+
+
+@pytest.mark.parametrize("hidden", [(6, 4), ()])
+def test_first_layer_is_a_module_call_with_w0_folded(hidden):
+    """FNN.forward folds w0 into the first layer's bias through that nn.Linear itself: forward
+    hooks see the call, and the logits equal the plain network on z = [w0, z_1, ..., z_F]."""
+    torch.manual_seed(0)
+    fnn = FNN(50, num_fields=4, num_factors=3, hidden=hidden)
+    with torch.no_grad():
+        fnn.w0.fill_(0.7)
+    first = fnn.hidden_layers[0] if hidden else fnn.output
+    assert isinstance(first, torch.nn.Linear)
+    seen = []
+    first.register_forward_hook(lambda module, args, kwargs, out: seen.append(out.shape),
+                                with_kwargs=True)  # fmt: skip
+    ids = torch.randint(0, 50, (9, 4))
+    for grad in (False, True):  # inference, and training's zero-padded z
+        with torch.set_grad_enabled(grad):
+            got = fnn(ids)
+            plain = fnn.output(fnn.hidden_layers(fnn.input(ids))).squeeze(-1)
+        torch.testing.assert_close(got, plain)
+    assert len(seen) == 4  # two FNN calls and two plain ones

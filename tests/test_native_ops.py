@@ -7,10 +7,10 @@ import torch.nn.functional as F
 
 import fnn_fast
 from fnn_fast import FM, FNN, SparseRowOptimizer
-from fnn_fast.ops import native, reference
+from fnn_fast.ops import checks, cpu, eager, library, reference
 from fnn_fast.optim import OPTIMIZERS, RowUpdate
 
-pytestmark = pytest.mark.skipif(not native.available(), reason="fnn_fast._C was not built")
+pytestmark = pytest.mark.skipif(not cpu.available(), reason="fnn_fast._C was not built")
 
 
 def batch_of(batch, slots, rows, seed, with_values=True, hot=True):
@@ -45,24 +45,24 @@ SHAPES = [
 def test_fm_scores(batch, slots, factors, with_values):
     table = torch.randn(500, 1 + factors)
     ids, values, _ = batch_of(batch, slots, 500, seed=batch + slots, with_values=with_values)
-    got = native.fm_scores(table, ids, values) + 0.25
+    got = library.fm_forward(table, ids, values) + 0.25
     assert_close_to_reference(got, table, torch.tensor(0.25), ids, values)
 
 
 @pytest.mark.parametrize("batch,slots,factors", SHAPES)
-def test_fnn_gather(batch, slots, factors):
+def test_fnn_fields(batch, slots, factors):
     table = torch.randn(300, 1 + factors)
     ids, values, _ = batch_of(batch, slots, 300, seed=7)
-    z = native.fnn_gather(table, ids, values, None, slots)
+    z = library.fnn_fields(table, ids, values, None, slots)
     expected = reference.fnn_input(table, torch.tensor(0.0), ids, values)[:, 1:]
     torch.testing.assert_close(z, expected)
 
 
-def test_fnn_gather_multi_valued_fields():
+def test_fnn_fields_multi_valued_fields():
     table = torch.randn(50, 4)
     ids, values, _ = batch_of(9, 5, 50, seed=1)
     slot_fields = torch.tensor([0, 1, 1, 2, 1])
-    z = native.fnn_gather(table, ids, values, slot_fields, 3)
+    z = library.fnn_fields(table, ids, values, slot_fields, 3)
     expected = reference.fnn_input(table, torch.tensor(0.0), ids, values, slot_fields, 3)[:, 1:]
     torch.testing.assert_close(z, expected)
 
@@ -164,9 +164,9 @@ def test_empty_batch_trains_nothing():
 def test_out_of_range_ids_raise_not_crash():
     table = torch.randn(10, 3)
     with pytest.raises(IndexError, match="outside the table"):
-        native.fm_scores(table, torch.tensor([[1, 10]]), None)
+        library.fm_forward(table, torch.tensor([[1, 10]]), None)
     with pytest.raises(IndexError, match="outside the table"):
-        native.fnn_gather(table, torch.tensor([[-1, 2]]), None, None, 2)
+        library.fnn_fields(table, torch.tensor([[-1, 2]]), None, None, 2)
 
 
 @pytest.mark.parametrize("factors", [2, 10])
@@ -180,10 +180,10 @@ def test_kernels_check_ids_as_they_read(factors):
     ids = torch.randint(0, 1000, (3000, 5))
     ids[2000, 3], ids[2500, 1], ids[10, 4] = 2**40, -3, 1000
     calls = [
-        lambda: native.fm_scores(table, ids, None),
-        lambda: native.fm_train_forward(table, ids, None, *state, step, hparams, 2),
-        lambda: native.fnn_gather(table, ids, None, None, 5),
-        lambda: native.fnn_gather(table, ids, None, torch.tensor([0, 1, 1, 2, 0]), 3),
+        lambda: library.fm_forward(table, ids, None),
+        lambda: library.fm_forward_train(table, ids, None, *state, step, hparams, 2),
+        lambda: library.fnn_fields(table, ids, None, None, 5),
+        lambda: library.fnn_fields(table, ids, None, torch.tensor([0, 1, 1, 2, 0]), 3),
     ]
     for call in calls:
         with pytest.raises(IndexError, match="feature id 1000 is outside the table of 1000"):
@@ -195,22 +195,22 @@ def test_opcheck():
     ids, values, _ = batch_of(6, 3, 30, seed=2)
     rule = RowUpdate("adam", lr=0.01)
     s1, s2 = rule.new_state(table)
-    step, hp, code = torch.zeros((), dtype=torch.int64), rule.hparams(), native.RULES["adam"]
-    torch.library.opcheck(native.fm_scores, (table, ids, values))
-    torch.library.opcheck(native.fnn_gather, (table, ids, values, None, 3))
-    torch.library.opcheck(native.fnn_gather, (table, ids, values, None, 3, 16))
+    step, hp, code = torch.zeros((), dtype=torch.int64), rule.hparams(), checks.RULES["adam"]
+    torch.library.opcheck(library.fm_forward, (table, ids, values))
+    torch.library.opcheck(library.fnn_fields, (table, ids, values, None, 3))
+    torch.library.opcheck(library.fnn_fields, (table, ids, values, None, 3, 16))
     torch.library.opcheck(
-        native.fnn_gather_train, (table, ids, values, None, 3, s1, s2, step, hp, code, 16)
+        library.fnn_fields_train, (table, ids, values, None, 3, s1, s2, step, hp, code, 16)
     )
-    logits, sums = native.fm_train_forward(table, ids, values, s1, s2, step, hp, code)
+    logits, sums = library.fm_forward_train(table, ids, values, s1, s2, step, hp, code)
     torch.library.opcheck(
-        native.fm_backward_update,
+        library.fm_backward_update,
         (table.clone(), ids, values, sums, torch.randn(6), s1.clone(), s2.clone(), step.clone(),
          hp, code),
     )  # fmt: skip
     for width in (12, 16):
         torch.library.opcheck(
-            native.fnn_gather_backward_update,
+            library.fnn_fields_backward_update,
             (table.clone(), ids, values, None, 3, torch.randn(6, width), s1.clone(), s2.clone(),
              step.clone(), hp, code),
         )  # fmt: skip
@@ -224,17 +224,17 @@ def test_padded_z_is_z_and_zeros(slot_fields):
     ids, values, _ = batch_of(37, 5, 200, seed=4)
     fields = 3 if slot_fields else 5
     sf = torch.tensor(slot_fields) if slot_fields else None
-    plain = native.fnn_gather(table, ids, values, sf, fields)
-    padded = native.fnn_gather(table, ids, values, sf, fields, plain.shape[1] + 13)
+    plain = library.fnn_fields(table, ids, values, sf, fields)
+    padded = library.fnn_fields(table, ids, values, sf, fields, plain.shape[1] + 13)
     assert torch.equal(padded[:, : plain.shape[1]], plain) and not padded[:, plain.shape[1] :].any()
     rule = RowUpdate("rowwise_adagrad", lr=0.1)
     grad = torch.randn_like(plain)
     tables = []
     for g in (grad, torch.cat([grad, torch.full((37, 13), float("nan"))], dim=1)):
         t, (s1, s2) = table.clone(), rule.new_state(table)
-        native.fnn_gather_backward_update(t, ids, values, sf, fields, g, s1, s2,
+        library.fnn_fields_backward_update(t, ids, values, sf, fields, g, s1, s2,
                                           torch.zeros((), dtype=torch.int64), rule.hparams(),
-                                          native.RULES[rule.kind])  # fmt: skip
+                                          checks.RULES[rule.kind])  # fmt: skip
         tables.append(t)
     assert torch.equal(tables[0], tables[1])
 
@@ -267,8 +267,8 @@ def test_torch_compile_fullgraph_matches_eager(model_kind):
         results.append((model.table.detach().clone(), model.update_state1.clone()))
         with torch.no_grad():
             results[-1] += (model(batches[0][0], batches[0][1]),)
-    for eager, compiled in zip(results[0], results[1], strict=True):
-        torch.testing.assert_close(compiled, eager, atol=1e-6, rtol=1e-5)
+    for by_eager, by_compiled in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(by_compiled, by_eager, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["rowwise_adagrad", "adam"])
@@ -299,16 +299,16 @@ def test_kernels_refuse_sizes_that_do_not_fit():
     refuse first, and the C++ kernels themselves refuse sizes that do not fit."""
     table, ids = torch.randn(10, 4), torch.randint(0, 10, (4, 5))
     with pytest.raises(ValueError, match="expected 3 id columns, one per field"):
-        native.fnn_gather(table, ids, None, None, 3)
+        library.fnn_fields(table, ids, None, None, 3)
     with pytest.raises(ValueError, match="expected 5 id columns, one per field"):
-        native.fnn_gather(table, ids[:, :3].contiguous(), None, None, 5)
+        library.fnn_fields(table, ids[:, :3].contiguous(), None, None, 5)
     with pytest.raises(ValueError, match="slot_fields maps a column to field 3"):
-        native.fnn_gather(table, ids, None, torch.tensor([0, 1, 2, 3, 0]), 3)
+        library.fnn_fields(table, ids, None, torch.tensor([0, 1, 2, 3, 0]), 3)
     z = torch.empty(4, 3 * 4)
 
     def gather(slot_fields, num_fields, z_width=z.shape[1]):
-        native._C.fnn_gather(
-            table.data_ptr(), 10, 4, ids.data_ptr(), 0, 4, 5, native._address(slot_fields),
+        cpu._C.fnn_fields(
+            table.data_ptr(), 10, 4, ids.data_ptr(), 0, 4, 5, cpu._address(slot_fields),
             num_fields, z.data_ptr(), z_width,
         )  # fmt: skip
 
@@ -329,9 +329,9 @@ def test_backward_update_with_an_id_outside_the_table_raises_and_writes_nothing(
     state = (*rule.new_state(table), torch.zeros((), dtype=torch.int64), rule.hparams(), 0)
     with pytest.raises(IndexError, match="feature id 10 is outside the table of 10 rows"):
         if op == "fm":
-            native.fm_backward_update(table, ids, None, torch.randn(2, 3), torch.randn(2), *state)
+            library.fm_backward_update(table, ids, None, torch.randn(2, 3), torch.randn(2), *state)
         else:
-            native.fnn_gather_backward_update(table, ids, None, None, 2, torch.randn(2, 8), *state)
+            library.fnn_fields_backward_update(table, ids, None, None, 2, torch.randn(2, 8), *state)
     torch.testing.assert_close(buffer, before, rtol=0, atol=0)
 
 
@@ -341,9 +341,9 @@ def test_zero_slots_give_each_sample_its_output():
     ids = torch.zeros(64, 0, dtype=torch.int64)
     stale = table.new_full((64 * 8,), float("nan"))
     del stale  # freed memory that an uninitialized output would likely reuse
-    assert torch.equal(native.fm_scores(table, ids, None), torch.zeros(64))
+    assert torch.equal(library.fm_forward(table, ids, None), torch.zeros(64))
     none = torch.zeros(0, dtype=torch.int64)
-    assert torch.equal(native.fnn_gather(table, ids, None, none, 2), torch.zeros(64, 8))
+    assert torch.equal(library.fnn_fields(table, ids, None, none, 2), torch.zeros(64, 8))
 
 
 def test_an_argument_on_another_device_raises():
@@ -352,9 +352,9 @@ def test_an_argument_on_another_device_raises():
     table = torch.randn(10, 4)
     ids = torch.zeros(3, 2, dtype=torch.int64)
     with pytest.raises(ValueError, match="ids is on meta but the table on cpu"):
-        native.fm_scores(table, ids.to("meta"), None)
+        library.fm_forward(table, ids.to("meta"), None)
     with pytest.raises(ValueError, match="values is on meta but the table on cpu"):
-        native.fnn_gather(table, ids, torch.ones(3, 2, device="meta"), None, 2)
+        library.fnn_fields(table, ids, torch.ones(3, 2, device="meta"), None, 2)
 
 
 @pytest.mark.parametrize("path", ["eager", "custom_op"])
@@ -363,7 +363,7 @@ def test_fused_training_gives_values_their_gradient(model_kind, path, monkeypatc
     """The fused kernels returned no gradient for values (the reference did): d loss / d values
     now comes from the rows before the update, on the eager path and the custom ops'."""
     if path == "custom_op":  # the torch.library ops' autograd, as torch.compile runs them
-        monkeypatch.setattr(native, "_eager", lambda ids: False)
+        monkeypatch.setattr(eager, "_eager", lambda ids: False)
     slot_fields = [0, 1, 1, 2, 0] if model_kind == "fnn_multi_valued" else None
     ids, values, labels = batch_of(12, 5, 30, seed=4)
     grads, tables = {}, {}

@@ -144,8 +144,7 @@ def test_fused_initial_accumulator_matches_the_optimizer(kind):
             for _ in range(3)]  # fmt: skip
     tables = {}
     for backend in ("reference", "auto"):
-        fnn_fast.set_backend(backend)
-        try:
+        with fnn_fast.use_backend(backend):
             torch.manual_seed(0)
             fm = FM(30, 3, init_std=0.3)
             if backend == "auto":
@@ -156,8 +155,6 @@ def test_fused_initial_accumulator_matches_the_optimizer(kind):
                 F.binary_cross_entropy_with_logits(fm(ids), labels).backward()
                 optimizer.step()
             tables[backend] = fm.table.detach().clone()
-        finally:
-            fnn_fast.set_backend("auto")
     torch.testing.assert_close(tables["auto"], tables["reference"], atol=2e-6, rtol=1e-5)
     with_zero = RowUpdate(kind, lr=0.1).new_state(torch.zeros(4, 3))[0]
     assert float(with_zero.sum()) == 0.0

@@ -27,7 +27,8 @@ from fnn_fast.data.parts import (
     text_part,
 )
 from fnn_fast.saved import load_model, save_model
-from fnn_fast.score import Scorer, _Output, predict, score_files
+from fnn_fast.score import Scorer, predict, score_files
+from fnn_fast.score.output import Output
 
 SCHEMA = Schema("csv", numeric=["n1"], categorical=["c1", "c2", "c3"], id_column="id")
 HEADER = ["id", "label", "n1", "c1", "c2", "c3"]
@@ -207,7 +208,7 @@ def test_resume_after_a_crash_at_several_points_gives_the_same_bytes(
     whole = tmp_path / "whole.csv"
     score_files(model_dir, inputs, whole, **options)
     parts = len(plan_parts(inputs, SCHEMA, part_bytes=3000))
-    write_part = _Output.write_part
+    write_part = Output.write_part
     for crash_after in (0, 1, parts // 2, parts):
         out = tmp_path / f"resumed-{crash_after}.csv"
         written = []
@@ -218,9 +219,9 @@ def test_resume_after_a_crash_at_several_points_gives_the_same_bytes(
             _written.append(1)
             write_part(self, *args)
 
-        monkeypatch.setattr(_Output, "write_part", crashing)
+        monkeypatch.setattr(Output, "write_part", crashing)
         if crash_after == parts:  # every part written, killed while concatenating them
-            monkeypatch.setattr("fnn_fast.score._concatenate", _raise_interrupt)
+            monkeypatch.setattr("fnn_fast.score.output._concatenate", _raise_interrupt)
         with pytest.raises(KeyboardInterrupt):
             score_files(model_dir, inputs, out, **options)
         monkeypatch.undo()
@@ -237,7 +238,7 @@ def _raise_interrupt(*args):
 
 def test_resume_refuses_changed_settings(model_dir, data, tmp_path, monkeypatch):
     out = tmp_path / "s.parquet"
-    monkeypatch.setattr("fnn_fast.score._concatenate", _raise_interrupt)
+    monkeypatch.setattr("fnn_fast.score.output._concatenate", _raise_interrupt)
     with pytest.raises(KeyboardInterrupt):
         score_files(model_dir, data[0], out, part_bytes=4096, workers=0, progress=False)
     monkeypatch.undo()
@@ -352,7 +353,7 @@ def load_model_encoder(data):
 def test_every_reading_mode_gives_the_same_bytes(tmp_path, monkeypatch):
     """Criteo text read by the C++ reader, encoded between batches (few cores) or by the reader
     threads (many cores), or in a worker process: the same output bytes."""
-    import fnn_fast.score as score_module
+    import fnn_fast.score.readers as readers
     from fnn_fast.data.synthetic import criteo_like_cardinalities, plant_model, write_criteo
 
     path, schema = tmp_path / "day.txt", Schema.criteo()
@@ -363,7 +364,7 @@ def test_every_reading_mode_gives_the_same_bytes(tmp_path, monkeypatch):
     outputs = {}
     for mode, overlap_cores, workers in (("between", 64, None), ("beside", 1, None),
                                          ("worker", 64, 1)):  # fmt: skip
-        monkeypatch.setattr(score_module, "_OVERLAP_CORES", overlap_cores)
+        monkeypatch.setattr(readers, "OVERLAP_CORES", overlap_cores)
         out = tmp_path / f"{mode}.csv"
         score_files(tmp_path / "model", path, out, part_bytes=50_000, workers=workers,
                     progress=False)  # fmt: skip
@@ -397,7 +398,7 @@ def test_resume_refuses_a_changed_batch_size(model_dir, data, tmp_path, monkeypa
     """The run's own settings are recorded (not the function's defaults): a batch size that
     differs may change the bytes, so a resume with it is refused."""
     out = tmp_path / "s.parquet"
-    monkeypatch.setattr("fnn_fast.score._concatenate", _raise_interrupt)
+    monkeypatch.setattr("fnn_fast.score.output._concatenate", _raise_interrupt)
     command = ["score", "--model", str(model_dir), "--input", str(data[0]), "--output", str(out),
                "--part-mb", "0.004", "--workers", "0", "--no-progress"]  # fmt: skip
     with pytest.raises(KeyboardInterrupt):

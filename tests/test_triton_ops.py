@@ -22,7 +22,7 @@ pytest.importorskip("triton", reason="triton is not installed (pip install trito
 
 import fnn_fast  # noqa: E402
 from fnn_fast import FM, FNN, SparseRowOptimizer  # noqa: E402
-from fnn_fast.ops import native, reference  # noqa: E402
+from fnn_fast.ops import checks, cpu, gpu, library, reference  # noqa: E402
 from fnn_fast.ops import triton as triton_ops  # noqa: E402
 from fnn_fast.optim import OPTIMIZERS, RowUpdate  # noqa: E402
 
@@ -106,21 +106,21 @@ def test_fm_forward(batch, slots, dim, with_values):
 
 @pytest.mark.parametrize("batch,slots,dim", SHAPES)
 @pytest.mark.parametrize("with_values", [True, False])
-def test_fnn_gather(batch, slots, dim, with_values):
+def test_fnn_fields(batch, slots, dim, with_values):
     table = random_table(30, dim, seed=dim)
     ids, values, _ = make_batch(batch, slots, 30, seed=7, with_values=with_values)
-    z = triton_ops.fnn_gather(table, ids, values, None, slots)
+    z = triton_ops.fnn_fields(table, ids, values, None, slots)
     expected = reference.fnn_input(table, torch.tensor(0.0, device=DEVICE), ids, values)[:, 1:]
     torch.testing.assert_close(z, expected, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("with_values", [True, False])
-def test_fnn_gather_multi_valued_fields(with_values):
+def test_fnn_fields_multi_valued_fields(with_values):
     table = random_table(50, 5, seed=1)
     ids, values, _ = make_batch(9, 6, 50, seed=1, with_values=with_values)
     # Field 1 has three slots, field 3 none (its block must be zeros), field 4 the last slot.
     slot_fields = torch.tensor([1, 0, 1, 2, 1, 4], device=DEVICE)
-    z = triton_ops.fnn_gather(table, ids, values, slot_fields, 5)
+    z = triton_ops.fnn_fields(table, ids, values, slot_fields, 5)
     w0 = torch.tensor(0.0, device=DEVICE)
     expected = reference.fnn_input(table, w0, ids, values, slot_fields, 5)[:, 1:]
     torch.testing.assert_close(z, expected, atol=1e-6, rtol=1e-6)
@@ -137,8 +137,8 @@ def test_out_of_range_ids_read_nothing():
     kept_ids, kept_values = ids.clamp(0, 9), values.masked_fill(bad, 0.0)
     logits = triton_ops.fm_forward(table, ids, values, None)
     torch.testing.assert_close(logits, triton_ops.fm_forward(table, kept_ids, kept_values, None))
-    z = triton_ops.fnn_gather(table, ids, values, None, 3)
-    torch.testing.assert_close(z, triton_ops.fnn_gather(table, kept_ids, kept_values, None, 3))
+    z = triton_ops.fnn_fields(table, ids, values, None, 3)
+    torch.testing.assert_close(z, triton_ops.fnn_fields(table, kept_ids, kept_values, None, 3))
 
 
 # --- backward fused with the optimizer -----------------------------------------------------------
@@ -164,7 +164,7 @@ class Trainer:
         self.table = table.clone()
         self.state1, self.state2 = self.rule.new_state(self.table)
         self.hparams = tuple(self.rule.hparams().tolist())
-        self.code = native.RULES[kind]
+        self.code = checks.RULES[kind]
         self.steps = 0
 
     def update(self, backward, *args, window):
@@ -237,12 +237,12 @@ def test_fnn_backward_update_matches_reference(kind, with_values, slot_fields):
         fnn_loss(z, labels, head).backward()
         trainer.optimizer.step()
 
-        got = triton_ops.fnn_gather(trainer.table, ids, values, slot_fields, fields)
+        got = triton_ops.fnn_fields(trainer.table, ids, values, slot_fields, fields)
         torch.testing.assert_close(got, z[:, 1:].detach(), atol=1e-6, rtol=1e-6)
         got = got.requires_grad_(True)
         fnn_loss(torch.cat([w0.expand(got.shape[0], 1), got], dim=1), labels, head).backward()
         trainer.update(
-            triton_ops.fnn_gather_backward_update, ids, values, slot_fields, fields, got.grad,
+            triton_ops.fnn_fields_backward_update, ids, values, slot_fields, fields, got.grad,
             window=4,
         )  # fmt: skip
     trainer.compare()
@@ -293,45 +293,45 @@ def test_out_of_range_ids_update_nothing():
 # --- the CUDA dispatch ---------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not native.available(), reason="fnn_fast._C was not built")
+@pytest.mark.skipif(not cpu.available(), reason="fnn_fast._C was not built")
 @pytest.mark.skipif(
     not triton_ops.INTERPRETED, reason="runs CUDA-dispatch code on CPU tensors: interpreter only"
 )
 def test_gpu_dispatch_matches_cpu_ops(monkeypatch):
     """The functions registered for CUDA tensors (step count, hyperparameters, buffers), run on
     CPU tensors through the Triton module, against the CPU ops."""
-    monkeypatch.setattr(native, "_gpu", lambda: triton_ops)
+    monkeypatch.setattr(gpu, "_kernels", lambda: triton_ops)
     rule = RowUpdate("adam", lr=0.05, weight_decay=0.01)
     table = random_table(30, 5, seed=5).cpu()
     ids, values, labels = (t.cpu() for t in make_batch(12, 4, 30, seed=6))
-    hparams, code = rule.hparams(), native.RULES["adam"]
+    hparams, code = rule.hparams(), checks.RULES["adam"]
     results = []
     for implementation in ("cpu", "gpu"):
         updated = table.clone()
         state1, state2 = rule.new_state(updated)
         step = torch.tensor(2)
         if implementation == "cpu":
-            train_forward, backward = native.fm_train_forward, native.fm_backward_update
+            train_forward, backward = library.fm_forward_train, library.fm_backward_update
         else:
-            train_forward, backward = native._gpu_fm_train_forward, native._gpu_fm_backward_update
+            train_forward, backward = gpu.fm_forward_train, gpu.fm_backward_update
         logits, sums = train_forward(updated, ids, values, state1, state2, step, hparams, code)
         backward(
             updated, ids, values, sums, grad_of(logits, labels), state1, state2, step, hparams,
             code,
         )  # fmt: skip
         if implementation == "cpu":
-            gather_backward = native.fnn_gather_backward_update
-            z = native.fnn_gather_train(updated, ids, values, None, 4, state1, state2, step,
-                                        hparams, code)  # fmt: skip
+            gather_backward = library.fnn_fields_backward_update
+            z = library.fnn_fields_train(updated, ids, values, None, 4, state1, state2, step,
+                                         hparams, code)  # fmt: skip
         else:
-            gather_backward = native._gpu_fnn_gather_backward_update
-            z = native._gpu_fnn_gather_train(updated, ids, values, None, 4, state1, state2, step,
-                                             hparams, code)  # fmt: skip
+            gather_backward = gpu.fnn_fields_backward_update
+            z = gpu.fnn_fields_train(updated, ids, values, None, 4, state1, state2, step,
+                                     hparams, code)  # fmt: skip
         gather_backward(updated, ids, values, None, 4, torch.ones_like(z), state1, state2, step,
                         hparams, code)  # fmt: skip
         results.append((logits, sums, z, updated, state1, state2, step))
-    for cpu, gpu in zip(*results, strict=True):
-        torch.testing.assert_close(gpu, cpu, atol=2e-5, rtol=1e-4)
+    for on_cpu, on_gpu in zip(*results, strict=True):
+        torch.testing.assert_close(on_gpu, on_cpu, atol=2e-5, rtol=1e-4)
     assert int(results[1][-1]) == 4
 
 
@@ -380,7 +380,7 @@ def sm90(kernel, num_warps, **constexprs):
 
 sm90(fm._fm_forward_kernel, 4, HAS_VALUES=True, STORE_SUMS=True, BLOCK_B=4, BLOCK_S=32,
      BLOCK_D=16)
-sm90(gather._fnn_gather_kernel, 4, HAS_VALUES=True, GROUPED=True, BLOCK_B=4, BLOCK_F=32,
+sm90(gather._fnn_fields_kernel, 4, HAS_VALUES=True, GROUPED=True, BLOCK_B=4, BLOCK_F=32,
      BLOCK_D=16)
 sm90(sparse_update._window_update_kernel, 8, FM=True, HAS_VALUES=True, HAS_SLOT_FIELDS=False,
      RULE=3, WINDOW=128, BLOCK_D=16)
@@ -482,17 +482,17 @@ def test_opcheck_on_cuda():
         ids, values, _ = make_batch(6, 3, 30, seed=2)
         rule = RowUpdate("adam", lr=0.01)
         s1, s2 = rule.new_state(table)
-        step, hp, code = torch.zeros((), dtype=torch.int64), rule.hparams(), native.RULES["adam"]
-        torch.library.opcheck(native.fm_scores, (table, ids, values))
-        torch.library.opcheck(native.fnn_gather, (table, ids, values, None, 3))
-        logits, sums = native.fm_train_forward(table, ids, values, s1, s2, step, hp, code)
+        step, hp, code = torch.zeros((), dtype=torch.int64), rule.hparams(), checks.RULES["adam"]
+        torch.library.opcheck(library.fm_forward, (table, ids, values))
+        torch.library.opcheck(library.fnn_fields, (table, ids, values, None, 3))
+        logits, sums = library.fm_forward_train(table, ids, values, s1, s2, step, hp, code)
         torch.library.opcheck(
-            native.fm_backward_update,
+            library.fm_backward_update,
             (table.clone(), ids, values, sums, torch.randn(6, device=DEVICE), s1.clone(),
              s2.clone(), step.clone(), hp, code),
         )  # fmt: skip
         torch.library.opcheck(
-            native.fnn_gather_backward_update,
+            library.fnn_fields_backward_update,
             (table.clone(), ids, values, None, 3, torch.randn(6, 12, device=DEVICE), s1.clone(),
              s2.clone(), step.clone(), hp, code),
         )  # fmt: skip

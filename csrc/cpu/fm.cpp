@@ -228,7 +228,7 @@ int64_t fm_backward_update_kernel(float* table, int64_t num_rows, int64_t dim_ar
 constexpr int64_t kGatherAhead = 16;  // lookups; enough misses in flight, few wasted at the end
 
 template <int kDim>
-int64_t fnn_gather_kernel(const float* table, int64_t num_rows, int64_t dim_arg,
+int64_t fnn_fields_kernel(const float* table, int64_t num_rows, int64_t dim_arg,
                           const int64_t* ids, const float* values, int64_t batch, int64_t slots,
                           const int64_t* slot_fields, int64_t num_fields, float* z,
                           int64_t z_width) {
@@ -264,7 +264,7 @@ int64_t fnn_gather_kernel(const float* table, int64_t num_rows, int64_t dim_arg,
 }
 
 template <int kDim>
-int64_t fnn_gather_backward_update_kernel(float* table, int64_t num_rows, int64_t dim_arg,
+int64_t fnn_fields_backward_update_kernel(float* table, int64_t num_rows, int64_t dim_arg,
                                           const int64_t* ids, const float* values, int64_t batch,
                                           int64_t slots, const int64_t* slot_fields,
                                           int64_t num_fields, const float* grad_z,
@@ -344,20 +344,20 @@ int64_t fm_backward_update(float* table, int64_t num_rows, int64_t dim, const in
   return first_bad;
 }
 
-int64_t fnn_gather(const float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
+int64_t fnn_fields(const float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
                    const float* values, int64_t batch, int64_t slots, const int64_t* slot_fields,
                    int64_t num_fields, float* z, int64_t z_width) {
   check_batch(num_rows, dim, batch, slots);
   check_fields(slots, slot_fields, num_fields, dim, z_width);
   int64_t first_bad = -1;
   with_dim(dim, [&](auto d) {
-    first_bad = fnn_gather_kernel<decltype(d)::value>(table, num_rows, dim, ids, values, batch,
+    first_bad = fnn_fields_kernel<decltype(d)::value>(table, num_rows, dim, ids, values, batch,
                                                       slots, slot_fields, num_fields, z, z_width);
   });
   return first_bad;
 }
 
-int64_t fnn_gather_backward_update(float* table, int64_t num_rows, int64_t dim,
+int64_t fnn_fields_backward_update(float* table, int64_t num_rows, int64_t dim,
                                    const int64_t* ids, const float* values, int64_t batch,
                                    int64_t slots, const int64_t* slot_fields, int64_t num_fields,
                                    const float* grad_z, int64_t grad_width,
@@ -366,7 +366,7 @@ int64_t fnn_gather_backward_update(float* table, int64_t num_rows, int64_t dim,
   check_fields(slots, slot_fields, num_fields, dim, grad_width);
   int64_t first_bad = -1;
   with_dim(dim, [&](auto d) {
-    first_bad = fnn_gather_backward_update_kernel<decltype(d)::value>(
+    first_bad = fnn_fields_backward_update_kernel<decltype(d)::value>(
         table, num_rows, dim, ids, values, batch, slots, slot_fields, num_fields, grad_z,
         grad_width, params, state);
   });

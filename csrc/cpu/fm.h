@@ -33,14 +33,14 @@ int64_t fm_backward_update(float* table, int64_t num_rows, int64_t dim, const in
 // z is then zeros, as with an empty slot_fields). Returns
 // as fm_forward does; sizes that do not fit (num_fields < 0, z_width < F * dim, a slot_fields
 // entry outside [0, F)) throw std::invalid_argument before anything is written.
-int64_t fnn_gather(const float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
+int64_t fnn_fields(const float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
                    const float* values, int64_t batch, int64_t slots, const int64_t* slot_fields,
                    int64_t num_fields, float* z, int64_t z_width);
 
 // Row gradient: sum over occurrences of x_bs grad_z[b, field(s) * dim : ...], then the update.
-// grad_z: [batch, grad_width], grad_width >= F * dim. Checks and returns as fnn_gather does;
+// grad_z: [batch, grad_width], grad_width >= F * dim. Checks and returns as fnn_fields does;
 // with a bad id nothing is updated.
-int64_t fnn_gather_backward_update(float* table, int64_t num_rows, int64_t dim,
+int64_t fnn_fields_backward_update(float* table, int64_t num_rows, int64_t dim,
                                    const int64_t* ids, const float* values, int64_t batch,
                                    int64_t slots, const int64_t* slot_fields, int64_t num_fields,
                                    const float* grad_z, int64_t grad_width,

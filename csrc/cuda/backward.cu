@@ -473,7 +473,7 @@ void fm_backward_update(float* table, int64_t num_rows, int64_t dim, const int64
   });
 }
 
-void fnn_gather_backward_update(float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
+void fnn_fields_backward_update(float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
                                 const float* values, int64_t batch, int64_t slots,
                                 const int64_t* slot_fields, int64_t num_fields,
                                 const float* grad_z, const UpdateParams& params,

@@ -86,7 +86,7 @@ __global__ void __launch_bounds__(kThreads)
 // One group per sample: z[b, f * dim ...] = sum over the slots of field f of x row.
 template <class Cols>
 __global__ void __launch_bounds__(kThreads)
-    fnn_gather_kernel(const float* __restrict__ table, int dim, const int64_t* __restrict__ ids,
+    fnn_fields_kernel(const float* __restrict__ table, int dim, const int64_t* __restrict__ ids,
                       const float* __restrict__ values, int64_t batch, int slots,
                       const int64_t* __restrict__ field_slots,
                       const int64_t* __restrict__ field_offsets, int num_fields,
@@ -190,7 +190,7 @@ void fm_forward(const float* table, int64_t dim, const int64_t* ids, const float
   check_launch("fm_forward");
 }
 
-void fnn_gather(const float* table, int64_t dim, const int64_t* ids, const float* values,
+void fnn_fields(const float* table, int64_t dim, const int64_t* ids, const float* values,
                 int64_t batch, int64_t slots, const int64_t* field_slots,
                 const int64_t* field_offsets, int64_t num_fields, float* z, Launch launch) {
   const ColumnPlan plan =
@@ -199,12 +199,12 @@ void fnn_gather(const float* table, int64_t dim, const int64_t* ids, const float
   use_device(launch);
   const int64_t blocks = (batch + kThreads / plan.group - 1) / (kThreads / plan.group);
   with_columns(plan, [&](auto cols) {
-    fnn_gather_kernel<decltype(cols)>
+    fnn_fields_kernel<decltype(cols)>
         <<<static_cast<unsigned>(blocks), kThreads, 0, stream_of(launch)>>>(
         table, static_cast<int>(dim), ids, values, batch, static_cast<int>(slots), field_slots,
         field_offsets, static_cast<int>(num_fields), z, plan.group);
   });
-  check_launch("fnn_gather");
+  check_launch("fnn_fields");
 }
 
 }  // namespace fnn_fast::cuda

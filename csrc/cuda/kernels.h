@@ -32,7 +32,7 @@ void fm_forward(const float* table, int64_t dim, const int64_t* ids, const float
 // Slot s is field s when field_offsets is nullptr; otherwise field f owns the slots
 // field_slots[field_offsets[f] .. field_offsets[f + 1]) (int64 [slots] and [F + 1]: the slots
 // ordered by field), and a field without slots gets zeros.
-void fnn_gather(const float* table, int64_t dim, const int64_t* ids, const float* values,
+void fnn_fields(const float* table, int64_t dim, const int64_t* ids, const float* values,
                 int64_t batch, int64_t slots, const int64_t* field_slots,
                 const int64_t* field_offsets, int64_t num_fields, float* z, Launch launch);
 
@@ -52,7 +52,7 @@ void fm_backward_update(float* table, int64_t num_rows, int64_t dim, const int64
 
 // Row gradient: sum over occurrences of x_bs grad_z[b, field(s) * dim : ...], then the update.
 // slot_fields: int64 [slots] or nullptr (slot s is field s).
-void fnn_gather_backward_update(float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
+void fnn_fields_backward_update(float* table, int64_t num_rows, int64_t dim, const int64_t* ids,
                                 const float* values, int64_t batch, int64_t slots,
                                 const int64_t* slot_fields, int64_t num_fields,
                                 const float* grad_z, const UpdateParams& params,

@@ -4,8 +4,8 @@ Three levels:
 
 - op: one kernel's work, for every fnn_fast backend (plus FBGEMM and the gather bound where
   they do the same work): ``fm_forward`` (lookup + FM, scoring), ``fm_train_step`` (forward,
-  backward and the table update), ``fnn_gather_forward`` (the FNN's input z),
-  ``fnn_gather_train`` (z forward and backward with the table update), ``sparse_update`` (the
+  backward and the table update), ``fnn_fields_forward`` (the FNN's input z),
+  ``fnn_fields_train`` (z forward and backward with the table update), ``sparse_update`` (the
   update alone, given gradient rows, for one rule);
 - model: FM and FNN training steps and scoring, fnn_fast against the peers a user would pick;
 - quality: the same models trained for the same epochs on the same planted data, test AUC
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from fnn_fast.bench.shapes import Shape, format_count
 from fnn_fast.optim import OPTIMIZERS
 
-OPS = ("fm_forward", "fm_train_step", "fnn_gather_forward", "fnn_gather_train", "sparse_update")
+OPS = ("fm_forward", "fm_train_step", "fnn_fields_forward", "fnn_fields_train", "sparse_update")
 MODEL_OPS = ("fm_train", "fm_score", "fnn_train", "fnn_score")
 QUALITY_OPS = ("fm_quality", "fnn_quality")
 DEFAULT_RULE = "rowwise_adagrad"

@@ -41,7 +41,7 @@ from fnn_fast.bench.cases import OPS, Case
 from fnn_fast.bench.shapes import Batch, CaseData
 from fnn_fast.bench.traffic import state_floats
 from fnn_fast.memory import table_zeros
-from fnn_fast.ops import native, reference
+from fnn_fast.ops import checks, library, reference
 from fnn_fast.optim import RowUpdate
 
 # Table learning rates per rule (the batch-mean loss makes plain SGD need a large one), the
@@ -51,7 +51,7 @@ PEER_ADAM_LR = TABLE_LR["adam"]
 MLP_LR = 1e-3
 HIDDEN = (200, 300, 100)  # the paper's FNN, for every contender's MLP
 INIT_STD = 0.01
-_INFERENCE_OPS = ("fm_forward", "fnn_gather_forward", "fm_score", "fnn_score")
+_INFERENCE_OPS = ("fm_forward", "fnn_fields_forward", "fm_score", "fnn_score")
 
 
 class SkipCase(Exception):
@@ -282,7 +282,7 @@ class FnnFastBackend(Contender):
         model = self.build("fm", spec_of(case, data.device))
         return lambda: model.train_step(data.next())
 
-    def fnn_gather_forward(self, case, data):
+    def fnn_fields_forward(self, case, data):
         fnn = _gather_module(case, data.device, fused=False)
 
         def step():
@@ -291,7 +291,7 @@ class FnnFastBackend(Contender):
 
         return step
 
-    def fnn_gather_train(self, case, data):
+    def fnn_fields_train(self, case, data):
         fnn = _gather_module(case, data.device, fused=True)
         optimizer = SparseRowOptimizer(
             fnn.embedding_parameters(), case.rule, lr=TABLE_LR[case.rule]
@@ -311,10 +311,10 @@ class FnnFastBackend(Contender):
         if self.name == "reference":
             return _reference_sparse_update(case, data, grad_rows)
         fnn = _gather_module(case, data.device, fused=True)
-        table, fused, rule = fnn.table.detach(), fnn._fused_args(), native.RULES[case.rule]
+        table, fused, rule = fnn.table.detach(), fnn._fused_args(), checks.RULES[case.rule]
 
         def step():
-            native.fnn_gather_backward_update(
+            library.fnn_fields_backward_update(
                 table, data.next().ids, None, None, s.fields, grad_rows, fused.state1,
                 fused.state2, fused.step, fused.hparams, rule,
             )  # fmt: skip
@@ -423,7 +423,7 @@ class CompiledReference(Contender):
 
         return self._first_call(case, step)
 
-    def fnn_gather_forward(self, case, data):
+    def fnn_fields_forward(self, case, data):
         fnn = _gather_module(case, data.device, fused=False)
         forward = _compile(reference.fnn_input)
 
@@ -433,7 +433,7 @@ class CompiledReference(Contender):
 
         return self._first_call(case, step)
 
-    def fnn_gather_train(self, case, data):
+    def fnn_fields_train(self, case, data):
         fnn = _gather_module(case, data.device, fused=False)
         optimizer = SparseRowOptimizer(
             fnn.embedding_parameters(), case.rule, lr=TABLE_LR[case.rule]
@@ -541,7 +541,7 @@ class Fbgemm(Contender):
 
     name = "fbgemm"
     kind = "peer"
-    ops = frozenset({"fm_forward", "fm_train_step", "fnn_gather_forward", "fnn_gather_train"})
+    ops = frozenset({"fm_forward", "fm_train_step", "fnn_fields_forward", "fnn_fields_train"})
     models = frozenset({"fm", "fnn"})
 
     def unavailable(self, device):
@@ -599,10 +599,10 @@ class Fbgemm(Contender):
     def fm_train_step(self, case, data):
         return self._op(case, data, train=True, fm=True)
 
-    def fnn_gather_forward(self, case, data):
+    def fnn_fields_forward(self, case, data):
         return self._op(case, data, train=False, fm=False)
 
-    def fnn_gather_train(self, case, data):
+    def fnn_fields_train(self, case, data):
         return self._op(case, data, train=True, fm=False)
 
 

@@ -12,8 +12,8 @@ implementation must move:
                                                 written once)
     fm_forward               ids + rows + 4 B (logits)
     fm_train_step            fm_forward + 4 B (labels) + update
-    fnn_gather_forward       ids + rows + 4 B F D (z written)
-    fnn_gather_train         fnn_gather_forward + 4 B F D (grad z read) + update
+    fnn_fields_forward       ids + rows + 4 B F D (z written)
+    fnn_fields_train         fnn_fields_forward + 4 B F D (grad z read) + update
     sparse_update            ids + 4 D n (gradient rows read) + update
     index_select (the bound) ids + rows + 4 D n (the gathered rows written)
 
@@ -38,8 +38,8 @@ def op_bytes(op: str, batch: int, fields: int, dim: int, distinct: float, rule: 
     moved = {
         "fm_forward": ids + rows + 4 * batch,
         "fm_train_step": ids + rows + 8 * batch + update,
-        "fnn_gather_forward": ids + rows + z,
-        "fnn_gather_train": ids + rows + 2 * z + update,
+        "fnn_fields_forward": ids + rows + z,
+        "fnn_fields_train": ids + rows + 2 * z + update,
         "sparse_update": ids + rows + update,
         "index_select": ids + 2 * rows,
     }.get(op)

@@ -31,6 +31,7 @@ CACHE_FORMAT_VERSION = 2  # 2: meta.json records the schema
 # when asked for.
 _KEY_SETTINGS = (
     "format", "delimiter", "numeric", "categorical", "numeric_mode", "numeric_rule", "featindex",
+    "multi_valued", "bag_pooling",
 )  # fmt: skip
 _ARRAYS = ("labels", "keys", "values", "lines")
 
@@ -224,6 +225,11 @@ def schema_identity(schema: Schema) -> dict:
     """The schema as an entry records it: its featindex file by content, not path (a saved
     model holds a copy of the one it was trained with), the numeric rule where it applies."""
     identity = schema.to_dict()
+    # bag settings at their defaults are left out: entries from before bags read the same keys
+    if not schema.multi_valued:
+        del identity["multi_valued"]
+    if schema.bag_pooling == "sum":
+        del identity["bag_pooling"]
     if schema.numeric_mode != "bucketize" or not schema.numeric:
         identity["numeric_rule"] = None  # no number is bucketized: any rule reads the same keys
     if schema.featindex is not None:

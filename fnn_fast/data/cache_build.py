@@ -12,9 +12,9 @@ holds what parsing the whole file at once gives, byte for byte:
 - a CSV header is read from the first part and given to the others;
 - a positional libFM file's width (features per line) is decided by its first row, in whatever
   part that is, and required of the later parts;
-- a multi-valued libFM field gets as many slots as its busiest line in the whole file: a part
-  whose busiest line has fewer gets PAD slots, moved into place (a rewrite of keys and values,
-  chunk by chunk) only when the parts' widths differ;
+- a multi-valued field (libFM, or a bag column) gets as many slots as its busiest line in the
+  whole file: a part whose busiest line has fewer gets PAD slots, moved into place (a rewrite of
+  keys and values, chunk by chunk) only when the parts' widths differ;
 - an id column's strings get the widest string's dtype, as numpy's concatenation would give.
 """
 
@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from fnn_fast.data.errors import BadLines
 from fnn_fast.data.parquet import RowGroups, open_parquet
 from fnn_fast.data.readers import _check_file, read_rows
-from fnn_fast.data.rows import ParsedRows
+from fnn_fast.data.rows import ParsedRows, into_layout, widest_layout
 from fnn_fast.data.schema import Schema
 from fnn_fast.data.textfile import TextPart
 from fnn_fast.data.tokens import PAD_KEY
@@ -198,17 +198,15 @@ class _EntryWriter:
         # A positional libFM file's parts before its first row have no fields yet.
         sized = [i for i, file_blocks in enumerate(self.files["labels"].blocks) if file_blocks[1]]
         field_names = self.layouts[sized[0] if sized else -1][0]
-        width = np.ones(len(field_names), dtype=np.int64)
-        for names, slots in self.layouts:
-            if names == field_names:
-                width = np.maximum(width, np.bincount(slots, minlength=len(field_names)))
-        slot_fields = np.repeat(np.arange(len(field_names), dtype=np.int64), width)
+        slot_fields = widest_layout(
+            [slots for names, slots in self.layouts if names == field_names], len(field_names)
+        )
         for name, file in self.files.items():
             if name in ("keys", "values"):
                 fill = PAD_KEY if name == "keys" else 0
 
                 def into(chunk, layout, fill=fill):
-                    return _into_layout(chunk, self.layouts[layout][1], slot_fields, fill)
+                    return into_layout(chunk, self.layouts[layout][1], slot_fields, fill)
 
                 file.finish(file.dtype(), (len(slot_fields),), into, self.layouts, slot_fields)
             else:
@@ -218,16 +216,6 @@ class _EntryWriter:
     def close(self) -> None:
         for file in self.files.values():
             file.close()
-
-
-def _into_layout(chunk: np.ndarray, have: np.ndarray, want: np.ndarray, fill) -> np.ndarray:
-    """Rows of a part's slot layout ``have`` laid out in ``want`` (which has at least as many
-    slots for each field): a field's k-th slot stays its k-th, the extra slots are ``fill``."""
-    out = np.full((len(chunk), len(want)), fill, dtype=chunk.dtype)
-    for field in np.unique(have):
-        slots = np.flatnonzero(have == field)
-        out[:, np.flatnonzero(want == field)[: len(slots)]] = chunk[:, slots]
-    return out
 
 
 class _ArrayFile:

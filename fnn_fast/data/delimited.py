@@ -1,7 +1,8 @@
 """Delimited text: Criteo's tab-separated files (no header, fixed columns) and CSV with a header.
 
 A row must have exactly as many cells as the header. Empty lines are skipped (not counted as bad);
-an empty cell is a missing value, the token "" of its field. Files to score (``labelled=False``)
+an empty cell is a missing value, the token "" of its field. A multi-valued column's cells are
+split by its separator into bags (fnn_fast.data.bags). Files to score (``labelled=False``)
 need no label column: it is not read (labels are NaN), and a Criteo file may have 39 columns, the
 format of Criteo's unlabelled test file, which its first line decides for the whole file.
 """
@@ -13,8 +14,9 @@ import itertools
 
 import numpy as np
 
+from fnn_fast.data.bags import BagKeys
 from fnn_fast.data.errors import BadLines, DataError, MalformedLine
-from fnn_fast.data.rows import ArrayChunks, ParsedRows
+from fnn_fast.data.rows import ArrayChunks, ParsedRows, bag_slots, join_fields
 from fnn_fast.data.schema import CRITEO_COLUMNS, Schema, criteo_columns_of
 from fnn_fast.data.textfile import TextPart, lines_of
 from fnn_fast.data.tokens import NumericKeys, TokenKeys, parse_label
@@ -47,8 +49,14 @@ def read_delimited(
             (position[c], NumericKeys(c, schema.numeric_mode, schema.numeric_rule))
             for c in schema.numeric
         ]
-        categorical = [(position[c], TokenKeys()) for c in schema.categorical]
+        categorical = [
+            (position[c], TokenKeys()) for c in schema.categorical if c not in schema.multi_valued
+        ]
         categorical_values = [1.0] * len(categorical)
+        bags = [(position[c], BagKeys(c, schema.bag(c))) for c in schema.multi_valued]
+        # per bag column: its flat keys and values and its rows' counts, flushed with the rest
+        bag_chunks = [ArrayChunks(keys=np.int64, values=np.float32, counts=np.int64) for _ in bags]
+        bag_lists = [([], [], []) for _ in bags]
         width = f"{len(header)} {_SEPARATOR_NAMES.get(separator, repr(separator))}-separated"
 
         labels, lines, keys, values, row_ids = [], [], [], [], []
@@ -62,6 +70,7 @@ def read_delimited(
             try:
                 label = _NO_LABEL if label_col is None else parse_label(cells[label_col])
                 numbers = [column_keys[cells[col]] for col, column_keys in numeric]
+                row_bags = [column_bags[cells[col]] for col, column_bags in bags]
             except MalformedLine as problem:
                 bad.report(line_no, str(problem))
                 continue
@@ -73,16 +82,24 @@ def read_delimited(
             values.extend(categorical_values)
             if id_col is not None:
                 row_ids.append(cells[id_col])
+            for (bag_keys, bag_values, counts), (row_keys, row_values) in zip(
+                bag_lists, row_bags, strict=True
+            ):
+                bag_keys.extend(row_keys)
+                bag_values.extend(row_values)
+                counts.append(len(row_keys))
             if len(labels) == columns.FLUSH_ROWS:
                 columns.flush(labels=labels, lines=lines, keys=keys, values=values, row_ids=row_ids)
+                _flush_bags(bag_chunks, bag_lists)
         columns.flush(labels=labels, lines=lines, keys=keys, values=values, row_ids=row_ids)
+        _flush_bags(bag_chunks, bag_lists)
 
-    num_fields = len(schema.field_names)
+    keys, values, slot_fields = _slots(schema, columns, bags, bag_chunks)
     return ParsedRows(
         labels=columns.array("labels"),
-        keys=columns.array("keys").reshape(-1, num_fields),
-        values=columns.array("values").reshape(-1, num_fields),
-        slot_fields=np.arange(num_fields, dtype=np.int64),
+        keys=keys,
+        values=values,
+        slot_fields=slot_fields,
         field_names=schema.field_names,
         row_ids=None if id_col is None else columns.array("row_ids"),
         lines=columns.array("lines"),
@@ -90,6 +107,29 @@ def read_delimited(
         source=str(path),
         bad_examples=bad.examples,
     )
+
+
+def _flush_bags(bag_chunks, bag_lists) -> None:
+    for chunks, (bag_keys, bag_values, counts) in zip(bag_chunks, bag_lists, strict=True):
+        chunks.flush(keys=bag_keys, values=bag_values, counts=counts)
+
+
+def _slots(schema: Schema, columns: ArrayChunks, bags, bag_chunks):
+    """(keys, values, slot_fields) of the parsed rows: one slot per single-valued field, a bag
+    column's slots (its declared maximum, or its busiest row's count) after them in field order."""
+    rows = len(columns.array("labels"))
+    single = [name for name in schema.field_names if name not in schema.multi_valued]
+    keys = columns.array("keys").reshape(rows, len(single))
+    values = columns.array("values").reshape(rows, len(single))
+    if not bags:
+        return keys, values, np.arange(len(single), dtype=np.int64)
+    blocks = {name: (keys[:, [i]], values[:, [i]]) for i, name in enumerate(single)}
+    for (_, column_bags), chunks in zip(bags, bag_chunks, strict=True):
+        counts = chunks.array("counts")
+        width = column_bags.spec.max_values or max(1, int(counts.max(initial=0)))
+        bag_keys, bag_values = chunks.array("keys"), chunks.array("values")
+        blocks[column_bags.column] = bag_slots(bag_keys, bag_values, counts, width)
+    return join_fields([blocks[name] for name in schema.field_names])
 
 
 def _split_lines(text, separator: str):

@@ -76,15 +76,7 @@ class FeatureEncoder:
         """(ids int64 [N, S], values float32 [N, S]). An unseen key gets its field's OOV id and
         keeps its value; a PAD slot gets the OOV id and value 0. ``threads``: of the native
         encoder (0: all cores; 1 where the caller already runs beside other work)."""
-        keys = keys if hasattr(keys, "shape") else np.asarray(keys)
-        values = values if hasattr(values, "shape") else np.asarray(values)
-        if keys.shape != values.shape or keys.ndim != 2 or keys.shape[1] != len(self.slot_fields):
-            raise ValueError(
-                f"keys {keys.shape} and values {values.shape} must both be [N, "
-                f"{len(self.slot_fields)}], the slot layout this encoder was fitted on"
-            )
-        ids = np.empty(keys.shape, dtype=np.int64)
-        out_values = np.empty(keys.shape, dtype=np.float32)
+        keys, values, ids, out_values = transform_arrays(keys, values, self.slot_fields)
         if self.native_vocabulary() is not None:
             threads = threads or os.cpu_count() or 1
             for start in range(0, len(keys), chunk_rows):
@@ -199,6 +191,19 @@ def _frequent(parts: list[tuple[np.ndarray, np.ndarray]], min_count: int) -> np.
         return np.zeros(0, dtype=np.int64)
     keys, counts = _merge(parts)
     return keys[counts >= min_count]
+
+
+def transform_arrays(keys, values, slot_fields):
+    """(keys, values, ids, out_values) of a transform: its inputs (arrays or memory maps, kept
+    as they are) checked against the encoder's slot layout, and its outputs allocated."""
+    keys = keys if hasattr(keys, "shape") else np.asarray(keys)
+    values = values if hasattr(values, "shape") else np.asarray(values)
+    if keys.shape != values.shape or keys.ndim != 2 or keys.shape[1] != len(slot_fields):
+        raise ValueError(
+            f"keys {keys.shape} and values {values.shape} must both be [N, {len(slot_fields)}], "
+            "the slot layout this encoder was fitted on (parts.conform_slots lays rows out in it)"
+        )
+    return keys, values, np.empty(keys.shape, np.int64), np.empty(keys.shape, np.float32)
 
 
 def fit_inputs(rows_or_keys, slot_fields, field_names):

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fnn_fast.data.encoder import _CHUNK_ROWS, count_keys, fit_inputs
+from fnn_fast.data.encoder import _CHUNK_ROWS, count_keys, fit_inputs, transform_arrays
 from fnn_fast.data.tokens import PAD_KEY
 
 HASHED_FORMAT_VERSION = 2  # encoder.json of a hashed encoder; version 1 is the vocabulary's
@@ -167,15 +167,7 @@ class HashedEncoder:
         """(ids int64 [N, S], values float32 [N, S]); a PAD slot gets the PAD id, value 0.
         ``threads`` is accepted for FeatureEncoder's signature (numpy runs the chunks)."""
         del threads
-        keys = keys if hasattr(keys, "shape") else np.asarray(keys)
-        values = values if hasattr(values, "shape") else np.asarray(values)
-        if keys.shape != values.shape or keys.ndim != 2 or keys.shape[1] != len(self.slot_fields):
-            raise ValueError(
-                f"keys {keys.shape} and values {values.shape} must both be [N, "
-                f"{len(self.slot_fields)}], the slot layout this encoder was fitted on"
-            )
-        ids = np.empty(keys.shape, dtype=np.int64)
-        out_values = np.empty(keys.shape, dtype=np.float32)
+        keys, values, ids, out_values = transform_arrays(keys, values, self.slot_fields)
         for start in range(0, len(keys), chunk_rows):
             rows = slice(start, start + chunk_rows)
             chunk = np.asarray(keys[rows], dtype=np.int64)

@@ -336,10 +336,12 @@ _BYTE_ORDER_MARK = b"\xef\xbb\xbf"
 
 def native_text_layout(schema: Schema, encoder: FeatureEncoder, header: list[str] | None):
     """(delimiter, column slots, column kinds) for fnn_fast._C.DelimitedEncoder, or None where
-    its fast path does not apply (not Criteo or CSV, an id column to pass through, a model whose
-    slots are not one per column, no native module). ``header``: the file's columns (Criteo: 40
-    by default, see criteo_columns)."""
+    its fast path does not apply (not Criteo or CSV, an id column to pass through, multi-valued
+    columns, a model whose slots are not one per column, no native module). ``header``: the
+    file's columns (Criteo: 40 by default, see criteo_columns)."""
     if schema.format not in ("criteo", "csv") or schema.id_column is not None:
+        return None
+    if schema.multi_valued:  # the C++ reader takes a cell for one value
         return None
     if encoder.native_vocabulary() is None:
         return None
@@ -425,10 +427,11 @@ def _delimited_encoder(encoder: FeatureEncoder, layout):
 
 
 def conform_slots(rows: ParsedRows, encoder: FeatureEncoder):
-    """(keys, values, overflow): the rows laid out in the encoder's slots. A multi-valued libFM
-    field gets as many slots as the busiest line of the file being read; here the model's layout
-    rules: missing slots are PAD, and a row with more values of a field than the model has slots
-    for it is flagged in ``overflow`` (a bad row)."""
+    """(keys, values, overflow): the rows laid out in the encoder's slots. A multi-valued field
+    (libFM, or a bag column without a declared maximum) gets as many slots as the busiest line
+    of the file being read; here the model's layout rules: missing slots are PAD, and a row with
+    more values of a field than the model has slots for it is flagged in ``overflow`` (a bad
+    row)."""
     n = len(rows)
     if list(rows.field_names) != list(encoder.field_names):
         raise DataError(
@@ -457,5 +460,8 @@ def overflow_reason(rows: ParsedRows, encoder: FeatureEncoder, row: int) -> str:
         have = np.count_nonzero(rows.keys[row, rows.slot_fields == field] != PAD_KEY)
         want = np.count_nonzero(encoder.slot_fields == field)
         if have > want:
-            return f"field {name} has {have} values; the model takes at most {want}"
+            return (
+                f"field {name} has {have} values; the model takes at most {want} (its slots "
+                "for this field, fixed when it was trained)"
+            )
     return "more values than the model has slots"

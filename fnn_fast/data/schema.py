@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field, fields
 
+from fnn_fast.data.bags import POOLINGS, BagSpec
 from fnn_fast.data.featindex import load_featindex
 from fnn_fast.data.tokens import NUMERIC_MODES, NUMERIC_RULE, NUMERIC_RULES
 
@@ -40,6 +41,9 @@ class Schema:
     featindex: str | None = None  # libfm: 'field:value<TAB>idx' file; None: field = position
     num_fields: int | None = None  # libfm positional: features per line; None: from 1st line
     numeric_rule: int = NUMERIC_RULE  # how numbers become buckets (fnn_fast.data.tokens)
+    # categorical columns holding bags of values: column -> BagSpec's fields (fnn_fast.data.bags)
+    multi_valued: dict = field(default_factory=dict)
+    bag_pooling: str = "sum"  # of declared bags without a pooling, and of undeclared list columns
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -57,9 +61,18 @@ class Schema:
             self.featindex = os.fspath(self.featindex)
         self.categorical = list(self.categorical)
         self.numeric = list(self.numeric)
+        if self.bag_pooling not in POOLINGS:
+            raise ValueError(f"bag_pooling must be one of {POOLINGS}, not {self.bag_pooling!r}")
+        self.multi_valued = {
+            column: _bag_spec(column, spec, self.bag_pooling)
+            for column, spec in dict(self.multi_valued).items()
+        }
         if self.format == "libfm":
-            if self.categorical or self.numeric:
-                raise ValueError("libfm files have no named columns: give no numeric/categorical")
+            if self.categorical or self.numeric or self.multi_valued:
+                raise ValueError(
+                    "libfm files have no named columns: give no numeric/categorical/multi-valued "
+                    "(a field repeated in a line is multi-valued already)"
+                )
             return
         features = self.numeric + self.categorical
         if not features:
@@ -73,6 +86,7 @@ class Schema:
         for special in (self.label_column, self.id_column):
             if special in features:
                 raise ValueError(f"column {special!r} cannot be both a feature and label/id")
+        self._check_bags()
         if self.format == "criteo":
             unknown = [
                 c
@@ -81,6 +95,32 @@ class Schema:
             ]
             if unknown:
                 raise ValueError(f"not Criteo columns (label, I1..I13, C1..C26): {unknown}")
+
+    def _check_bags(self) -> None:
+        for column, spec in self.multi_valued.items():
+            if column not in self.categorical:
+                raise ValueError(
+                    f"multi-valued column {column!r} must be a categorical column: add it to "
+                    "--categorical"
+                )
+            if self.format == "parquet":
+                continue
+            delimiter = "\t" if self.format == "criteo" else self.delimiter or ","
+            if spec["separator"] is None:
+                raise ValueError(
+                    f"multi-valued column {column!r} needs a separator in {self.format} text "
+                    f"(--multi-valued {column}:SEP, say {column}:pipe for 'a|b|c')"
+                )
+            if spec["separator"] == delimiter or spec["separator"] in ("\n", "\r"):
+                raise ValueError(
+                    f"multi-valued column {column!r}: its separator {spec['separator']!r} "
+                    "separates the file's columns or lines; choose another (pipe, semicolon...)"
+                )
+
+    def bag(self, column: str) -> BagSpec | None:
+        """The declared bag spec of ``column``; None for a single-valued column."""
+        spec = self.multi_valued.get(column)
+        return None if spec is None else BagSpec(**spec)
 
     @classmethod
     def criteo(cls, format: str = "criteo") -> Schema:
@@ -120,3 +160,11 @@ class Schema:
         if unknown:
             raise ValueError(f"unknown schema keys: {sorted(unknown)}")
         return cls(**{"numeric_rule": 1, **data})
+
+
+def _bag_spec(column: str, spec: dict, pooling: str) -> dict:
+    """A multi-valued column's settings, complete (pooling: the schema's default)."""
+    unknown = set(spec) - set(BagSpec.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"multi-valued column {column!r}: unknown settings {sorted(unknown)}")
+    return BagSpec(**{"pooling": pooling, **spec}).to_dict()

@@ -1,28 +1,35 @@
 """fnn_fast ops: one public function per op, several implementations behind it.
 
-The reference (pure PyTorch) always works. CPU tensors run on the native C++ kernels
-(fnn_fast._C) where they apply; CUDA tensors on the GPU kernels, CUDA C++ (``fnn_fast.ops.cuda``)
-or Triton (``fnn_fast.ops.triton``). ``FNN_FAST_BACKEND`` or :func:`set_backend` chooses:
+The reference (pure PyTorch, ``reference``) always works. CPU tensors run on the native C++
+kernels of fnn_fast._C (``cpu``) where they apply; CUDA tensors on the GPU kernels (``gpu``:
+CUDA C++ in ``cuda`` or Triton in ``triton``). ``library`` registers both as torch custom ops
+(for torch.compile), and ``eager`` calls the training ones without the custom ops' dispatch
+cost. Each op keeps its name at every level: ``fm_forward``, ``fnn_fields`` (and their
+``_train`` / ``_backward_update`` halves where the optimizer update is fused).
+
+``FNN_FAST_BACKEND``, :func:`set_backend` or, for a block, :func:`use_backend` chooses:
 'reference' forces the reference everywhere, 'native' requires the C++ CPU kernels, 'cuda' or
 'triton' picks the kernels for CUDA tensors (CPU tensors then run as under 'auto').
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
 
-from fnn_fast.ops import checks, native, reference
-from fnn_fast.ops.native import set_gpu_bounds_check as set_gpu_bounds_check  # re-exported
+from fnn_fast.ops import checks, cpu, eager, gpu, library, reference
+from fnn_fast.ops.gpu import set_bounds_check as set_gpu_bounds_check  # noqa: F401 (public)
 
-_BACKENDS = ("auto", "reference", "native", *native.GPU_BACKENDS)
+_BACKENDS = ("auto", "reference", "native", *gpu.BACKENDS)
 _forced = os.environ.get("FNN_FAST_BACKEND", "auto")
 if _forced not in _BACKENDS:
     raise ValueError(f"FNN_FAST_BACKEND={_forced!r}; choose one of {', '.join(_BACKENDS)}")
 # Checked when a CUDA tensor first needs it: importing fnn_fast never imports triton.
-native.set_gpu_backend(_forced if _forced in native.GPU_BACKENDS else "auto", check=False)
+gpu.set_backend(_forced if _forced in gpu.BACKENDS else "auto", check=False)
 
 
 def set_backend(name: str) -> None:
@@ -31,30 +38,43 @@ def set_backend(name: str) -> None:
     global _forced
     if name not in _BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(_BACKENDS)}")
-    if name == "native" and not native.available():
-        raise RuntimeError(f"native backend unavailable: {native.IMPORT_ERROR}")
-    native.set_gpu_backend(name if name in native.GPU_BACKENDS else "auto")
+    if name == "native" and not cpu.available():
+        raise RuntimeError(f"native backend unavailable: {cpu.IMPORT_ERROR}")
+    gpu.set_backend(name if name in gpu.BACKENDS else "auto")
     _forced = name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """``with fnn_fast.use_backend("reference"): ...`` runs the block under that backend and
+    restores the one chosen before, also when the block raises. (The choice is process-wide:
+    other threads see it too while the block runs.)"""
+    previous = _forced
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
 
 
 def backends() -> dict:
     """Which backends exist here and which ones run: ``active`` for CPU tensors,
     ``cuda_tensors`` for CUDA tensors ('reference' where no GPU kernels can run them)."""
-    gpu = {name: native.gpu_module(name) for name in native.GPU_BACKENDS}
+    gpus = {name: gpu.module(name) for name in gpu.BACKENDS}
     return {
         "available": ["reference"]
-        + (["native"] if native.available() else [])
-        + [name for name, (module, _) in gpu.items() if module is not None],
+        + (["native"] if cpu.available() else [])
+        + [name for name, (module, _) in gpus.items() if module is not None],
         "selected": _forced,
         "active": "native" if _use_native() else "reference",
-        "cuda_tensors": (_forced != "reference" and native.gpu_backend()) or "reference",
-        "native_error": native.IMPORT_ERROR,
-        "gpu_errors": {name: reason for name, (_, reason) in gpu.items()},
+        "cuda_tensors": (_forced != "reference" and gpu.backend()) or "reference",
+        "native_error": cpu.IMPORT_ERROR,
+        "gpu_errors": {name: reason for name, (_, reason) in gpus.items()},
     }
 
 
 def _use_native() -> bool:
-    return _forced != "reference" and native.available()
+    return _forced != "reference" and cpu.available()
 
 
 def check_ids(ids: torch.Tensor, num_features: int, slot_names=None) -> None:
@@ -65,7 +85,7 @@ def check_ids(ids: torch.Tensor, num_features: int, slot_names=None) -> None:
         raise ValueError(f"ids must be an int tensor [batch, fields], got {ids!r:.80}")
     if ids.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"ids must be int32 or int64, got {ids.dtype}")
-    if ids.numel() == 0 or torch.compiler.is_compiling() or not native.host_checks_range(ids):
+    if ids.numel() == 0 or torch.compiler.is_compiling() or not gpu.host_checks_range(ids):
         return  # under torch.compile the kernels check bounds; a CUDA graph's caller checks
     low, high = (int(v) for v in ids.aminmax())  # one pass; locate the culprit only on error
     if low < 0 or high >= num_features:
@@ -93,8 +113,8 @@ def _fused_kernels_apply(table) -> bool:
     if _forced == "reference" or table.dtype != torch.float32 or not table.is_contiguous():
         return False
     if table.device.type == "cpu":
-        return native.available()
-    return table.device.type == "cuda" and native.gpu_backend() is not None
+        return cpu.available()
+    return table.device.type == "cuda" and gpu.backend() is not None
 
 
 def _native_inputs(table, ids, values):
@@ -126,11 +146,11 @@ def fm_forward(table, w0, ids, values=None, sparse=True, fused: FusedArgs | None
     if inputs is not None:
         table_grad, values_grad = _grads(table, values)
         if not (table_grad or values_grad):
-            return w0 + native.fm_scores(table.detach(), *inputs)
+            return w0 + library.fm_forward(table.detach(), *inputs)
         if fused is not None and table_grad:
-            logits, _ = native.fm_train(
+            logits, _ = eager.fm_forward_train(
                 table, *inputs, fused.state1, fused.state2, fused.step, fused.hparams,
-                native.RULES[fused.kind],
+                checks.RULES[fused.kind],
             )  # fmt: skip
             return w0 + logits
     return reference.fm_forward(table, w0, ids, values, sparse)
@@ -161,11 +181,11 @@ def fnn_fields(
     if inputs is not None:
         table_grad, values_grad = _grads(table, values)
         if not (table_grad or values_grad):
-            return native.fnn_gather(table.detach(), *inputs, slot_fields, fields, width)
+            return library.fnn_fields(table.detach(), *inputs, slot_fields, fields, width)
         if fused is not None and table_grad:
-            return native.gather_train(
+            return eager.fnn_fields_train(
                 table, *inputs, slot_fields, fields, fused.state1, fused.state2, fused.step,
-                fused.hparams, native.RULES[fused.kind], width,
+                fused.hparams, checks.RULES[fused.kind], width,
             )  # fmt: skip
     if slot_fields is not None and slot_fields.device.type == "cpu" and slot_fields.numel():
         checks.check_slot_fields_range(*(int(v) for v in slot_fields.aminmax()), fields)

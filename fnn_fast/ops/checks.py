@@ -2,10 +2,11 @@
 address crosses into one, with the same error whichever backend would have run.
 
 The public ops (``fnn_fast.ops``) call them with ``kernels=False`` (the reference also takes
-float64 tables and int32 ids); the custom ops of ``fnn_fast.ops.native`` (CPU and CUDA kernels)
-with ``kernels=True``. They read shapes, dtypes and devices only: no pass over a batch and no
-device sync. Id and slot_fields ranges are checked where reading them is already paid for (the
-CPU kernels as they read, ``ops.check_ids``, the GPU ops' optional check, FNN when built).
+float64 tables and int32 ids); the kernels' functions (``fnn_fast.ops.cpu`` and ``.gpu``) with
+``kernels=True``, through the ``check_*_args`` below. They read shapes, dtypes and devices
+only: no pass over a batch and no device sync. Id and slot_fields ranges are checked where
+reading them is already paid for (the CPU kernels as they read, ``ops.check_ids``, the GPU
+functions' optional check, FNN when built).
 """
 
 from __future__ import annotations
@@ -169,3 +170,57 @@ def check_grad(name: str, grad, shape: tuple, device: torch.device) -> None:
     if not grad.is_floating_point():
         raise TypeError(f"{name} must be floats, got {grad.dtype}")
     _check_on(name, grad, device)
+
+
+# --- The kernels' arguments, op by op: what fnn_fast.ops.cpu and .gpu (and the custom ops' fake
+# implementations, which stand in for them under torch.compile) check before any kernel runs.
+
+
+def check_fm_args(table: Tensor, ids: Tensor, values: Tensor | None) -> None:
+    check_batch(table, ids, values, kernels=True)
+
+
+def check_fields_args(table, ids, values, slot_fields, num_fields, width) -> None:
+    check_batch(table, ids, values, kernels=True)
+    check_fields(ids, slot_fields, num_fields, kernels=True)
+    check_width(width)
+
+
+def check_fm_backward_args(
+    table, ids, values, sums, grad_logits, state1, state2, step, hparams, rule
+):  # fmt: skip
+    check_fm_args(table, ids, values)
+    check_grad("sums", sums, (ids.shape[0], table.shape[1] - 1), table.device)
+    check_grad("grad_logits", grad_logits, (ids.shape[0],), table.device)
+    check_update(table, state1, state2, step, hparams, rule)
+
+
+def check_fields_backward_args(
+    table, ids, values, slot_fields, num_fields, grad_z, state1, state2, step, hparams, rule
+):  # fmt: skip
+    check_fields_args(table, ids, values, slot_fields, num_fields, 0)
+    if not (
+        isinstance(grad_z, Tensor) and grad_z.dim() == 2 and grad_z.shape[0] == ids.shape[0]
+        and grad_z.shape[1] >= num_fields * table.shape[1]
+    ):  # fmt: skip
+        raise ValueError(
+            f"grad_z must be [{ids.shape[0]}, >= {num_fields * table.shape[1]}] (z's shape), "
+            f"got {_described(grad_z)}"
+        )
+    check_grad("grad_z", grad_z, grad_z.shape, table.device)
+    check_update(table, state1, state2, step, hparams, rule)
+
+
+def out_of_range(bad: int, num_rows: int) -> IndexError:
+    return IndexError(f"feature id {bad} is outside the table of {num_rows} rows")
+
+
+def z_width(table: Tensor, num_fields: int, width: int) -> int:
+    """z's row length: num_fields * (1 + K), or ``width`` when that is larger (zero padding)."""
+    return max(width, num_fields * table.shape[1])
+
+
+def hyperparameters(hparams: Tensor) -> tuple[float, float, float, float, float]:
+    """(lr, weight_decay, eps, beta1, beta2) as the kernels take them."""
+    lr, weight_decay, eps, beta1, beta2 = hparams.tolist()
+    return lr, weight_decay, eps, beta1, beta2

@@ -191,7 +191,7 @@ def _fields_by_slot(slot_fields: Tensor, num_fields: int) -> tuple[Tensor, Tenso
     return slots.contiguous(), torch.searchsorted(fields, bounds).contiguous()
 
 
-def fnn_gather(
+def fnn_fields(
     table: Tensor, ids: Tensor, values: Tensor | None, slot_fields: Tensor | None, num_fields: int
 ) -> Tensor:
     """z [B, num_fields * (1 + K)]: z[b, f block] = sum over slots s of field f of x table[id]."""
@@ -206,14 +206,14 @@ def fnn_gather(
         _check_like("slot_fields", slot_fields, (slots,), torch.int64, table.device)
         field_slots, field_offsets = _fields_by_slot(slot_fields, num_fields)
     z = torch.empty(batch, num_fields * table.shape[1], dtype=torch.float32, device=table.device)
-    _C.cuda.fnn_gather(
+    _C.cuda.fnn_fields(
         table.data_ptr(), table.shape[1], ids.data_ptr(), _address(values), batch, slots,
         _address(field_slots), _address(field_offsets), num_fields, z.data_ptr(), *_launch(table),
     )  # fmt: skip
     return z
 
 
-def fnn_gather_backward_update(
+def fnn_fields_backward_update(
     table: Tensor,
     ids: Tensor,
     values: Tensor | None,
@@ -242,7 +242,7 @@ def fnn_gather_backward_update(
     launch = _launch(table)
     workspace, nbytes = _workspace(table, ids.numel(), launch)
     lr, weight_decay, eps, beta1, beta2 = hparams
-    _C.cuda.fnn_gather_backward_update(
+    _C.cuda.fnn_fields_backward_update(
         table.data_ptr(), table.shape[0], table.shape[1], ids.data_ptr(), _address(values),
         batch, slots, _address(slot_fields), num_fields, grad_z.data_ptr(), rule, lr,
         weight_decay, eps, beta1, beta2, step, _address(state1), _address(state2),

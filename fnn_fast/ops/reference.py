@@ -68,3 +68,25 @@ def fnn_input(
     """The FNN's dense input z = [w0, z_1, ..., z_F]: [B, 1 + F (1 + K)]."""
     z = fnn_fields(table, ids, values, slot_fields, num_fields, sparse)
     return torch.cat([w0.reshape(1, 1).expand(z.shape[0], 1), z], dim=1)
+
+
+# The values' gradients of the fused training ops, which update the table in their backward and
+# so compute these from the rows before the update.
+
+
+def fm_values_grad(table, ids, values, sums, grad_logits):
+    """d loss / d values of the FM logits: g_b (w_i + <v_i, sums_b> - x v_i . v_i)."""
+    rows = F.embedding(ids, table)
+    w, v = rows[..., 0], rows[..., 1:]
+    dot = (v * sums.unsqueeze(1)).sum(-1) - values * v.square().sum(-1)
+    return grad_logits.unsqueeze(1) * (w + dot)
+
+
+def fnn_fields_values_grad(table, ids, slot_fields, num_fields, grad_z):
+    """d loss / d values of z: the dot of each lookup's row with its field's block of grad_z
+    (whose padding columns, if any, are not read)."""
+    dim = table.shape[1]
+    grad_fields = grad_z[:, : num_fields * dim].reshape(ids.shape[0], num_fields, dim)
+    if slot_fields is not None:
+        grad_fields = grad_fields.index_select(1, slot_fields)
+    return (F.embedding(ids, table) * grad_fields).sum(-1)

@@ -101,9 +101,9 @@ void test_forward(int64_t batch, int64_t slots, int64_t dim, bool with_values, i
   expect_close("fm scores", tag, scores.data(), want_logits.data(), batch, 1e-5, 1e-5);
 
   std::vector<float> z(batch * slots * dim, NAN), want_z(batch * slots * dim);
-  cuda::fnn_gather(table, dim, b.ids.data(), values, batch, slots, nullptr, nullptr, slots,
+  cuda::fnn_fields(table, dim, b.ids.data(), values, batch, slots, nullptr, nullptr, slots,
                    z.data(), kLaunch);
-  cpu::fnn_gather(table, rows, dim, b.ids.data(), values, batch, slots, nullptr, slots,
+  cpu::fnn_fields(table, rows, dim, b.ids.data(), values, batch, slots, nullptr, slots,
                   want_z.data(), slots * dim);
   expect_close("fnn gather", tag, z.data(), want_z.data(), z.size(), 0, 0);
 
@@ -121,9 +121,9 @@ void test_forward(int64_t batch, int64_t slots, int64_t dim, bool with_values, i
   }
   field_offsets[fields] = static_cast<int64_t>(field_slots.size());
   std::vector<float> zf(batch * fields * dim, NAN), want_zf(batch * fields * dim);
-  cuda::fnn_gather(table, dim, b.ids.data(), values, batch, slots, field_slots.data(),
+  cuda::fnn_fields(table, dim, b.ids.data(), values, batch, slots, field_slots.data(),
                    field_offsets.data(), fields, zf.data(), kLaunch);
-  cpu::fnn_gather(table, rows, dim, b.ids.data(), values, batch, slots, slot_fields.data(),
+  cpu::fnn_fields(table, rows, dim, b.ids.data(), values, batch, slots, slot_fields.data(),
                   fields, want_zf.data(), fields * dim);
   expect_close("fnn gather by field", tag, zf.data(), want_zf.data(), zf.size(), 1e-6, 1e-6);
 }
@@ -175,10 +175,10 @@ void test_backward(bool fm, Rule rule, int64_t batch, int64_t slots, int64_t dim
     } else {
       std::vector<float> grad = randn(batch * fields * dim);
       const int64_t* sf = multi_valued ? slot_fields.data() : nullptr;
-      cuda::fnn_gather_backward_update(table.data(), rows, dim, b.ids.data(), values, batch,
+      cuda::fnn_fields_backward_update(table.data(), rows, dim, b.ids.data(), values, batch,
                                        slots, sf, fields, grad.data(), p, {s1.data(), s2.data()},
                                        ws, bytes, long_run, kLaunch);
-      cpu::fnn_gather_backward_update(want_table.data(), rows, dim, b.ids.data(), values, batch,
+      cpu::fnn_fields_backward_update(want_table.data(), rows, dim, b.ids.data(), values, batch,
                                       slots, sf, fields, grad.data(), fields * dim, p,
                                       {want_s1.data(), want_s2.data()});
     }

@@ -21,7 +21,7 @@ else:
 
 if _IMPORT_ERROR is None:
     from fnn_fast.ops.triton.fm import _fm_forward_kernel, fm_backward_update, fm_forward
-    from fnn_fast.ops.triton.gather import fnn_gather, fnn_gather_backward_update
+    from fnn_fast.ops.triton.gather import fnn_fields, fnn_fields_backward_update
 
     # Triton decides when a kernel is defined whether it is compiled or interpreted.
     INTERPRETED = type(_fm_forward_kernel).__name__ == "InterpretedFunction"
@@ -39,7 +39,7 @@ else:
     def _unavailable(*args, **kwargs):
         raise RuntimeError(f"the Triton kernels are unavailable: {UNAVAILABLE_REASON}")
 
-    fm_forward = fm_backward_update = fnn_gather = fnn_gather_backward_update = _unavailable
+    fm_forward = fm_backward_update = fnn_fields = fnn_fields_backward_update = _unavailable
 
 
 def available() -> bool:
@@ -54,6 +54,6 @@ __all__ = [
     "available",
     "fm_backward_update",
     "fm_forward",
-    "fnn_gather",
-    "fnn_gather_backward_update",
+    "fnn_fields",
+    "fnn_fields_backward_update",
 ]

@@ -17,7 +17,7 @@ from fnn_fast.ops.triton.sparse_update import sparse_update
 
 
 @triton.jit
-def _fnn_gather_kernel(
+def _fnn_fields_kernel(
     table_ptr,  # float32 [R, D]
     ids_ptr,  # int64 [B, S]
     values_ptr,  # float32 [B, S] (read when HAS_VALUES)
@@ -79,7 +79,7 @@ def _fnn_gather_kernel(
     )
 
 
-def fnn_gather(
+def fnn_fields(
     table: torch.Tensor,
     ids: torch.Tensor,
     values: torch.Tensor | None,
@@ -104,7 +104,7 @@ def fnn_gather(
     block_b, block_f, block_d = lookup_blocks(batch, num_fields, dim, table.device, True)
     grid = (triton.cdiv(batch, block_b), triton.cdiv(num_fields, block_f))
     with on_device(table):
-        _fnn_gather_kernel[grid](
+        _fnn_fields_kernel[grid](
             table, ids, values if values is not None else table, field_slots, starts, counts,
             z, batch, slots, num_fields, dim, table.shape[0],
             HAS_VALUES=values is not None, GROUPED=slot_fields is not None,
@@ -113,7 +113,7 @@ def fnn_gather(
     return z
 
 
-def fnn_gather_backward_update(
+def fnn_fields_backward_update(
     table: torch.Tensor,
     ids: torch.Tensor,
     values: torch.Tensor | None,
