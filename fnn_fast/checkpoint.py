@@ -420,7 +420,8 @@ class ShardedCheckpointer(Checkpointer):
         if error is None:
             try:
                 result = self._read(self.directory)
-                self.check_fingerprint(result[0]["fingerprint"])
+                if ranks.main:  # other machines' copies of the data have their own mtimes
+                    self.check_fingerprint(result[0]["fingerprint"])
             except CheckpointError as failure:
                 error = str(failure)
         errors = [e for e in ranks.all_gather(error) if e]

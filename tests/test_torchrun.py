@@ -197,8 +197,12 @@ def test_a_checkpoint_of_two_ranks_resumes_on_three(files, one_process, tmp_path
         "dense.safetensors", "shard-00000-of-00002.safetensors",
         "shard-00001-of-00002.safetensors", "state.json",
     ]  # fmt: skip
-    # one process refuses it, naming what to do
+    # one process refuses it, naming what to do; so do ranks with other settings
     assert main(train_args(files, out, "--checkpoint-every", "10", "--resume")) == 2
+    other = torchrun(files, out, 2, "--checkpoint-every", "10", "--resume",
+                     "--fm-weight-decay", "0.001")  # fmt: skip
+    assert other.returncode != 0
+    assert "--resume refused" in other.stderr and "fm_weight_decay" in other.stderr
     run = torchrun(files, out, 3, "--checkpoint-every", "10", "--resume")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "resuming from the checkpoint of 2 ranks on 3 ranks" in run.stderr
