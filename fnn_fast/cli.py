@@ -11,18 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
+from fnn_fast import api
 from fnn_fast import export as export_command
 from fnn_fast.bench import command as bench_command
-from fnn_fast.data import DataError, FeatureEncoder, HashedEncoder, ParsedRows, Schema, load_rows
+from fnn_fast.data import DataError, HashedEncoder, ParsedRows, Schema
 from fnn_fast.data.bags import parse_multi_valued
 from fnn_fast.metrics import finite_or_none
 from fnn_fast.native_check import missing_native_reason, native_warning_shown
 from fnn_fast.outputs import (
     check_creatable,
     check_directory,
-    check_resumable,
-    finish_run,
-    start_run,
     writing_directory,
 )
 from fnn_fast.saved import save_run
@@ -53,23 +51,21 @@ def _schema_from_args(args) -> Schema:
                 f"{', '.join(chosen)}: Criteo's columns are fixed (label, I1..I13, C1..C26); "
                 "use --format csv or parquet to choose columns"
             )
-        # --delimiter: Criteo's columns in delimited text with a header line naming them
-        schema = Schema.criteo("csv" if args.delimiter else "criteo")
-        settings = {"numeric_mode": args.numeric_mode, "id_column": args.id_column}
-        return Schema.from_dict(
-            schema.to_dict() | settings | {"delimiter": args.delimiter} | _bag_settings(args)
-        )
-    return Schema(
-        **_bag_settings(args),
-        format=args.format,
-        label=args.label,
-        categorical=_columns(args.categorical),
-        numeric=_columns(args.numeric),
-        numeric_mode=args.numeric_mode,
-        id_column=args.id_column,
-        delimiter=args.delimiter,
-        featindex=str(Path(args.featindex).resolve()) if args.featindex else None,
-    )
+    return api.make_schema(
+        args.format, label=args.label, categorical=_columns(args.categorical),
+        numeric=_columns(args.numeric), numeric_mode=args.numeric_mode, id_column=args.id_column,
+        delimiter=args.delimiter, featindex=args.featindex, **_bag_settings(args),
+    )  # fmt: skip
+
+
+def _reading(args) -> api.InputOptions:
+    """How the input options read and encode the inputs."""
+    return api.InputOptions(
+        cache_dir=getattr(args, "cache_dir", None), skip_bad_lines=args.skip_bad_lines,
+        progress=not args.no_progress, min_count=getattr(args, "min_count", 1),
+        hash_buckets=getattr(args, "hash_buckets", None),
+        hash_space=getattr(args, "hash_space", "field"),
+    )  # fmt: skip
 
 
 def _bag_settings(args) -> dict:
@@ -81,18 +77,7 @@ def _bag_settings(args) -> dict:
 
 
 def _read(path, schema: Schema, args) -> ParsedRows:
-    rows = load_rows(
-        path,
-        schema,
-        cache_dir=getattr(args, "cache_dir", None),
-        skip_bad_lines=args.skip_bad_lines,
-        progress=not args.no_progress,
-    )
-    if rows.bad_lines:
-        print(f"{path}: skipped {rows.bad_lines} bad line(s)", file=sys.stderr)
-        for example in getattr(rows, "bad_examples", [])[:5]:
-            print(f"  {example}", file=sys.stderr)
-    return rows
+    return api.read_input(path, "data", schema, _reading(args))
 
 
 def _config_from_args(args) -> TrainConfig:
@@ -162,61 +147,17 @@ def _config_option(argv: list[str]) -> str | None:
     return None
 
 
-def _print_metrics(metrics: dict) -> None:
-    heads = ("valid AUC", "valid logloss", "test AUC", "test logloss")
-    print(f"{'model':<14}" + "".join(f"{h:>15}" for h in heads))
-    for name, m in metrics.items():
-        cells = [m.get(k) for k in ("valid_auc", "valid_logloss", "test_auc", "test_logloss")]
-        text = [f"{c:.4f}" if c is not None else "-" for c in cells]
-        print(f"{name:<14}" + "".join(f"{t:>15}" for t in text))
+_print_metrics = api.print_metrics
 
 
 def _load_splits(args):
-    """(train, valid, test or None, encoder, schema) from the input options; the encoder is fit
-    on the training rows only (not on a validation part split off them)."""
+    """(train, valid, test or None, encoder, schema) in memory, from the input options (see
+    fnn_fast.api.load_splits)."""
     schema = _schema_from_args(args)
-    train_rows = _read(args.train, schema, args)
-    train_index, valid_index = np.arange(len(train_rows.labels)), None
-    if args.valid:
-        valid_rows = _read(args.valid, schema, args)
-    else:
-        valid_rows = train_rows
-        order = np.random.default_rng(args.seed).permutation(len(train_rows.labels))
-        cut = int(round(len(order) * (1 - args.valid_fraction)))
-        train_index, valid_index = np.sort(order[:cut]), np.sort(order[cut:])
-    encoder = _fit_encoder(train_rows, train_index, args)
-    print(
-        f"{len(train_index):,} training rows, {encoder.num_features:,} features in "
-        f"{len(train_rows.field_names)} fields",
-        file=sys.stderr,
+    splits = api.load_splits(
+        args.train, args.valid, args.test, schema, _reading(args), args.valid_fraction, args.seed
     )
-    if isinstance(encoder, HashedEncoder):
-        print(encoder.describe_collisions(), file=sys.stderr)
-    train = Split.encode(train_rows, encoder, train_index if valid_index is not None else None)
-    valid = Split.encode(valid_rows, encoder, valid_index)
-    test = Split.encode(_read(args.test, schema, args), encoder) if args.test else None
-    return train, valid, test, encoder, schema
-
-
-def _fit_encoder(train_rows: ParsedRows, train_index, args):
-    keys = train_rows.keys if len(train_index) == len(train_rows) else train_rows.keys[train_index]
-    return _fit_encoder_on(keys, train_rows.slot_fields, train_rows.field_names, args)
-
-
-def _fit_encoder_on(keys, slot_fields, field_names, args):
-    """The vocabularies of the training keys, or with --hash-buckets the hashed encoder (no
-    vocabulary; the pass over the keys only measures the collisions)."""
-    progress = not args.no_progress
-    if getattr(args, "hash_buckets", None) is None:
-        return FeatureEncoder.fit(
-            keys, slot_fields, field_names, min_count=args.min_count, progress=progress
-        )
-    if args.min_count != 1:
-        raise ValueError("--min-count needs vocabularies: it cannot be used with --hash-buckets")
-    return HashedEncoder.fit(
-        keys, slot_fields, field_names, buckets=args.hash_buckets,
-        shared=args.hash_space == "shared", progress=progress,
-    )  # fmt: skip
+    return (*splits, schema)
 
 
 def _hash_buckets(text: str) -> int:
@@ -243,93 +184,6 @@ def _check_inputs(args, *options: str) -> None:
             raise FileExistsError(f"--cache-dir {cache_dir} is a file, not a directory")
         if not Path(cache_dir).exists():
             check_creatable(cache_dir, "cache")
-
-
-def _cache_entry(path, schema: Schema, args):
-    """--stream: the binary cache entry to stream ``path`` from (``path`` itself when it is one;
-    else its entry in --cache-dir, parsed into it on the first run)."""
-    from fnn_fast.data.cache import check_entry, ensure_entry, read_meta
-
-    if Path(path, "meta.json").is_file():
-        check_entry(path, schema)
-        entry = Path(path)
-    elif args.cache_dir is None:
-        raise ValueError(
-            f"--stream reads binary cache entries: give --cache-dir (the first run parses {path} "
-            "into it once) or a cache entry directory"
-        )
-    else:
-        entry = ensure_entry(
-            path, schema, args.cache_dir, skip_bad_lines=args.skip_bad_lines,
-            progress=not args.no_progress,
-        )  # fmt: skip
-    if int(read_meta(entry)["n_rows"]) == 0:
-        raise DataError(path, None, "no rows to train or evaluate on")
-    return entry
-
-
-def _stream_splits(args):
-    """As _load_splits, for --stream: every split streams from its cache entry; the encoder is
-    fitted on the training entry read by row ranges."""
-    from fnn_fast.stream import EVAL_ROWS, CacheStream, entry_columns
-
-    if not args.valid:
-        raise ValueError("--stream needs a validation file (--valid FILE)")
-    if args.stream_chunk_rows < 1 or args.shuffle_buffer < 1:
-        raise ValueError("--stream-chunk-rows and --shuffle-buffer must be positive")
-    schema = _schema_from_args(args)
-    train_entry = _cache_entry(args.train, schema, args)
-    keys, slot_fields, field_names = entry_columns(train_entry)
-    encoder = _fit_encoder_on(keys, slot_fields, field_names, args)
-    print(
-        f"{len(keys):,} training rows (streamed), {encoder.num_features:,} features in "
-        f"{len(field_names)} fields",
-        file=sys.stderr,
-    )
-    if isinstance(encoder, HashedEncoder):
-        print(encoder.describe_collisions(), file=sys.stderr)
-    window = max(1, args.shuffle_buffer // args.stream_chunk_rows)
-    train = CacheStream(
-        train_entry, encoder, chunk_rows=args.stream_chunk_rows, window_chunks=window,
-        eval_rows=EVAL_ROWS,
-    )  # fmt: skip
-
-    def held_out(path):
-        entry = _cache_entry(path, schema, args)
-        return CacheStream(entry, encoder, chunk_rows=args.stream_chunk_rows, shuffle=False)
-
-    test = held_out(args.test) if args.test else None
-    return train, held_out(args.valid), test, encoder, schema
-
-
-def _file_identity(path) -> list | None:
-    """What a resume checks of an input: path, size and modification time (of every file of a
-    cache entry directory)."""
-    if path is None:
-        return None
-    path = Path(path).resolve()
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    return [str(path)] + [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-
-
-def _fingerprint(args, config: TrainConfig) -> dict:
-    """What a resumed run must share with the checkpoint: its data and every setting that
-    changes the model (not --checkpoint-every, --no-progress, --cache-dir)."""
-    from fnn_fast.data.cache import schema_identity
-
-    return {
-        "data": {name: _file_identity(getattr(args, name)) for name in ("train", "valid", "test")},
-        "settings": {
-            **config.to_dict(),
-            "schema": schema_identity(_schema_from_args(args)),
-            "min_count": args.min_count,
-            "valid_fraction": None if args.valid else args.valid_fraction,
-            "skip_bad_lines": args.skip_bad_lines,
-            "stream": args.stream,
-            "stream_chunk_rows": args.stream_chunk_rows if args.stream else None,
-            "shuffle_buffer": args.shuffle_buffer if args.stream else None,
-        },
-    }
 
 
 def _torchrun_world() -> int:
@@ -648,49 +502,22 @@ def _train_on_ranks(args, ranks, device, every=(None, None)) -> int:
 
 
 def _cmd_train(args) -> int:
-    from fnn_fast.checkpoint import Checkpointer, parse_every
-
+    """One process: the options, then fnn_fast.api.fit (which writes --out)."""
     config = _config_from_args(args)
-    device = resolve_device(args.device)  # before any file is read: no GPU is a quick error
+    resolve_device(args.device)  # before any file is read: no GPU is a quick error
     _check_inputs(args, "--train", "--valid", "--test", "--featindex")
-    every = parse_every(args.checkpoint_every) if args.checkpoint_every else (None, None)
-    checkpoint = None
-    if args.resume:
-        check_resumable(args.out, "model")
-        checkpoint = Checkpointer(args.out, _fingerprint(args, config), *every)
-        if checkpoint.load() is None:
-            print("fnn-fast: no checkpoint was written yet: training from the start",
-                  file=sys.stderr)  # fmt: skip
-    else:
-        check_directory(args.out, args.overwrite, "model")
     args.input_format = args.format
-    splits = _stream_splits(args) if args.stream else _load_splits(args)
-    train, valid, test, encoder, schema = splits
-    if args.checkpoint_every and not args.resume:
-        start_run(args.out, args.overwrite, "model")
-        checkpoint = Checkpointer(args.out, _fingerprint(args, config), *every)
-    result = train_two_stage(
-        train, valid, test, encoder, config, progress=not args.no_progress,
-        checkpoint=checkpoint, device=device,
+    reading = _reading(args)
+    model = api.fit(
+        args.train, args.valid, args.test, schema=_schema_from_args(args), config=config,
+        valid_fraction=args.valid_fraction, min_count=reading.min_count,
+        hash_buckets=reading.hash_buckets, hash_space=reading.hash_space, out=args.out,
+        overwrite=args.overwrite, device=args.device, progress=reading.progress,
+        checkpoint_every=args.checkpoint_every, resume=args.resume, stream=args.stream,
+        stream_chunk_rows=args.stream_chunk_rows, shuffle_buffer=args.shuffle_buffer,
+        cache_dir=reading.cache_dir, skip_bad_lines=reading.skip_bad_lines,
     )  # fmt: skip
-    report = dict(
-        extra={
-            **_encoder_metrics(encoder),
-            "device": str(device),
-            "world_size": 1,
-            "rows_per_rank": [len(train) * _epochs_run(result)],
-        },  # fmt: skip
-        report_split=test if test is not None else valid,
-        split_name="test" if test is not None else "validation",
-        data=_data_paths(args),
-    )
-    if checkpoint is None:
-        with writing_directory(args.out, args.overwrite, "model") as out:
-            save_run(out, result, encoder, schema, config, **report)
-    else:
-        save_run(args.out, result, encoder, schema, config, **report)
-        finish_run(args.out, "model", checkpoint.remove)
-    _print_metrics(result.metrics)
+    _print_metrics(model.metrics)
     print(f"model written to {args.out} (report: {Path(args.out) / 'report.html'})")
     return 0
 
@@ -701,14 +528,7 @@ def _data_paths(args) -> dict:
     return {name: str(Path(getattr(args, name)).resolve()) for name in names if getattr(args, name)}
 
 
-def _epochs_run(result) -> int:
-    """The epochs both stages ran (each trains on every training row once per epoch)."""
-    return len(result.history["fm"]) + len(result.history["fnn"])
-
-
-def _encoder_metrics(encoder) -> dict:
-    """metrics.json's record of a hashed encoder's collisions (none for vocabularies)."""
-    return {"hashing": encoder.collisions} if isinstance(encoder, HashedEncoder) else {}
+_encoder_metrics = api.encoder_metrics
 
 
 def cmd_tune(args) -> int:
@@ -934,9 +754,10 @@ def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> 
     for stage in ("fm", "fnn"):
         p.add_argument(
             f"--{stage}-early-stopping",
-            choices=("auc", "logloss"),
+            choices=("auto", "auc", "logloss"),
             default=getattr(defaults, f"{stage}_early_stopping"),
-            help=f"the validation metric that picks the {stage.upper()}'s best epoch",
+            help=f"the validation metric that picks the {stage.upper()}'s best epoch (auto: AUC "
+            "where the validation split has 200 rows of each class, else logloss)",
         )
     p.add_argument("--fm-epochs", type=int, default=defaults.fm_epochs, help="stage 1, at most")
     p.add_argument(

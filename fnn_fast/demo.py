@@ -70,10 +70,9 @@ def planted_at_rate(positive_rate: float, seed: int = 0):
 
 
 def run_demo(out: Path, rows: int = 150_000, seed: int = 0, progress: bool = True) -> dict:
-    from fnn_fast.cli import _print_metrics
-    from fnn_fast.data import read_rows
-    from fnn_fast.saved import load_model, save_run
-    from fnn_fast.score import predict, write_predictions
+    from fnn_fast.api import load, print_metrics
+    from fnn_fast.saved import save_run
+    from fnn_fast.score import write_predictions
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -126,12 +125,11 @@ def run_demo(out: Path, rows: int = 150_000, seed: int = 0, progress: bool = Tru
     )  # fmt: skip
     test_file = out / "test.libfm"
     write_libfm(test_file, parts["test"].rows.labels, parts["test"].rows.keys)
-    saved = load_model(out)
-    probabilities = predict(saved, read_rows(test_file, schema, progress=False))
+    probabilities = load(out).predict(test_file)  # as a user would: the saved model, the file
     write_predictions(out / "test_scores.csv", probabilities)
 
     print()
-    _print_metrics({**result.metrics, "bayes-optimal": bayes})
+    print_metrics({**result.metrics, "bayes-optimal": bayes})
     metrics = json.loads((out / "metrics.json").read_text())
     fnn_auc = metrics["fnn"]["test_auc"]
     print(

@@ -49,9 +49,11 @@ class TrainConfig:
     batch_size: int = 256
     seed: int = 0
     patience: int = 4  # epochs without a better validation metric before stopping
-    # The validation metric that picks each stage's best epoch (and stops it): auc or logloss.
-    fm_early_stopping: str = "auc"
-    fnn_early_stopping: str = "auc"
+    # The validation metric that picks each stage's best epoch (and stops it): auc, logloss, or
+    # auto: AUC where the validation split holds AUC_STOPPING_MIN_CLASS rows of each class,
+    # else logloss (see stopping_metric).
+    fm_early_stopping: str = "auto"
+    fnn_early_stopping: str = "auto"
     # Stage 1: FM. Adagrad whose sums start at 0.01: a rare feature's few small gradients move
     # it as SGD at lr / 0.1 would (plain Adagrad gives it full-size steps and overfits sparse
     # logs), while a frequent feature's steps shrink as its sum grows (plain SGD at a rate that
@@ -388,6 +390,31 @@ def logistic_loss(
     return losses.sum() if reduction == "sum" else losses.mean()
 
 
+# Early stopping on AUC needs enough rows of the validation split's rarer class: AUC's standard
+# error is about sqrt(AUC (1 - AUC) / n) for n such rows (0.07 at iPinYou's 51 validation
+# clicks), more than an epoch's typical gain, while logloss averages over every row. On
+# validation data (README, "Early stopping"), stopping on logloss where the rarer class has
+# fewer rows raised the FNN's held-out AUC on iPinYou by 0.014; Adult and the planted sets
+# hold 450 or more and keep AUC.
+AUC_STOPPING_MIN_CLASS = 200
+
+
+def stopping_metric(choice: str, valid) -> tuple[str, str | None]:
+    """('auc' or 'logloss', why, for ``choice="auto"``) of an early-stopping choice."""
+    if choice not in ("auto", "auc", "logloss"):
+        raise ValueError(f"early stopping metric {choice!r}: choose auto, auc or logloss")
+    if choice != "auto" or valid is None or len(valid) == 0:
+        return ("auc" if choice == "auto" else choice), None
+    positives = int(round(float(valid.labels.sum())))
+    rarer = min(positives, len(valid) - positives)
+    if rarer >= AUC_STOPPING_MIN_CLASS:
+        return "auc", None
+    return "logloss", (
+        f"the validation split has {rarer} rows of its rarer class (fewer than "
+        f"{AUC_STOPPING_MIN_CLASS}, too few for a steady AUC)"
+    )
+
+
 def _log(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
@@ -405,13 +432,14 @@ def fit(
     name: str,
     progress: bool = True,
     rate_hint: str = "the learning rate",
-    early_stopping: str = "auc",
+    early_stopping: str = "auto",
     checkpoint: Checkpointer | None = None,
     stage: str = "",
     ranks: Ranks | None = None,
 ) -> list[dict]:
     """Mini-batch training with early stopping on validation AUC (``early_stopping="logloss"``:
-    validation logloss; a validation split of one class has no AUC and uses its logloss too).
+    validation logloss; ``"auto"``: AUC or logloss as :func:`stopping_metric` decides; a
+    validation split of one class has no AUC and uses its logloss too).
     The model ends holding the weights of its best epoch; returns one record per epoch. A
     non-finite loss or parameter raises :class:`TrainingDiverged` naming the stage, epoch and
     step (``rate_hint``: the setting to lower). ``train`` and ``valid``: in-memory
@@ -427,6 +455,9 @@ def fit(
     :class:`fnn_fast.checkpoint.ShardedCheckpointer` (each rank saves its rows)."""
     log = _log if ranks is None or ranks.main else (lambda message: None)
     progress = progress and (ranks is None or ranks.main)
+    early_stopping, why = stopping_metric(early_stopping, valid)
+    if why is not None:
+        log(f"{name}: early stopping on validation logloss: {why}")
     generator = torch.Generator().manual_seed(seed)
     history: list[dict] = []
     best_score, best_state, best_epoch = -math.inf, None, 0

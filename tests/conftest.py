@@ -2,7 +2,7 @@ import os
 
 import pytest
 import torch
-from shared_data import DATA
+from helpers import DATA
 
 # Without a GPU the Triton kernels run on CPU tensors through Triton's interpreter. Triton picks
 # compiled or interpreted when a kernel is defined, so this must precede any import of
@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
 # the installed package, the one under test.
 os.environ.setdefault("PYTHONSAFEPATH", "1")
 
-SHARED_DATA = DATA  # FNN_FAST_DATA, else ../shared/data (tests/shared_data.py)
+SHARED_DATA = DATA  # FNN_FAST_DATA, else ../shared/data (tests/helpers.py)
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,8 @@ import re
 
 import numpy as np
 import pytest
-from shared_data import DATA as SHARED_DATA
-from shared_data import require
+from helpers import DATA as SHARED_DATA
+from helpers import shared_file
 
 import fnn_fast.data.cache as cache
 from fnn_fast.data import DataError, Schema, load_rows, open_rows, read_rows, write_rows
@@ -256,7 +256,7 @@ def assert_built_like_in_memory(tmp_path, path, schema, skip=True, part_bytes=40
     ],
 )
 def test_an_entry_built_by_parts_is_the_in_memory_one(tmp_path, name, schema, part_bytes):
-    path = str(require(name))
+    path = str(shared_file(name))
     assert os.path.getsize(path) > 4 * part_bytes  # several parts
     rows = assert_built_like_in_memory(tmp_path, path, schema, part_bytes=part_bytes)
     assert len(rows) > 100
@@ -377,7 +377,7 @@ def test_a_parquet_entry_built_by_row_groups(tmp_path):
 def test_ensure_entry_builds_by_parts_and_leaves_nothing_behind_on_a_bad_line(tmp_path):
     from fnn_fast.data.cache import ensure_entry
 
-    path = str(require("adult", "train.csv"))
+    path = str(shared_file("adult", "train.csv"))
     cache_dir = tmp_path / "cache"
     entry = ensure_entry(path, ADULT_SCHEMA, cache_dir, progress=False, part_bytes=300 << 10)
     built, parsed = open_rows(entry), read_rows(path, ADULT_SCHEMA, progress=False)
@@ -408,7 +408,7 @@ def test_two_writers_of_one_entry_both_get_it_whole(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cache_build, "build_entry", build_then_wait)
 
-    path = str(require("samples", "criteo_sample.txt"))
+    path = str(shared_file("samples", "criteo_sample.txt"))
     schema = Schema.criteo("csv")
     cache_dir = tmp_path / "cache"
     with ThreadPoolExecutor(2) as pool:
@@ -425,5 +425,5 @@ def test_an_array_whose_header_does_not_fit_the_reserved_bytes_is_rewritten(tmp_
 
     monkeypatch.setattr(cache_build, "_HEADER_BYTES", 192)
     monkeypatch.setattr(cache_build, "_COPY_ROWS", 7)
-    path = str(require("samples", "criteo_sample.txt"))
+    path = str(shared_file("samples", "criteo_sample.txt"))
     assert_built_like_in_memory(tmp_path, path, Schema.criteo("csv"), part_bytes=8 << 10)

@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from shared_data import DATA
+from helpers import DATA
 
 import fnn_fast.data.parquet as parquet_reader
 from fnn_fast.data import PAD_KEY, DataError, Schema, read_rows

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from shared_data import DATA
+from helpers import DATA
 
 from fnn_fast.data import FeatureEncoder, Schema, load_rows
 from fnn_fast.demo import planted_at_rate, planted_splits

@@ -7,7 +7,14 @@ from dataclasses import replace
 import pytest
 
 from fnn_fast.demo import planted_at_rate, planted_splits
-from fnn_fast.train import TrainConfig, evaluate, train_fm, train_fnn
+from fnn_fast.train import (
+    AUC_STOPPING_MIN_CLASS,
+    TrainConfig,
+    evaluate,
+    stopping_metric,
+    train_fm,
+    train_fnn,
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +63,27 @@ def test_the_two_metrics_can_pick_different_epochs(planted):
         _, history = train_fm(train, valid, encoder.num_features, config, progress=False)
         picks[metric] = next(r["epoch"] for r in history if r["best"])
     assert picks["auc"] != picks["logloss"]
+
+
+def test_auto_stops_on_logloss_where_the_rarer_class_is_small(planted, capsys):
+    """auto: AUC on a validation split with 200 rows of each class or more, logloss below (and
+    the run says why); it picks the same epochs as the metric it resolves to."""
+    train, valid, encoder = planted
+    rare = valid.labels.clone()
+    rare[rare.nonzero()[AUC_STOPPING_MIN_CLASS - 1 :]] = 0.0  # 199 positives left
+    few = replace(valid, labels=rare)
+    assert stopping_metric("auto", valid) == ("auc", None)
+    metric, why = stopping_metric("auto", few)
+    assert metric == "logloss" and "199 rows of its rarer class" in why
+    assert stopping_metric("auc", few) == ("auc", None)
+    with pytest.raises(ValueError, match="choose auto, auc or logloss"):
+        stopping_metric("accuracy", valid)
+    picks = {}
+    for choice in ("auto", "logloss"):
+        config = replace(TrainConfig(), fm_epochs=8, patience=100, fm_early_stopping=choice)
+        _, history = train_fm(train, few, encoder.num_features, config, progress=False)
+        picks[choice] = next(r["epoch"] for r in history if r["best"])
+    assert picks["auto"] == picks["logloss"]
+    assert "early stopping on validation logloss: the validation split has 199" in (
+        capsys.readouterr().err
+    )

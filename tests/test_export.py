@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from trained_models import cli_scores, train_csv, train_libfm
+from helpers import cli_scores, require_module, train_csv, train_libfm
 
 from fnn_fast.cli import main
 from fnn_fast.data import Schema, read_rows
@@ -19,16 +19,6 @@ from fnn_fast.export import encode_file, encode_rows, export_model, serving_modu
 from fnn_fast.saved import load_model
 
 TOLERANCE = 1e-5
-
-
-def require(module: str):
-    """The module, or a skip saying why; a failure where FNN_FAST_REQUIRE_ECOSYSTEM is set (CI)."""
-    try:
-        return __import__(module)
-    except ImportError as error:
-        if os.environ.get("FNN_FAST_REQUIRE_ECOSYSTEM"):
-            raise
-        pytest.skip(f"{module} is not installed ({error}): pip install 'fnn-fast[export]'")
 
 
 @pytest.fixture(scope="module", params=["csv", "csv-values", "libfm", "libfm-hashed"])
@@ -59,8 +49,8 @@ def inputs(saved, rows):
 
 @pytest.mark.parametrize("which", ["fnn", "fm"])
 def test_onnx_round_trip_matches_score(trained, which, tmp_path):
-    onnxruntime = require("onnxruntime")
-    require("onnxscript")
+    onnxruntime = require_module("onnxruntime", "export")
+    require_module("onnxscript", "export")
     model, rows_file, rows = trained
     expected = cli_scores(model, rows_file, tmp_path / "scores.npy", "--which", which)
     out = tmp_path / "model.onnx"

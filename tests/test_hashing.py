@@ -7,11 +7,11 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import planted_libfm_files
 
 from fnn_fast.cli import main
 from fnn_fast.data import PAD_KEY, FeatureEncoder, HashedEncoder, Schema, read_rows
 from fnn_fast.data.hashing import expected_collision_share, hash_keys
-from fnn_fast.data.synthetic import plant_model, write_libfm
 from fnn_fast.saved import load_model
 from fnn_fast.score import predict
 
@@ -132,14 +132,7 @@ def test_parallel_vocabulary_pass_matches_the_serial_one():
 
 @pytest.fixture(scope="module")
 def libfm_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("libfm")
-    truth = plant_model((30,) * 5, num_factors=3, nonlinear=1.0, seed=0)
-    paths = {}
-    for seed, (name, rows) in enumerate((("train", 3000), ("test", 800))):
-        sample = truth.sample(rows, seed=seed).rows
-        paths[name] = folder / f"{name}.libfm"
-        write_libfm(paths[name], sample.labels, sample.keys)
-    return paths
+    return planted_libfm_files(tmp_path_factory.mktemp("libfm"), 30)
 
 
 @pytest.mark.parametrize("space", ["field", "shared"])

@@ -58,3 +58,15 @@ def test_the_loop_with_the_fused_update(loop_blocks):
     assert namespace["fnn"].row_update is not None
     if fnn_fast.backends()["active"] == "native":  # the reference keeps the sparse gradient
         assert namespace["fnn"].table.grad is None  # updated inside backward
+
+
+def test_the_python_training_api(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.chdir(tmp_path)  # the example saves into runs/clicks
+    blocks = python_blocks("Train from Python")
+    assert len(blocks) == 1
+    namespace, printed = run(blocks[0])
+    found = aucs(printed)
+    assert set(found) == {"FM", "FNN"} and min(found.values()) > 0.7, printed
+    assert isinstance(namespace["same"], fnn_fast.TrainedModel)
+    assert (tmp_path / "runs" / "clicks" / "report.html").exists()

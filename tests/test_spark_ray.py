@@ -15,21 +15,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from trained_models import train_csv
+from helpers import require_module, train_csv
 
 from fnn_fast.cli import main
 from fnn_fast.score import Scorer
 
 TOLERANCE = 1e-6  # both sides compute the same float32 logits; only the output files differ
-
-
-def require(module: str, extra: str):
-    try:
-        return __import__(module)
-    except ImportError as error:
-        if os.environ.get("FNN_FAST_REQUIRE_ECOSYSTEM"):
-            raise
-        pytest.skip(f"{module} is not installed ({error}): pip install 'fnn-fast[{extra}]'")
 
 
 def java_missing() -> str | None:
@@ -62,7 +53,7 @@ def assert_equal_to_cli(ids, predictions, expected):
 
 @pytest.mark.timeout(600)  # a stuck local cluster fails the test instead of hanging CI
 def test_spark_map_in_arrow_equals_cli(scored, monkeypatch):
-    require("pyspark", "spark")
+    require_module("pyspark", "spark")
     reason = java_missing()
     if reason is not None:
         if os.environ.get("FNN_FAST_REQUIRE_ECOSYSTEM"):
@@ -108,7 +99,7 @@ class ScoreBatches:
 
 @pytest.mark.timeout(600)
 def test_ray_map_batches_equals_cli(scored, tmp_path, monkeypatch):
-    require("ray", "ray")
+    require_module("ray", "ray")
     # Ray puts the driver's working directory on its workers' sys.path: from the repository
     # root that is the source tree, without fnn_fast._C after a plain `pip install .`.
     monkeypatch.chdir(tmp_path)

@@ -1,15 +1,63 @@
-"""Small generated data sets and models trained on them through the CLI (one epoch per stage, a
-few seconds each), for the export and Spark/Ray tests: each of them compares its scores with
-``fnn-fast score`` on the same rows."""
+"""What several test files share, in one place:
+
+- the real data sets (iPinYou 2997, UCI Adult, the Criteo sample): the folder ``FNN_FAST_DATA``
+  names, else ``../shared/data`` beside the repository; tests that need a set skip, saying so,
+  when it is not there;
+- optional packages (ONNX Runtime, pyspark, Ray): a skip naming the extra to install, or a
+  failure where ``FNN_FAST_REQUIRE_ECOSYSTEM`` is set (CI);
+- small generated data sets, and models trained on them through the CLI (one epoch per stage,
+  a few seconds each), for the tests that compare scores with ``fnn-fast score``.
+"""
 
 from __future__ import annotations
 
 import csv
 import os
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fnn_fast.cli import main
+from fnn_fast.data.synthetic import plant_model
+from fnn_fast.data.synthetic import write_libfm as write_planted_libfm
+
+DATA = Path(
+    os.environ.get("FNN_FAST_DATA")
+    or Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+)
+
+
+def shared_file(*parts: str) -> Path:
+    """The path of a shared data file; the test skips, naming the folder, when it is absent."""
+    path = DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{'/'.join(parts)} not present in {DATA} (set FNN_FAST_DATA)")
+    return path
+
+
+def require_module(module: str, extra: str):
+    """The module, or a skip saying which extra brings it; a failure where
+    FNN_FAST_REQUIRE_ECOSYSTEM is set (CI installs every extra)."""
+    try:
+        return __import__(module)
+    except ImportError as error:
+        if os.environ.get("FNN_FAST_REQUIRE_ECOSYSTEM"):
+            raise
+        pytest.skip(f"{module} is not installed ({error}): pip install 'fnn-fast[{extra}]'")
+
+
+def planted_libfm_files(folder: Path, cardinality: int) -> dict:
+    """train (3000 rows) and test (800 rows) libFM files over five fields of ``cardinality``
+    features each, labelled by a planted FM with a non-linear term."""
+    truth = plant_model((cardinality,) * 5, num_factors=3, nonlinear=1.0, seed=0)
+    paths = {}
+    for seed, (name, rows) in enumerate((("train", 3000), ("test", 800))):
+        sample = truth.sample(rows, seed=seed).rows
+        paths[name] = folder / f"{name}.libfm"
+        write_planted_libfm(paths[name], sample.labels, sample.keys)
+    return paths
+
 
 CSV_COLUMNS = ["id", "label", "n1", "n2", "c1", "c2", "c3"]
 CATEGORICAL = "c1,c2,c3"
