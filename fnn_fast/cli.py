@@ -312,6 +312,8 @@ def _rank_splits(args, ranks):
         raise DataError(args.train, None, "no rows to train on")
     train_index, valid_index = np.arange(len(rows)), None
     if not args.valid:  # the one process's split of the whole file, each rank its rows of it
+        if not 0 < args.valid_fraction < 1:
+            raise ValueError(f"valid_fraction must be between 0 and 1, not {args.valid_fraction}")
         order = np.random.default_rng(args.seed).permutation(total)
         cut = int(round(total * (1 - args.valid_fraction)))
         mine = [np.sort(order[:cut]), np.sort(order[cut:])]
@@ -394,6 +396,7 @@ def _fit_encoder_ranks(keys, slot_fields, field_names, args, ranks):
     the collision report) and sends the encoder to all."""
     import torch.distributed as dist
 
+    from fnn_fast.data import FeatureEncoder
     from fnn_fast.data.encoder import _frequent, _merge, count_keys
 
     hashed = getattr(args, "hash_buckets", None) is not None
@@ -423,6 +426,13 @@ def _fit_encoder_ranks(keys, slot_fields, field_names, args, ranks):
     return box[0]
 
 
+def _ranks_fingerprint(args, config, schema) -> dict:
+    """What a resumed torchrun job must share with its checkpoint (as fnn_fast.api.fit's)."""
+    inputs = {"train": args.train, "valid": args.valid, "test": args.test}
+    valid_fraction = None if args.valid else args.valid_fraction
+    return api.fingerprint(inputs, config, schema, _reading(args), valid_fraction, None)
+
+
 def _train_on_ranks(args, ranks, device, every=(None, None)) -> int:
     """Every rank reads and encodes the whole input (the same encoder everywhere, checked),
     then trains on its slice of every global batch with the tables sharded over the ranks;
@@ -431,6 +441,7 @@ def _train_on_ranks(args, ranks, device, every=(None, None)) -> int:
     import torch.distributed as dist
 
     from fnn_fast.checkpoint import ShardedCheckpointer
+    from fnn_fast.outputs import check_resumable, finish_run, start_run
 
     config = _config_from_args(args)
     _check_inputs(args, "--train", "--valid", "--test", "--featindex")
@@ -454,7 +465,7 @@ def _train_on_ranks(args, ranks, device, every=(None, None)) -> int:
     checkpoint = None
     if resume or args.checkpoint_every:
         checkpoint = ShardedCheckpointer(
-            args.out, _fingerprint(args, config), *every, ranks=ranks,
+            args.out, _ranks_fingerprint(args, config, schema), *every, ranks=ranks,
             num_features=encoder.num_features,
         )  # fmt: skip
     if resume:
