@@ -41,10 +41,10 @@ from fnn_fast.saved import FORMAT_VERSION, SavedModel, load_model, save_run
 from fnn_fast.stream import CHUNK_ROWS, WINDOW_CHUNKS
 from fnn_fast.train import Split, TrainConfig, TwoStageResult, resolve_device, train_two_stage
 
-# TrainConfig settings that take one of a few words (the command's choices).
+# TrainConfig settings that take one of a few words (the command's choices are these).
 CHOICES = {
-    "fm_early_stopping": ("auc", "logloss"),
-    "fnn_early_stopping": ("auc", "logloss"),
+    "fm_early_stopping": ("auto", "auc", "logloss"),
+    "fnn_early_stopping": ("auto", "auc", "logloss"),
     "fm_optimizer": ("sgd", "adagrad", "rowwise_adagrad", "adam"),
     "fnn_optimizer": ("sgd", "adagrad", "rowwise_adagrad", "adam"),
     "fnn_init": ("fm", "random"),

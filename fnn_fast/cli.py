@@ -765,7 +765,7 @@ def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> 
     for stage in ("fm", "fnn"):
         p.add_argument(
             f"--{stage}-early-stopping",
-            choices=("auto", "auc", "logloss"),
+            choices=api.CHOICES[f"{stage}_early_stopping"],
             default=getattr(defaults, f"{stage}_early_stopping"),
             help=f"the validation metric that picks the {stage.upper()}'s best epoch (auto: AUC "
             "where the validation split has 200 rows of each class, else logloss)",
@@ -774,7 +774,7 @@ def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> 
     p.add_argument(
         "--fm-optimizer",
         default=defaults.fm_optimizer,
-        choices=("sgd", "adagrad", "rowwise_adagrad", "adam"),
+        choices=api.CHOICES["fm_optimizer"],
         help="sparse update rule of the FM",
     )
     p.add_argument("--fm-lr", type=float, default=defaults.fm_lr, help="FM learning rate")
@@ -793,7 +793,7 @@ def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> 
     p.add_argument("--fnn-epochs", type=int, default=defaults.fnn_epochs, help="stage 2, at most")
     p.add_argument(
         "--fnn-init",
-        choices=("fm", "random"),
+        choices=api.CHOICES["fnn_init"],
         default=defaults.fnn_init,
         help="the FNN's embedding: from the FM, or random (the baseline)",
     )
@@ -805,14 +805,14 @@ def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> 
     p.add_argument(
         "--activation",
         default=defaults.activation,
-        choices=("tanh", "relu", "sigmoid", "gelu"),
+        choices=api.CHOICES["activation"],
         help="hidden layers",
     )
     p.add_argument("--dropout", type=float, default=defaults.dropout, help="hidden layers")
     p.add_argument(
         "--fnn-optimizer",
         default=defaults.fnn_optimizer,
-        choices=("sgd", "adagrad", "rowwise_adagrad", "adam"),
+        choices=api.CHOICES["fnn_optimizer"],
         help="sparse update rule of the FNN's embedding",
     )
     p.add_argument("--fnn-lr", type=float, default=defaults.fnn_lr, help="hidden/output layers")
@@ -836,7 +836,7 @@ def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> 
     )
     p.add_argument(
         "--fnn-layer-optimizer",
-        choices=("adam", "sgd"),
+        choices=api.CHOICES["fnn_layer_optimizer"],
         default=defaults.fnn_layer_optimizer,
         help="hidden/output layers",
     )
@@ -853,7 +853,7 @@ def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> 
     )
     p.add_argument(
         "--pretrain",
-        choices=("none", "rbm"),
+        choices=api.CHOICES["pretrain"],
         default=defaults.pretrain,
         help="pre-train the tanh layers as RBMs (CD-k) on the FM-initialized input",
     )
