@@ -333,8 +333,8 @@ def _rank_splits(args, ranks):
     if isinstance(encoder, HashedEncoder) and ranks.main:
         print(encoder.describe_collisions(), file=sys.stderr)
     local = Split.encode(rows, encoder, train_index if valid_index is not None else None)
-    labels = torch.cat(ranks.all_gather(local.labels))
-    train = RankSplit(local, [len(t) for t in ranks.all_gather(local.labels)], labels, ranks.group)
+    labels = ranks.all_gather(local.labels)
+    train = RankSplit(local, [len(t) for t in labels], torch.cat(labels), ranks.group)
     if args.valid:
         valid = Split.encode(_read(args.valid, schema, args), encoder)
     else:  # the ranks' validation rows, gathered in rank (= file) order
