@@ -730,6 +730,25 @@ def _add_input_options(
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _setting(p, setting: str, defaults: TrainConfig, help: str) -> None:
+    """--setting-name for a TrainConfig setting: its default, and its words (api.CHOICES) or
+    its default's type."""
+    default = getattr(defaults, setting)
+    kind = {"choices": api.CHOICES[setting]} if setting in api.CHOICES else {"type": type(default)}
+    p.add_argument("--" + setting.replace("_", "-"), default=default, help=help, **kind)
+
+
+def _add_row_update_options(p, stage: str, rows: str, defaults: TrainConfig) -> None:
+    """--{stage}-optimizer, -weight-decay and -initial-accumulator: the sparse rule that updates
+    a stage's table rows (``rows``: whose)."""
+    _setting(p, f"{stage}_optimizer", defaults, f"sparse update rule of {rows} rows")
+    _setting(p, f"{stage}_weight_decay", defaults, f"L2 on {rows} rows present in a batch")
+    _setting(
+        p, f"{stage}_initial_accumulator", defaults,
+        "Adagrad rules: the starting sum of squared gradients (damps rare rows' first steps)",
+    )  # fmt: skip
+
+
 def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
     p.add_argument(
         "--min-count",
@@ -751,115 +770,52 @@ def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> 
         help="--hash-buckets: N buckets per field, or one space of N for all fields (the field "
         "mixed into the hash)",
     )
-    p.add_argument(
-        "--seed", type=int, default=defaults.seed, help="initialization, batch order, split"
-    )
-    p.add_argument("--factors", type=int, default=defaults.factors, help="K")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="rows per step")
-    p.add_argument(
-        "--patience",
-        type=int,
-        default=defaults.patience,
-        help="early stopping: epochs without a better validation metric",
-    )
+    _setting(p, "seed", defaults, "initialization, batch order, split")
+    _setting(p, "factors", defaults, "K")
+    _setting(p, "batch_size", defaults, "rows per step")
+    _setting(p, "patience", defaults, "early stopping: epochs without a better validation metric")
     for stage in ("fm", "fnn"):
-        p.add_argument(
-            f"--{stage}-early-stopping",
-            choices=api.CHOICES[f"{stage}_early_stopping"],
-            default=getattr(defaults, f"{stage}_early_stopping"),
-            help=f"the validation metric that picks the {stage.upper()}'s best epoch (auto: AUC "
+        _setting(
+            p, f"{stage}_early_stopping", defaults,
+            f"the validation metric that picks the {stage.upper()}'s best epoch (auto: AUC "
             "where the validation split has 200 rows of each class, else logloss)",
-        )
-    p.add_argument("--fm-epochs", type=int, default=defaults.fm_epochs, help="stage 1, at most")
-    p.add_argument(
-        "--fm-optimizer",
-        default=defaults.fm_optimizer,
-        choices=api.CHOICES["fm_optimizer"],
-        help="sparse update rule of the FM",
-    )
-    p.add_argument("--fm-lr", type=float, default=defaults.fm_lr, help="FM learning rate")
-    p.add_argument(
-        "--fm-weight-decay",
-        type=float,
-        default=defaults.fm_weight_decay,
-        help="L2 on the rows present in a batch",
-    )
-    p.add_argument(
-        "--fm-initial-accumulator",
-        type=float,
-        default=defaults.fm_initial_accumulator,
-        help="Adagrad rules: the starting sum of squared gradients (damps rare rows' first steps)",
-    )
-    p.add_argument("--fnn-epochs", type=int, default=defaults.fnn_epochs, help="stage 2, at most")
-    p.add_argument(
-        "--fnn-init",
-        choices=api.CHOICES["fnn_init"],
-        default=defaults.fnn_init,
-        help="the FNN's embedding: from the FM, or random (the baseline)",
-    )
+        )  # fmt: skip
+    _setting(p, "fm_epochs", defaults, "stage 1, at most")
+    _setting(p, "fm_lr", defaults, "FM learning rate")
+    _add_row_update_options(p, "fm", "the FM's", defaults)
+    _setting(p, "fnn_epochs", defaults, "stage 2, at most")
+    _setting(p, "fnn_init", defaults, "the FNN's embedding: from the FM, or random (the baseline)")
     p.add_argument(
         "--hidden",
         default=",".join(map(str, defaults.hidden)),
         help="hidden layer sizes, comma-separated",
     )
-    p.add_argument(
-        "--activation",
-        default=defaults.activation,
-        choices=api.CHOICES["activation"],
-        help="hidden layers",
+    _setting(p, "activation", defaults, "hidden layers")
+    _setting(p, "dropout", defaults, "hidden layers")
+    _setting(p, "fnn_lr", defaults, "hidden/output layers")
+    _setting(
+        p,
+        "fnn_embedding_lr",
+        defaults,
+        "sparse update rate of the FM-initialized embedding (its rule: --fnn-optimizer)",
     )
-    p.add_argument("--dropout", type=float, default=defaults.dropout, help="hidden layers")
-    p.add_argument(
-        "--fnn-optimizer",
-        default=defaults.fnn_optimizer,
-        choices=api.CHOICES["fnn_optimizer"],
-        help="sparse update rule of the FNN's embedding",
-    )
-    p.add_argument("--fnn-lr", type=float, default=defaults.fnn_lr, help="hidden/output layers")
-    p.add_argument(
-        "--fnn-embedding-lr",
-        type=float,
-        default=defaults.fnn_embedding_lr,
-        help="sparse update rate of the FM-initialized embedding (its rule: --fnn-optimizer)",
-    )
-    p.add_argument(
-        "--fnn-weight-decay",
-        type=float,
-        default=defaults.fnn_weight_decay,
-        help="L2 on the embedding rows present in a batch",
-    )
-    p.add_argument(
-        "--fnn-initial-accumulator",
-        type=float,
-        default=defaults.fnn_initial_accumulator,
-        help="Adagrad rules for the embedding: the starting sum of squared gradients",
-    )
-    p.add_argument(
-        "--fnn-layer-optimizer",
-        choices=api.CHOICES["fnn_layer_optimizer"],
-        default=defaults.fnn_layer_optimizer,
-        help="hidden/output layers",
-    )
-    p.add_argument(
-        "--fnn-layer-weight-decay",
-        type=float,
-        default=defaults.fnn_layer_weight_decay,
-        help="L2 on hidden/output layers",
-    )
+    _add_row_update_options(p, "fnn", "the FNN's embedding", defaults)
+    _setting(p, "fnn_layer_optimizer", defaults, "hidden/output layers")
+    _setting(p, "fnn_layer_weight_decay", defaults, "L2 on hidden/output layers")
     p.add_argument(
         "--fnn-layer-lrs",
         help="layer-wise rates: one per hidden layer then the output layer, comma-separated "
         "(default: --fnn-lr for all)",
     )
-    p.add_argument(
-        "--pretrain",
-        choices=api.CHOICES["pretrain"],
-        default=defaults.pretrain,
-        help="pre-train the tanh layers as RBMs (CD-k) on the FM-initialized input",
+    _setting(
+        p,
+        "pretrain",
+        defaults,
+        "pre-train the tanh layers as RBMs (CD-k) on the FM-initialized input",
     )
-    p.add_argument("--rbm-epochs", type=int, default=defaults.rbm_epochs, help="per layer")
-    p.add_argument("--rbm-lr", type=float, default=defaults.rbm_lr, help="RBM learning rate")
-    p.add_argument("--rbm-k", type=int, default=defaults.rbm_k, help="Gibbs steps of CD-k")
+    _setting(p, "rbm_epochs", defaults, "per layer")
+    _setting(p, "rbm_lr", defaults, "RBM learning rate")
+    _setting(p, "rbm_k", defaults, "Gibbs steps of CD-k")
     p.add_argument(
         "--config",
         help="training settings from a JSON file (best.json of `fnn-fast tune`); flags given "

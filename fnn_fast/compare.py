@@ -46,10 +46,11 @@ def run_compare(
     peers=(),
     notes: list | None = None,
 ) -> dict:
-    """Per variant, per seed: test AUC, test logloss and the epoch of the best valid AUC (and
-    the valid AUC and logloss of that epoch). ``peers``: names of fnn_fast.peers.PEERS to add
-    (installed ones: see peers.resolve); a peer that diverges in a seed leaves that seed out of
-    its row, with a line in ``notes``. A line on stderr says which model and seed train next."""
+    """Per variant, per seed: test AUC, test logloss and the epoch of the best validation
+    metric (and the valid AUC and logloss of that epoch). ``peers``: names of
+    fnn_fast.peers.PEERS to add (installed ones: see peers.resolve); a peer that diverges in a
+    seed leaves that seed out of its row, with a line in ``notes``. A line on stderr says which
+    model and seed train next."""
     slot_fields = [int(f) for f in encoder.slot_fields]
     results: dict[str, list[dict]] = {name: [] for name in (*VARIANTS, *peers)}
     notes = [] if notes is None else notes
@@ -117,7 +118,7 @@ def summarize(results: dict) -> dict:
 def format_table(summary: dict, seeds: int, notes=()) -> str:
     lines = [
         f"| model | test AUC (mean ± std, {seeds} seeds) | test logloss "
-        "| epochs to best valid AUC |",
+        "| epochs to best valid metric |",
         "|---|---:|---:|---:|",
     ]
     for name, s in summary.items():

@@ -3,10 +3,12 @@ DeepFM and PNN, where installed (``pip install "fnn-fast[peers]"``).
 
 Each peer is trained on the same splits and the same encoded ids as fnn-fast's own rows, with its
 own library's documented training settings (optimizer, rate, L2, batch size, network, loss), epoch
-by epoch, with early stopping on the validation AUC (``TrainConfig.patience`` epochs without a
-better one). Its test metrics are those of its best validation epoch. Only the embedding size is
-ours (``TrainConfig.factors``), so that every row of the table has the same table size; the FM
-peers train for at most ``fm_epochs`` epochs, the network peers for at most ``fnn_epochs``.
+by epoch, with early stopping by the rule our own stage of that kind uses on the same rows
+(``fm_early_stopping`` or ``fnn_early_stopping``: AUC or, auto on few positives, logloss;
+``TrainConfig.patience`` epochs without a better one). Its test metrics are those of its best
+validation epoch. Only the embedding size is ours (``TrainConfig.factors``), so that every row
+of the table has the same table size; the FM peers train for at most ``fm_epochs`` epochs, the
+network peers for at most ``fnn_epochs``.
 
 The peers take one categorical id per field: fnn-fast's slot s becomes the peer's field s, and
 its id is the feature's index within the slot's field (``id - encoder.offsets[field]``; 0 is the
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from fnn_fast.metrics import log_loss, roc_auc
+from fnn_fast.train import stopping_metric
 
 
 @dataclass
@@ -275,6 +278,9 @@ def train_peer(name: str, train, valid, test, encoder, config, seed: int) -> dic
     generator = torch.Generator().manual_seed(seed)
     best_score, best_state, best_epoch, best_valid = -math.inf, None, 0, None
     epochs_run, valid_aucs = 0, []
+    # the rule our own FM or network stage stops by on these rows (auto: AUC or logloss)
+    choice = config.fm_early_stopping if name == "torchfm-fm" else config.fnn_early_stopping
+    stop_on, _ = stopping_metric(choice, valid)
     for epoch in range(1, setup.epochs + 1):
         epochs_run = epoch
         model.train()
@@ -291,7 +297,8 @@ def train_peer(name: str, train, valid, test, encoder, config, seed: int) -> dic
             optimizer.step()
         metrics = _metrics(model, valid_ids, valid_labels)
         valid_aucs.append(metrics["auc"])
-        score = metrics["auc"] if not math.isnan(metrics["auc"]) else -metrics["logloss"]
+        by_auc = stop_on == "auc" and not math.isnan(metrics["auc"])
+        score = metrics["auc"] if by_auc else -metrics["logloss"]
         if math.isnan(score):
             raise PeerDiverged(f"diverged in epoch {epoch}: the validation metric is NaN")
         if score > best_score:
