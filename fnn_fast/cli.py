@@ -282,13 +282,16 @@ def _rank_splits(args, ranks):
     its own, rank 0 merges the counts and sends the encoder to all (one process's encoder).
     train is a RankSplit (each rank its rows, in global order); the validation split is whole
     on every rank (read by each, or gathered from their shares); the test split is read by rank
-    0 only (it is evaluated there, on the gathered model). Other inputs: every rank reads all."""
+    0 only (it is evaluated there, on the gathered model). Other inputs, and --pretrain rbm
+    (which pre-trains on every training row): every rank reads all."""
     import torch
 
     from fnn_fast.distributed import RankSplit
 
     schema = _schema_from_args(args)
-    if schema.format not in SHARE_FORMATS or args.cache_dir is not None:
+    # RBM pre-training reads the whole training split (every rank, as one process)
+    whole = args.pretrain == "rbm" or args.cache_dir is not None
+    if schema.format not in SHARE_FORMATS or whole:
         train, valid, test, encoder, schema = _load_splits(args)
         return train, valid, test if ranks.main else None, encoder, schema
     rows = _read_share(args.train, schema, args, ranks)

@@ -800,6 +800,8 @@ def train_fnn(
     gathered) and pre-trained on each rank's rows, rank 0's layers kept, then sharded. The best
     FNN is gathered on rank 0 (None elsewhere)."""
     device = resolve_device(device)
+    if ranks is not None and config.pretrain == "rbm" and fm is not None:
+        fm = _whole_fm(fm)  # before the seed: building it draws from the global generator
     torch.manual_seed(config.seed + 1)
     if ranks is not None and config.pretrain != "rbm":
         from fnn_fast.distributed import ShardedFNN
@@ -813,8 +815,6 @@ def train_fnn(
             slot_fields=slot_fields, slot_names=slot_names,
         )  # fmt: skip
     else:
-        if ranks is not None and fm is not None:
-            fm = _whole_fm(fm)
         fnn = build_fnn(fm, num_features, slot_fields, config, slot_names)
     fnn.to(device)
     with torch.no_grad():
@@ -836,8 +836,8 @@ def train_fnn(
         full = fnn.cpu()
         fnn = ShardedFNN.from_fnn(full, group=ranks.group).to(device)
         del full  # each rank keeps its rows only
-        if config.pretrain == "rbm" and not resuming:  # pre-trained on each rank's rows:
-            fnn.broadcast_dense()  # rank 0's layers for all
+        if config.pretrain == "rbm" and not resuming:  # pre-trained on the rank's rows
+            fnn.broadcast_dense()  # (all of them, or its share): rank 0's layers for all
         fnn.fuse_update(
             RowUpdate(
                 config.fnn_optimizer, config.fnn_embedding_lr, config.fnn_weight_decay,

@@ -163,6 +163,17 @@ def test_a_valid_file_and_hashed_features_on_two_ranks(files, tmp_path):
     assert two["hashing"] == one["hashing"] and one["hashing"]
 
 
+def test_rbm_pretraining_on_two_ranks(files, tmp_path):
+    """--pretrain rbm: every rank reads the whole file and pre-trains on every training row,
+    so 2 ranks end with one process's metrics."""
+    extra = ["--pretrain", "rbm", "--rbm-epochs", "1", "--fnn-epochs", "1"]
+    assert main(train_args(files, tmp_path / "one", *extra)) == 0
+    run = torchrun(files, tmp_path / "two", 2, *extra)
+    assert run.returncode == 0, run.stderr[-3000:]
+    one, two = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two"))
+    assert_same_metrics(one, two)
+
+
 def test_restarted_workers_resume_from_the_last_checkpoint(files, one_process, tmp_path):
     """Rank 1 dies in the 4th epoch's step 20 (the FNN's first; 25 steps an epoch, 75 in the
     FM); torchrun restarts both workers, which resume from the checkpoint of the FNN's step 15
