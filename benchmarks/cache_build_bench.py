@@ -77,9 +77,13 @@ def main() -> None:
     parser.add_argument("--builds", nargs="+", default=["parts", "whole"])
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)  # how, path, out
     args = parser.parse_args()
+    from fnn_fast.bench.machine import require_native
+
+    info = require_native()  # the native encoder, not the pure-Python path
     if args.child:
-        print(json.dumps(build(*args.child)))
+        print(json.dumps({**build(*args.child), "fnn_fast": info}))
         return
+    print(f"fnn_fast: {info['path']}, backends {info['backends']['available']}")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     data = work / "day.txt"
@@ -91,7 +95,7 @@ def main() -> None:
         out = work / f"out-{how}"
         shutil.rmtree(out, ignore_errors=True)
         done = subprocess.run(
-            [sys.executable, __file__, "--child", how, str(data), str(out)],
+            [sys.executable, "-P", __file__, "--child", how, str(data), str(out)],
             check=True, capture_output=True, text=True,
         )  # fmt: skip
         result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -254,6 +254,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: unchanged)")
     parser.add_argument("--json", default=None, help="write every trial and the ranking here")
     args = parser.parse_args(argv)
+    from fnn_fast.bench.machine import require_native
+
+    info = require_native()  # refuse to time the pure-PyTorch path where the native one is meant
+    print(f"fnn_fast: {info['path']}, backends {info['backends']['available']}", file=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
     pool = {"fm": FM_CANDIDATES, "fnn": FNN_CANDIDATES, "both": RUN_CANDIDATES}[args.stage]
@@ -303,7 +307,9 @@ def main(argv=None) -> int:
         print(f"| {row['candidate']} | {row['diverged']} | {row['shortfall']:.4f} | "
               + " | ".join(cells) + " |")  # fmt: skip
     if args.json:
-        Path(args.json).write_text(json.dumps({"trials": trials, "ranking": table}, indent=1))
+        Path(args.json).write_text(
+            json.dumps({"fnn_fast": info, "trials": trials, "ranking": table}, indent=1)
+        )
     return 0
 
 

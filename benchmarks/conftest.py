@@ -4,19 +4,24 @@ case and contender of a preset, the same setup as the command, timed by pytest-b
     pytest benchmarks/ --bench-preset quick [--bench-device cpu] [--bench-backends native,fbgemm]
         [--benchmark-json out.json]
 
-extra_info holds the record fields of ``fnn-fast bench --json`` (samples_per_s, gb_per_s, auc).
+extra_info holds the record fields of ``fnn-fast bench --json`` (samples_per_s, gb_per_s, auc),
+and the session records which fnn_fast it measured (its path and backends). Like the command,
+the session refuses to run when the native backend is meant but not built.
 """
 
 import pytest
 import torch
 
 from fnn_fast.bench.cases import PRESETS
-from fnn_fast.bench.contenders import SkipCase
+from fnn_fast.bench.contenders import ModelStep, SkipCase
+from fnn_fast.bench.machine import installed
 from fnn_fast.bench.runner import (
     Workspace,
     bytes_moved,
+    check_native,
     chosen_contenders,
     device_sync,
+    finish_training,
     skip_reason,
 )
 
@@ -51,9 +56,15 @@ def pytest_generate_tests(metafunc):
     metafunc.parametrize("bench_case", pairs, ids=[f"{c.name}[{k.name}]" for c, k in pairs])
 
 
+def pytest_report_header(config):
+    info = installed()
+    return f"fnn_fast: {info['path']}, backends {info['backends']}"
+
+
 @pytest.fixture(scope="session")
 def bench_settings(pytestconfig):
     preset, device, named = _settings(pytestconfig)
+    check_native(chosen_contenders(preset, named), device)
     return preset, device, named, Workspace(device)
 
 
@@ -70,12 +81,15 @@ def bench_prepare(bench_case, bench_settings):
 
 def time_case(benchmark, prepared) -> dict:
     """Time the contender's step on the case with pytest-benchmark; record samples/s (and GB/s)
-    in extra_info, which it returns. A forward's or scoring's output must be finite."""
+    in extra_info, which it returns; a model training case also its held-out AUC after the
+    case's steps. A forward's or scoring's output must be finite."""
     case, contender, data, device = prepared
     sync = device_sync(device)
+    data.prepare(contender.layouts)
+    view = data.view()
     with contender.active():
         try:
-            step = contender.setup(case, data)
+            step = contender.setup(case, view)
         except SkipCase as skip:
             pytest.skip(str(skip))
 
@@ -84,10 +98,19 @@ def time_case(benchmark, prepared) -> dict:
             sync()
             return out
 
-        out = benchmark(timed)
+        left = view.left()
+        if left is None:
+            out = benchmark(timed)
+        else:  # fresh batches: each used once
+            out = benchmark.pedantic(timed, rounds=max(left - 1, 1), warmup_rounds=1)
+        if isinstance(step, ModelStep) and step.train and contender.trains:
+            benchmark.extra_info.update(finish_training(step, view, data))
     if isinstance(out, torch.Tensor):  # forward ops, scoring, the gather bound
         assert out.numel() and bool(torch.isfinite(out).all())
-    benchmark.extra_info.update(case=case.name, backend=contender.name, kind=contender.kind)
+    benchmark.extra_info.update(
+        case=case.name, backend=contender.name, kind=contender.kind,
+        settings=contender.optimizer(case), fnn_fast=installed(),
+    )  # fmt: skip
     if not benchmark.disabled:  # --benchmark-disable: one untimed call, nothing to record
         median = benchmark.stats.stats.median
         moved = bytes_moved(case, contender, data)

@@ -289,7 +289,12 @@ def main(argv=None) -> int:
     if args.model_only:
         model_only(args)
         return 0
+    from fnn_fast.bench.machine import require_native
+
+    info = require_native()  # the ranks' CPU kernels, not the pure-PyTorch path
+    print(f"fnn_fast: {info['path']}, backends {info['backends']['available']}")
     report = {
+        "fnn_fast": info,
         "command": " ".join(["python", "benchmarks/dist_bench.py", *(argv or sys.argv[1:])]),
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,10 @@ def main(argv=None) -> None:
     parser.add_argument("--data", required=True, help="folder with train.fm.txt, featindex.fm.txt")
     parser.add_argument("--fm-epochs", type=int, default=5)
     args = parser.parse_args(argv)
+    from fnn_fast.bench.machine import require_native
+
+    info = require_native()  # refuse to time the pure-PyTorch path where the native one is meant
+    print(f"fnn_fast: {info['path']}, backends {info['backends']['available']}", file=sys.stderr)
     data = Path(args.data)
     schema = Schema("libfm", featindex=str(data / "featindex.fm.txt"))
     rows = read_rows(data / "train.fm.txt", schema, progress=False)

@@ -28,6 +28,7 @@ import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -506,6 +507,7 @@ class Bench:
             "torch": torch.__version__,
             "device": torch.cuda.get_device_name() if self.clock.cuda else platform.machine(),
             "backends": fnn_fast.backends(),
+            "fnn_fast": str(Path(fnn_fast.__file__).resolve().parent),
             "args": vars(a),
         }
         print(json.dumps(env, default=str), flush=True)

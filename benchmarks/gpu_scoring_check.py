@@ -52,6 +52,10 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=65536)
     parser.add_argument("--json")
     args = parser.parse_args(argv)
+    from fnn_fast.bench.machine import require_native
+
+    info = require_native()  # refuse to time the pure-PyTorch path where the native one is meant
+    print(f"fnn_fast: {info['path']}, backends {info['backends']['available']}", file=sys.stderr)
     saved, ids = build(args.rows)
     cpu_scores, cpu_rate = timed(Scorer(saved, batch_size=args.batch_size), ids)
     results = [{"mode": "cpu (native kernels)", "rows_per_s": cpu_rate, "max_abs_diff": 0.0}]
@@ -78,7 +82,7 @@ def main(argv=None) -> int:
               f"{r.get('ok', '-')} |")  # fmt: skip
     if args.json:
         with open(args.json, "w") as out:
-            json.dump(results, out, indent=1)
+            json.dump({"fnn_fast": info, "results": results}, out, indent=1)
     return 0 if all(r.get("ok", True) for r in results) else 1
 
 

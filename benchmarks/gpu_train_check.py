@@ -47,7 +47,8 @@ def ipinyou_files(data: Path) -> list[str]:
 
 
 def train(inputs: list[str], device: str, out: Path, timeout: float) -> tuple[dict | None, float]:
-    command = [sys.executable, "-m", "fnn_fast", "train", *inputs, "--device", device,
+    # -P: the installed fnn_fast, not a source tree in the current folder
+    command = [sys.executable, "-P", "-m", "fnn_fast", "train", *inputs, "--device", device,
                "--out", str(out), *SETTINGS]  # fmt: skip
     started = time.perf_counter()
     try:

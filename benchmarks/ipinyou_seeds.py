@@ -70,6 +70,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: unchanged)")
     parser.add_argument("--json", default=None, help="write every seed's figures here")
     args = parser.parse_args(argv)
+    from fnn_fast.bench.machine import require_native
+
+    info = require_native()  # refuse to time the pure-PyTorch path where the native one is meant
+    print(f"fnn_fast: {info['path']}, backends {info['backends']['available']}", file=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
     runs = []
@@ -88,7 +92,9 @@ def main(argv=None) -> int:
     for k, (mean, std) in summary.items():
         print(f"{k}: {mean:.4f} ± {std:.4f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"runs": runs, "summary": summary}, indent=1) + "\n")
+        Path(args.json).write_text(
+            json.dumps({"fnn_fast": info, "runs": runs, "summary": summary}, indent=1) + "\n"
+        )
     return 0
 
 

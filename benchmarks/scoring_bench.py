@@ -13,6 +13,10 @@
      the encoder, the reference (pure PyTorch) module, on the small file.
 3. Prints a table and the targets (cache >= 80 % of the bare MLP; text >= 5x the pandas loop),
    and writes JSON with ``--json``.
+
+It measures the installed fnn_fast: the children start with ``python -P`` (the current folder,
+perhaps the source tree, is not put on sys.path) and each refuses to run without the native
+backend; the output names the package's path and backends.
 """
 
 from __future__ import annotations
@@ -64,9 +68,13 @@ def _entry(cache_dir: Path, path: Path) -> str:
 
 
 def _in_child(code: str) -> dict:
-    """Run ``code`` (which sets ``result``) in a fresh interpreter; adds its peak RSS."""
+    """Run ``code`` (which sets ``result``) in a fresh interpreter that imports the installed
+    fnn_fast (``-P``: not a source tree in the current folder) and has its native backend;
+    adds its peak RSS and which fnn_fast it ran."""
     program = f"""
 import json, resource, time
+from fnn_fast.bench.machine import require_native
+fnn_fast_info = require_native()
 {code}
 # VmHWM: this process's own peak (ru_maxrss would carry the parent's over exec); workers'
 # peaks add up as an upper bound of the whole run's memory
@@ -74,9 +82,10 @@ own = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(
 workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 result["peak_rss_mb"] = round(own / 1024)
 result["workers_peak_rss_mb"] = round(workers / 1024)
+result["fnn_fast"] = fnn_fast_info
 print("RESULT" + json.dumps(result))
 """
-    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-P", "-c", program], capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(out.stderr[-3000:])
     line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT"))
@@ -148,6 +157,11 @@ def main(argv=None) -> int:
     parser.add_argument("--work", required=True, help="folder for the data, caches and outputs")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
+    from fnn_fast.bench.machine import require_native
+
+    fnn_fast_info = require_native()
+    print(f"fnn_fast: {fnn_fast_info['path']}, backends {fnn_fast_info['backends']['available']}"
+          f" (active: {fnn_fast_info['backends']['active']})", file=sys.stderr)  # fmt: skip
     work = Path(args.work)
     setup = prepare(work, args.rows)
     model, files, caches = setup["model"], setup["files"], setup["caches"]
@@ -167,7 +181,8 @@ def main(argv=None) -> int:
         rate, memory = r["rows_per_s"], f"{r['peak_rss_mb']:,} ({r['workers_peak_rss_mb']:,})"
         print(f"| {case} | {rate:,.0f} | {rate / mlp:.0%} | {rate / baseline:.1f}x | {memory} |")
     if args.json:
-        machine = {"cpu": platform.processor() or platform.machine(), "python": sys.version}
+        machine = {"cpu": platform.processor() or platform.machine(), "python": sys.version,
+                   "fnn_fast": fnn_fast_info}  # fmt: skip
         Path(args.json).write_text(json.dumps({"machine": machine, "results": results}, indent=1))
     return 0
 

@@ -1,5 +1,7 @@
-"""Model level: FM and FNN training steps and scoring, fnn_fast's backends against
-pytorch-fm, plain PyTorch (EmbeddingBag + SparseAdam), FBGEMM and the bare MLP."""
+"""Model level: FM and FNN training steps and scoring, fnn_fast's backends against plain PyTorch
+(nn.Embedding(sparse=True) with Adagrad or SparseAdam), FBGEMM (training and inference TBE),
+pytorch-fm, DeepCTR-Torch and the bare MLP; a training case's held-out AUC after its steps goes
+into extra_info."""
 
 from conftest import time_case
 

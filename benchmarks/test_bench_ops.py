@@ -1,5 +1,5 @@
 """Op level: lookup + FM forward, FM train step, FNN gather forward and train, sparse update,
-for every fnn_fast backend (plus FBGEMM and the index_select bound)."""
+for every fnn_fast backend (plus FBGEMM, the C++ gather bound and index_select)."""
 
 from conftest import time_case
 

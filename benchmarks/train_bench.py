@@ -114,6 +114,7 @@ def child(args) -> None:
     """One measurement: prints a JSON line."""
     import torch
 
+    from fnn_fast.bench.machine import installed
     from fnn_fast.data import FeatureEncoder
     from fnn_fast.data.cache import open_rows
     from fnn_fast.stream import EVAL_ROWS, CacheStream, entry_columns
@@ -138,6 +139,7 @@ def child(args) -> None:
     table = encoder.num_features * (1 + config.factors) * 4
     print(json.dumps({
         "mode": args.mode,
+        "fnn_fast": installed()["path"],
         "rows": len(train),
         "load_seconds": loaded,
         "fm_rows_per_s": result.history["fm"][0]["samples_per_s"],
@@ -184,6 +186,9 @@ def main() -> None:
     parser.add_argument("--train", help=argparse.SUPPRESS)
     parser.add_argument("--valid", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    from fnn_fast.bench.machine import require_native
+
+    info = require_native()  # refuse to time the pure-PyTorch path
     if args.child:
         args.mode = args.child
         child(args)
@@ -202,7 +207,7 @@ def main() -> None:
             if mode == "memory" and rows > args.stream_only_above:
                 continue
             command = [
-                sys.executable, __file__, "--work", args.work, "--child", mode, "--train",
+                sys.executable, "-P", __file__, "--work", args.work, "--child", mode, "--train",
                 str(entry), "--valid", str(valid), "--hidden", args.hidden, "--fnn-epochs",
                 str(args.fnn_epochs), "--threads", str(args.threads),
             ]  # fmt: skip
@@ -232,6 +237,7 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({
             "machine": machine(args.threads),
+            "fnn_fast": info,
             # the work folder named as WORK: the file does not record this machine's paths
             "command": " ".join("WORK" if a == args.work else a for a in sys.argv),
             "seconds": time.perf_counter() - started,

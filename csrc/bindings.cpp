@@ -11,6 +11,7 @@
 
 #include "cpu/encode.h"
 #include "cpu/fm.h"
+#include "cpu/gather.h"
 #ifdef FNN_FAST_CUDA
 #include "cuda/kernels.h"
 #endif
@@ -178,6 +179,17 @@ PYBIND11_MODULE(_C, m) {
       },
       "FNN gather backward fused with the sparse update of the rows present in the batch; "
       "grad_z rows are grad_width floats apart. Returns as fm_backward_update does.");
+
+  m.def(
+      "gather_sum",
+      [](Address table, int64_t num_rows, int64_t dim, Address ids, int64_t batch, int64_t slots,
+         Address out) {
+        py::gil_scoped_release release;
+        return cpu::gather_sum(ptr<const float>(table), num_rows, dim, ptr<const int64_t>(ids),
+                               batch, slots, ptr<float>(out));
+      },
+      "out [batch, dim] = each sample's looked-up rows summed (prefetched): fnn-fast bench's "
+      "gather bound. Returns as fm_forward does.");
 
   py::class_<cpu::Vocabulary>(m, "Vocabulary",
                               "A FeatureEncoder's (key, field) -> feature id, as one hash table.")

@@ -7,7 +7,9 @@ Three levels:
   backward and the table update), ``fnn_fields_forward`` (the FNN's input z),
   ``fnn_fields_train`` (z forward and backward with the table update), ``sparse_update`` (the
   update alone, given gradient rows, for one rule);
-- model: FM and FNN training steps and scoring, fnn_fast against the peers a user would pick;
+- model: FM and FNN training steps and scoring, fnn_fast against the peers a user would pick,
+  on fresh batches labelled by a planted model: a training case also reports each contender's
+  test AUC after the same steps on the same batches (``auc``, ``steps``);
 - quality: the same models trained for the same epochs on the same planted data, test AUC
   beside training throughput.
 """
@@ -42,8 +44,9 @@ class Case:
     op: str
     shape: Shape
     rule: str = DEFAULT_RULE  # the table update of fnn_fast's backends (and sparse_update's)
-    pool: int = 4  # distinct batches cycled through
+    pool: int = 4  # distinct batches: cycled through (warm), or walked once (fresh)
     quality: QualitySpec | None = None
+    fresh: bool = False  # batches drawn fresh for each call: no batch is timed twice
 
     def __post_init__(self):
         if self.op not in OPS + MODEL_OPS + QUALITY_OPS:
@@ -77,6 +80,8 @@ class Case:
             tail = s.slug
         if self.op == "sparse_update" or self.rule != DEFAULT_RULE:
             tail += f"-{self.rule}"
+        if self.fresh and self.level == "op":
+            tail += "-fresh"
         return f"{self.op}/{tail}"
 
 
@@ -106,15 +111,23 @@ class Preset:
         return self.build(device)
 
 
-_COMPILE_LEFT_OUT = "left out of this preset: compiling takes 10-30 s (--backends compiled adds it)"
+_COMPILE_LEFT_OUT = "left out of this preset: compiling takes 10-30 s a shape (--backends adds it)"
+COMPILED = ("compiled", "compiled-static", "compiled-autotune")
+# Cold tables: well past a server's last-level cache (tens to hundreds of MB; 480 MB on the
+# machine of benchmarks/RESULTS.md) and small enough for a 24 GB machine to hold several
+# contenders' copies: 5e7 rows of 11 float32 are 2.2 GB.
+COLD_ROWS = 50_000_000
 
 
-def _op_cases(shapes, ops=OPS) -> list[Case]:
-    return [Case(op, s) for s in shapes for op in ops]
+def _op_cases(shapes, ops=OPS, fresh: int = 0) -> list[Case]:
+    """Warm cases, or with fresh > 0, cases on that many fresh batches."""
+    pool = {"pool": fresh, "fresh": True} if fresh else {}
+    return [Case(op, s, **pool) for s in shapes for op in ops]
 
 
-def _model_cases(shapes) -> list[Case]:
-    return [Case(op, s) for s in shapes for op in MODEL_OPS]
+def _model_cases(shapes, pool: int) -> list[Case]:
+    """Model cases always draw fresh batches: training cases report the AUC reached."""
+    return [Case(op, s, pool=pool, fresh=True) for s in shapes for op in MODEL_OPS]
 
 
 def _quality_cases(shape: Shape, spec: QualitySpec) -> list[Case]:
@@ -126,7 +139,8 @@ def _tiny(device: str) -> list[Case]:
     cases = _op_cases([base])
     cases += [Case("sparse_update", base, rule=r) for r in OPTIMIZERS if r != DEFAULT_RULE]
     cases += _op_cases([replace(base, batch=128), replace(base, rows=2000)], ("fm_train_step",))
-    cases += _model_cases([base])
+    cases += _op_cases([replace(base, ids="uniform")], ("fm_forward", "fm_train_step"), fresh=8)
+    cases += _model_cases([base], pool=8)
     cases += _quality_cases(replace(base, batch=256), QualitySpec(2000, 1000, 1, largest_field=20))
     return cases
 
@@ -136,7 +150,9 @@ def _quick(device: str) -> list[Case]:
     cases = _op_cases([base])
     sweep = [replace(base, batch=512), replace(base, batch=16384), replace(base, rows=100_000)]
     cases += _op_cases(sweep, ("fm_train_step",))
-    cases += _model_cases([base])
+    cold = [replace(base, rows=COLD_ROWS // 2, ids=ids) for ids in ("zipf", "uniform")]
+    cases += _op_cases(cold, ("fm_forward", "fm_train_step"), fresh=48)
+    cases += _model_cases([base], pool=32)
     cases += _quality_cases(replace(base, batch=1024), QualitySpec(20_000, 10_000, 2))
     return cases
 
@@ -154,7 +170,9 @@ def _full(device: str) -> list[Case]:
     ]
     cases = _op_cases([base, *batch_sweep, *table_sweep, *variants])
     cases += [Case("sparse_update", base, rule=r) for r in OPTIMIZERS if r != DEFAULT_RULE]
-    cases += _model_cases([base, *batch_sweep, *table_sweep, replace(base, dataset="avazu")])
+    cold = [replace(base, rows=COLD_ROWS, ids=ids) for ids in ("zipf", "uniform")]
+    cases += _op_cases([base, *cold], fresh=128)
+    cases += _model_cases([base, *batch_sweep, *table_sweep, replace(base, dataset="avazu")], 64)
     cases += _quality_cases(replace(base, batch=1024), QualitySpec(100_000, 50_000, 2))
     return cases
 
@@ -164,8 +182,11 @@ def _cpu_kernels(device: str) -> list[Case]:
     cases = []
     for rows in (1_000_000, 10_000_000):
         shape = Shape("criteo", factors=10, rows=rows, batch=4096, ids="zipf")
-        ops = ("fm_forward", "fm_train_step", "fnn_score", "fnn_train")
-        cases += [Case(op, shape) for op in ops]
+        cases += [Case(op, shape) for op in ("fm_forward", "fm_train_step")]
+        cases += [Case(op, shape, pool=64, fresh=True) for op in ("fnn_score", "fnn_train")]
+    for ids in ("zipf", "uniform"):
+        shape = Shape("criteo", factors=10, rows=COLD_ROWS, batch=4096, ids=ids)
+        cases += _op_cases([shape], ("fm_forward", "fm_train_step"), fresh=128)
     return cases
 
 
@@ -175,17 +196,19 @@ PRESETS = {
         Preset(
             "quick",
             "every op at a Criteo-like shape (R 1e6, B 4096), a small batch and table sweep of "
-            "the FM train step, the models against the peers, a short equal-quality run: "
-            "about a minute on 2 cores",
+            "the FM train step, the FM on a cold table (R 2.5e7, fresh batches), the models "
+            "against the peers with their AUC, a short equal-quality run: a few minutes on 2 "
+            "cores",
             _quick,
             Timing(min_repeats=3, min_time=0.1, max_time=0.5, warmup=1),
-            {"compiled": _COMPILE_LEFT_OUT},
+            dict.fromkeys(COMPILED, _COMPILE_LEFT_OUT),
         ),
         Preset(
             "full",
             "every op and model over batch 512-65536, tables 1e5-1e7 (1e8 on GPU), Criteo-, "
             "Avazu- and iPinYou-like fields, K 10 and 16, Zipf and uniform ids, every update "
-            "rule, and the equal-quality run: under 30 minutes on 2 cores",
+            "rule, every op on fresh batches and on cold 5e7-row tables, the models with their "
+            "AUC, and the equal-quality run: about an hour on 2 cores",
             _full,
             Timing(min_repeats=5, min_time=0.5, max_time=3.0, warmup=2),
         ),
@@ -193,11 +216,22 @@ PRESETS = {
             "cpu-kernels",
             "the CPU kernels' acceptance comparison: FM forward and train step native vs "
             "FBGEMM vs reference vs the gather bound, FNN scoring and training vs the bare MLP, "
-            "Criteo-like, tables 1e6 and 1e7, Zipf ids per field, batch 4096, longer timing: "
-            "about 5 minutes on 2 cores",
+            "Criteo-like, tables 1e6 and 1e7 (warm), the FM on cold 5e7-row tables with fresh "
+            "Zipf and uniform batches, batch 4096, longer timing: about 10 minutes on 2 cores",
             _cpu_kernels,
             Timing(min_repeats=10, min_time=2.0, max_time=10.0, warmup=2),
-            only=("reference", "compiled", "native", "fbgemm", "index_select", "mlp-only"),
+            only=(
+                "reference",
+                *COMPILED,
+                "native",
+                "fbgemm",
+                "fbgemm-infer-fp32",
+                "fbgemm-infer-fp16",
+                "torch-adagrad",
+                "gather-bound",
+                "index_select",
+                "mlp-only",
+            ),  # fmt: skip
         ),
         Preset(
             "tiny",
@@ -205,7 +239,7 @@ PRESETS = {
             "runner (seconds), not a measurement",
             _tiny,
             Timing(min_repeats=1, min_time=0.0, max_time=0.05, warmup=1),
-            {"compiled": _COMPILE_LEFT_OUT},
+            dict.fromkeys(COMPILED, _COMPILE_LEFT_OUT),
         ),
     )
 }

@@ -17,7 +17,7 @@ def _names(text: str | None) -> list[str] | None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument(
-        "--quick", action="store_true", help="the quick preset: about a minute on 2 cores"
+        "--quick", action="store_true", help="the quick preset: a few minutes on 2 cores"
     )
     which.add_argument(
         "--preset",
@@ -32,8 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--backends",
         metavar="LIST",
         help="comma-separated backends, peers or bounds to run (default: all the preset has): "
-        "reference, compiled, native, triton, cuda, fbgemm, torchfm, torch-sparse, "
-        "index_select, mlp-only",
+        "reference, compiled, compiled-static, compiled-autotune, native, triton, cuda, fbgemm, "
+        "fbgemm-infer-fp32, fbgemm-infer-fp16, torchfm, torch-adagrad, torch-sparseadam, "
+        "deepctr-deepfm, deepctr-pnn, gather-bound, index_select, mlp-only",
     )
     p.add_argument(
         "--cases",

@@ -1,4 +1,5 @@
-"""The machine a run was measured on: processor, cores, memory, GPU, versions."""
+"""The machine a run was measured on: processor, cores, memory, GPU, versions, and which
+fnn_fast it measured (its path and :func:`fnn_fast.backends`)."""
 
 from __future__ import annotations
 
@@ -33,11 +34,45 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+class NativeMissing(ValueError):
+    """The native backend was meant to be timed, but the fnn_fast imported has no native build."""
+
+
+def installed() -> dict:
+    """Which fnn_fast is imported: its package folder and its backends. Every benchmark records
+    this beside its figures."""
+    import fnn_fast
+
+    return {"path": str(Path(fnn_fast.__file__).resolve().parent), "backends": fnn_fast.backends()}
+
+
+def require_native(remedy: str = "") -> dict:
+    """:func:`installed`, after checking that the native CPU backend is available: a benchmark
+    meant to time it must not silently time the pure-PyTorch reference instead (an uninstalled
+    source tree first on sys.path has no built ``_C``). Raises NativeMissing saying what to do."""
+    info = installed()
+    backends = info["backends"]
+    if "native" not in backends["available"]:
+        reason = backends.get("native_error") or "fnn_fast._C is not importable"
+        raise NativeMissing(
+            f"fnn_fast imported from {info['path']} has no native backend ({reason}): refusing to "
+            "time the pure-PyTorch reference where the native kernels were meant. Install it "
+            "with its build (pip install .) and run from a folder where the source tree is not "
+            f"first on sys.path (python -P does this){', ' + remedy if remedy else ''}."
+        )
+    return info
+
+
 def available_memory(device: str) -> int | None:
     """Bytes free for a new table on the device, or None when unknown."""
     if device == "cuda":
         return torch.cuda.mem_get_info()[0]
     return _meminfo("MemAvailable")
+
+
+def total_memory(device: str) -> int | None:
+    """The machine's memory (CPU) in bytes; None on GPU (the card is not shared) or unknown."""
+    return None if device == "cuda" else _meminfo("MemTotal")
 
 
 def machine_info(device: str) -> dict:
@@ -66,6 +101,7 @@ def machine_info(device: str) -> dict:
         "gpu": None,
         "versions": versions,
         "fnn_fast_backends": fnn_fast.backends(),
+        "fnn_fast_path": installed()["path"],
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -76,8 +112,10 @@ def machine_info(device: str) -> dict:
 def describe(info: dict) -> str:
     """One line: processor, cores, memory, GPU, torch."""
     gpu = info["gpu"]["name"] if info["gpu"] else "no GPU"
+    backends = info["fnn_fast_backends"]
     return (
         f"{info['cpu']}, {info['usable_cores']} cores ({info['torch_threads']} torch threads), "
         f"{info['memory_gb']} GB, {gpu}; torch {info['versions'].get('torch')}, "
-        f"Python {info['versions']['python']}"
+        f"Python {info['versions']['python']}; fnn_fast from {info['fnn_fast_path']}, backends "
+        f"{', '.join(backends['available'])} (active: {backends['active']})"
     )

@@ -25,21 +25,31 @@ def _seconds(x: float) -> str:
 
 def _cells(r: dict) -> list[str]:
     if r["status"] != "ok":
-        return [r["backend"], "", "", "", "", "", f"{r['status']}: {r['reason']}"]
+        return [r["backend"], "", "", "", "", "", "", f"{r['status']}: {r['reason']}"]
     speedup = f"{r['speedup']:.2f}x" if r["speedup"] is not None else ""
+    bound = f"{r['vs_bound']:.0%}" if r["vs_bound"] is not None else ""
     gbs = f"{r['gb_per_s']:.2f}" if r["gb_per_s"] is not None else ""
     auc = f"{r['auc']:.4f}" if r["auc"] is not None else ""
+    trains = r["op"].endswith(("_train", "_train_step")) or r["op"] == "sparse_update"
+    settings = r["optimizer"] or ""
+    # the update rule is noise on a forward or scoring case; a peer's or bound's settings are not
+    shown = trains or r["level"] == "quality" or r["kind"] == "bound" or "lr " not in settings
+    notes = [settings if shown else ""]
     if r["level"] == "quality":
         time_cell = _seconds(r["seconds"])
-        note = f"logloss {r['logloss']:.4f}; {r['optimizer']}"
+        notes.insert(0, f"logloss {r['logloss']:.4f}")
     else:
         time_cell = _seconds(r["median_s"])
-        note = (r["optimizer"] or "") if r["op"].endswith("_train") else ""
-    return [r["backend"], _rate(r["samples_per_s"]), speedup, gbs, time_cell, auc, note]
+        if r["auc"] is not None:
+            notes.insert(0, f"after {r['steps']} steps")
+        if r["read_gb_per_s"] is not None:
+            notes.insert(0, f"random reads {r['read_gb_per_s']:.2f} GB/s (64-byte lines)")
+    note = "; ".join(n for n in notes if n)
+    return [r["backend"], _rate(r["samples_per_s"]), speedup, bound, gbs, time_cell, auc, note]
 
 
-HEADER = ["backend", "samples/s", "vs ref", "GB/s", "time", "AUC", ""]
-WIDTHS = [16, 10, 8, 7, 10, 7, 0]
+HEADER = ["backend", "samples/s", "vs ref", "vs bound", "GB/s", "time", "AUC", ""]
+WIDTHS = [19, 10, 8, 9, 7, 11, 7, 0]
 
 
 def _row(cells: list[str]) -> str:
@@ -72,7 +82,7 @@ def format_table(result: BenchResult) -> str:
         lines += [_row(_cells(r)) for r in records]
         bayes = next((r["bayes_auc"] for r in records if r["bayes_auc"] is not None), None)
         if bayes is not None:
-            lines.append(_row(["(Bayes-optimal)", "", "", "", "", f"{bayes:.4f}", ""]))
+            lines.append(_row(["(Bayes-optimal)", "", "", "", "", "", f"{bayes:.4f}", ""]))
     skipped = sum(r["status"] == "skipped" for r in result.records)
     errors = sum(r["status"] == "error" for r in result.records)
     if not_run:
@@ -81,7 +91,11 @@ def format_table(result: BenchResult) -> str:
         "",
         f"{len(result.records)} records ({skipped} skipped, {errors} errors) in "
         f"{result.seconds:.0f} s. GB/s: bytes the op must move (fnn_fast/bench/traffic.py) per "
-        "second; time: median per step (quality: total training time).",
+        "second; vs bound: share of the gather bound's samples/s (a C++ prefetching read of the "
+        "batch's rows); time: median per step (quality: total training time); AUC: on held-out "
+        "batches of the planted model after the steps named (model cases, every contender the "
+        "same steps) or after the epochs (quality cases). Cases named -fresh, and model cases, "
+        "draw a new batch for every call.",
     ]
     if result.command:
         lines.append(f"reproduce: {result.command}")

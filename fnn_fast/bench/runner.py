@@ -5,7 +5,16 @@ A record is a plain dict (the JSON schema, see RECORD_FIELDS): ``status`` is ``o
 enough memory, left out of the preset) or ``error`` (the exception; the run goes on).
 ``median_s`` is the median step, ``seconds`` a quality run's training time, ``wall_s`` all the
 time a record took (batches, setup, warmup and timed calls, or training and scoring). Op and
-model cases time their contenders side by side (see :func:`measure_together`).
+model cases time their contenders side by side (see :func:`measure_together`), each on its own
+cursor over the same batches. ``vs_bound`` is an op's share of the gather bound's rate in the
+same case; the gather bound's own record gives the random-read rate it reached
+(``read_gb_per_s``). A model training case trains every contender on all of its fresh batches
+(the timed steps among them, the rest untimed) and scores held-out batches: ``auc``,
+``logloss`` and ``steps`` come from the same run as the speed.
+
+A run refuses to start (:class:`~fnn_fast.bench.machine.NativeMissing`) when the native backend
+is among its contenders on CPU but fnn_fast's native build is not importable: the run would time
+the pure-PyTorch path where the native one was meant (an uninstalled source tree does this).
 """
 
 from __future__ import annotations
@@ -24,21 +33,29 @@ from fnmatch import fnmatch
 import torch
 
 from fnn_fast.bench.cases import Case, Preset, Timing
-from fnn_fast.bench.contenders import CONTENDER_NAMES, Contender, SkipCase, all_contenders
-from fnn_fast.bench.machine import available_memory, machine_info
+from fnn_fast.bench.contenders import (
+    CONTENDER_NAMES,
+    Contender,
+    ModelStep,
+    SkipCase,
+    all_contenders,
+)
+from fnn_fast.bench.machine import available_memory, machine_info, require_native, total_memory
 from fnn_fast.bench.shapes import CaseData
 from fnn_fast.bench.traffic import op_bytes
 
-SCHEMA = "fnn-fast-bench/1"
+SCHEMA = "fnn-fast-bench/2"
 RECORD_FIELDS = (
     "case", "level", "op", "dataset", "fields", "factors", "rows", "batch", "ids", "rule",
     "device", "backend", "kind", "optimizer", "status", "reason", "samples_per_s", "median_s",
-    "repeats", "bytes", "gb_per_s", "speedup", "auc", "logloss", "bayes_auc", "epochs", "seconds",
-    "wall_s",
+    "repeats", "bytes", "gb_per_s", "speedup", "vs_bound", "read_gb_per_s", "fresh", "steps",
+    "auc", "logloss", "bayes_auc", "epochs", "seconds", "wall_s",
 )  # fmt: skip
 MAX_REPEATS = 1000
 TURN_SECONDS = 0.25  # of timed calls a contender makes in a row, side by side with others
 MEMORY_HEADROOM = 0.8  # skip a contender whose tables would need more of the free memory
+# ... after leaving this share of the machine's memory free for its other users (CPU)
+MEMORY_RESERVE = 0.25
 
 
 @dataclass
@@ -83,6 +100,7 @@ class _Timed:
     name: str
     step: Callable[[], object]
     active: Callable[[], object] = nullcontext
+    left: Callable[[], int | None] = lambda: None  # calls the step may still make (None: any)
     times: list[float] = field(default_factory=list)
     total: float = 0.0
     done: bool = False
@@ -101,13 +119,21 @@ def measure_together(entries: list[_Timed], timing: Timing, sync: Callable[[], N
     load) instead of one after the other, so their ratios hold on a host whose speed drifts.
     A turn starts with one untimed call: the contender before it has filled the caches with its
     own tables, and a step is timed in the state its own previous step leaves.
+    A step with a limited number of calls (fresh batches: ``left``) stops when they are used.
     Returns {name: (median seconds, timed calls)}, or {name: the exception} for a step that
     failed (the others go on)."""
     results: dict = {}
+
+    def calls_left(entry: _Timed) -> float:
+        left = entry.left()
+        return float("inf") if left is None else left
+
     for entry in entries:
         try:
             with entry.active():
                 for _ in range(timing.warmup):
+                    if calls_left(entry) <= 1:
+                        break  # keep a call for timing
                     if entry.timed_call(sync) > timing.max_time:
                         break  # a call slower than the whole budget: one warmup is enough
         except Exception as error:  # noqa: BLE001 - one failure must not end the others
@@ -119,10 +145,13 @@ def measure_together(entries: list[_Timed], timing: Timing, sync: Callable[[], N
                 continue
             try:
                 with entry.active():
-                    if settle and entry.times:
+                    if settle and entry.times and calls_left(entry) > 1:
                         entry.timed_call(sync)  # untimed: rebuild this contender's cache state
                     turn, calls = 0.0, 0
                     while not entry.done and (calls == 0 or turn < TURN_SECONDS):
+                        if calls_left(entry) <= 0:
+                            entry.done = True
+                            break
                         calls += 1
                         elapsed = entry.timed_call(sync)
                         entry.times.append(elapsed)
@@ -133,6 +162,7 @@ def measure_together(entries: list[_Timed], timing: Timing, sync: Callable[[], N
                             (met and entry.total >= timing.min_time)
                             or entry.total + elapsed > timing.max_time
                             or len(entry.times) >= MAX_REPEATS
+                            or calls_left(entry) <= 0
                         )
             except Exception as error:  # noqa: BLE001
                 results[entry.name], entry.done = error, True
@@ -166,22 +196,31 @@ def _base_record(case: Case, contender: Contender, device: str) -> dict:
     return record
 
 
-def _add_speedups(records: list[dict]) -> None:
-    """Each ok record's samples/s over the eager reference's in the same case."""
-    reference = {
+def _rates(records: list[dict], backend: str) -> dict[str, float]:
+    return {
         r["case"]: r["samples_per_s"]
         for r in records
-        if r["backend"] == "reference" and r["status"] == "ok"
+        if r["backend"] == backend and r["status"] == "ok"
     }
+
+
+def _add_speedups(records: list[dict]) -> None:
+    """Each ok record's samples/s over the eager reference's in the same case, and an op's
+    over the gather bound's."""
+    reference, bound = _rates(records, "reference"), _rates(records, "gather-bound")
     for r in records:
         if r["status"] == "ok" and reference.get(r["case"]):
             r["speedup"] = r["samples_per_s"] / reference[r["case"]]
+        if r["status"] == "ok" and r["level"] == "op" and bound.get(r["case"]):
+            r["vs_bound"] = r["samples_per_s"] / bound[r["case"]]
 
 
 def _progress_line(r: dict) -> str:
     if r["status"] != "ok":
         return f"{r['case']}  {r['backend']}: {r['status']}: {r['reason']}"
-    auc = f", AUC {r['auc']:.4f}" if r["auc"] is not None else ""
+    auc = f", AUC {r['auc']:.4f} after {r['steps']} steps" if r["auc"] is not None else ""
+    if r["level"] == "quality" and r["auc"] is not None:
+        auc = f", AUC {r['auc']:.4f}"
     return f"{r['case']}  {r['backend']}: {r['samples_per_s']:,.0f} samples/s{auc}"
 
 
@@ -197,7 +236,7 @@ class Workspace:
         if case.level == "quality":
             key = ("planted", case.quality, case.shape.fields)
         else:
-            key = (case.shape, case.pool)
+            key = (case.shape, case.pool, case.fresh)
         if key != self._key:
             self._key, self._data = None, None  # free the previous data first
             if case.level == "quality":
@@ -205,7 +244,7 @@ class Workspace:
 
                 self._data = planted_data(case.quality, case.shape.fields)
             else:
-                self._data = CaseData(case.shape, case.pool, self.device)
+                self._data = CaseData(case.shape, case.pool, self.device, fresh=case.fresh)
             self._key = key
         return self._data
 
@@ -220,8 +259,12 @@ def skip_reason(
     if reason is None and case.level != "quality":
         free = available_memory(device)
         needed = contender.memory_bytes(case)
-        if free is not None and needed > MEMORY_HEADROOM * free:
-            reason = f"needs about {needed / 2**30:.1f} GB, {free / 2**30:.1f} GB free"
+        usable = None if free is None else free - MEMORY_RESERVE * (total_memory(device) or 0)
+        if usable is not None and needed > MEMORY_HEADROOM * usable:
+            reason = (
+                f"needs about {needed / 2**30:.1f} GB, {free / 2**30:.1f} GB free (a quarter "
+                "of the memory is left to the machine's other users)"
+            )
     return reason
 
 
@@ -232,6 +275,14 @@ def bytes_moved(case: Case, contender: Contender, data: CaseData) -> int | None:
     s = case.shape
     op = "index_select" if contender.name == "index_select" else case.op
     return op_bytes(op, s.batch, s.fields, s.dim, data.distinct_rows, case.rule)
+
+
+def check_native(contenders: list[Contender], device: str) -> None:
+    """Refuse a CPU run that means to time the native backend where it is not importable."""
+    if device == "cpu" and any(c.name == "native" for c in contenders):
+        require_native(
+            "or leave the native backend out by naming the others (--backends reference,...)"
+        )
 
 
 def chosen_contenders(preset: Preset, backends: list[str] | None) -> list[Contender]:
@@ -262,6 +313,7 @@ def run(
     contenders = chosen_contenders(preset, backends)
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: CUDA is not available here")
+    check_native(contenders, device)
     started = time.perf_counter()
     result = BenchResult(
         preset.name, device, command,
@@ -293,12 +345,17 @@ def _failure(error: BaseException, log) -> dict:
 
 
 def _run_side_by_side(contenders, case, preset, device, workspace, named, log) -> list[dict]:
-    """Every contender's step for an op or model case, set up first, then timed together."""
+    """Every contender's step for an op or model case, set up first, then timed together, each
+    on its own view of the case's batches."""
     sync = device_sync(device)
-    records, entries = {}, []
+    records, entries, steps = {}, [], {}
+    # Set up fnn_fast's own backends and the bounds first: where memory runs short (cold
+    # tables), the compiled variants and the peers are the ones skipped for it.
+    order = sorted(contenders, key=lambda c: (c.name.startswith("compiled"), c.kind == "peer"))
     try:
-        for contender in contenders:
+        for contender in order:
             record = records[contender.name] = _base_record(case, contender, device)
+            record["fresh"] = case.fresh
             reason = skip_reason(contender, case, preset, device, named=named)
             if reason is not None:
                 record.update(status="skipped", reason=reason)
@@ -306,17 +363,21 @@ def _run_side_by_side(contenders, case, preset, device, workspace, named, log) -
             started = time.perf_counter()
             data = workspace.data_for(case)
             try:
+                data.prepare(contender.layouts)
+                view = data.view()
                 with contender.active():
-                    step = contender.setup(case, data)
+                    step = contender.setup(case, view)
             except Exception as error:  # noqa: BLE001 - one failure must not end the run
                 record.update(_failure(error, log))
                 continue
             record["wall_s"] = time.perf_counter() - started
-            entries.append(_Timed(contender.name, step, contender.active))
+            entries.append(_Timed(contender.name, step, contender.active, view.left))
+            steps[contender.name] = (step, view)
             step = None
         started = time.perf_counter()
         results = measure_together(entries, preset.timing, sync)
         shared = (time.perf_counter() - started) / max(len(entries), 1)
+        data = workspace.data_for(case)
         for contender in contenders:
             result = results.get(contender.name)
             if result is None:
@@ -326,19 +387,56 @@ def _run_side_by_side(contenders, case, preset, device, workspace, named, log) -
                 record.update(_failure(result, log))
                 continue
             median, repeats = result
-            moved = bytes_moved(case, contender, workspace.data_for(case))
+            moved = bytes_moved(case, contender, data)
             record.update(
                 status="ok", samples_per_s=case.shape.batch / median, median_s=median,
                 repeats=repeats, bytes=moved,
                 gb_per_s=None if moved is None else moved / median / 1e9,
                 wall_s=record["wall_s"] + shared,
             )  # fmt: skip
+            if contender.name == "gather-bound":
+                record["read_gb_per_s"] = 64 * data.lines_per_batch / median / 1e9
+            step, view = steps[contender.name]
+            if case.fresh and case.level == "op":
+                record["steps"] = view._next
+            if isinstance(step, ModelStep) and step.train and contender.trains:
+                started = time.perf_counter()
+                try:
+                    with contender.active():
+                        record.update(finish_training(step, view, data))
+                except Exception as error:  # noqa: BLE001
+                    record.update(_failure(error, log))
+                record["wall_s"] += time.perf_counter() - started
     finally:
         entries.clear()
+        steps.clear()
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
     return [records[c.name] for c in contenders]
+
+
+def finish_training(step: ModelStep, view: CaseData, data: CaseData) -> dict:
+    """Train on the rest of the view's batches (untimed), so that every contender has taken the
+    same steps on the same batches, then score the held-out batches: AUC, log loss, and the
+    planted truth's own AUC (the best any model can reach)."""
+    import numpy as np
+
+    from fnn_fast.metrics import log_loss, roc_auc
+
+    while view.left():
+        step()
+    scores = [step.model.score(batch).float().cpu() for batch in data.held_out]
+    probabilities = torch.cat(scores).double().numpy()
+    labels = torch.cat([b.labels.cpu() for b in data.held_out]).numpy()
+    if not np.isfinite(probabilities).all():
+        raise FloatingPointError("the model's held-out scores are not finite: training diverged")
+    return {
+        "steps": view._next,
+        "auc": roc_auc(labels, probabilities),
+        "logloss": log_loss(labels, probabilities),
+        "bayes_auc": roc_auc(labels, data.held_out_probabilities),
+    }
 
 
 def _run_quality(contender, case, preset, device, workspace, named, log) -> dict:
