@@ -207,22 +207,22 @@ def _cmd_train_ranks(args) -> int:
     import torch
     import torch.distributed as dist
 
+    from fnn_fast.checkpoint import parse_every
     from fnn_fast.train import Ranks
 
-    for flag, given in (("--checkpoint-every", args.checkpoint_every), ("--resume", args.resume),
-                        ("--stream", args.stream)):  # fmt: skip
-        if given:
-            raise ValueError(f"{flag} is not supported under torchrun yet: train without it")
+    if args.stream:
+        raise ValueError("--stream is not supported under torchrun yet: train without it")
+    every = parse_every(args.checkpoint_every) if args.checkpoint_every else (None, None)
     device = resolve_device(args.device)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     timeout = datetime.timedelta(seconds=args.dist_timeout)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=timeout)
+    _init_ranks(backend, timeout)
     ranks = Ranks.current()
     try:
-        return _train_on_ranks(args, ranks, device)
+        return _train_on_ranks(args, ranks, device, every)
     except RuntimeError as error:  # torch.distributed's errors (DistError among them)
         print(
             f"fnn-fast: error: rank {ranks.rank} of {ranks.world_size}: a collective failed or "
@@ -237,43 +237,277 @@ def _cmd_train_ranks(args) -> int:
             dist.destroy_process_group()
 
 
-def _train_on_ranks(args, ranks, device) -> int:
+def _init_ranks(backend: str, timeout) -> None:
+    """init_process_group from torchrun's environment. Workers that torchrun restarted
+    (--max-restarts) meet under a prefix of their own in its store: torchrun (2.5 on) shares its
+    rendezvous store with the workers and keeps it over restarts, and the failed attempt's keys
+    (its peers' addresses) would be read again, a gloo connect to a dead port."""
     import torch.distributed as dist
 
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if attempt in ("", "0") or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        dist.init_process_group(backend, timeout=timeout)
+        return
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          is_master=False, timeout=timeout)  # fmt: skip
+    dist.init_process_group(
+        backend, store=dist.PrefixStore(f"fnn_fast/attempt_{attempt}", store),
+        rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout,
+    )  # fmt: skip
+
+
+def _ranks_resume(args, ranks) -> bool:
+    """Whether this job resumes: with --resume, or as workers that torchrun restarted
+    (--max-restarts) in a run of --checkpoint-every that has not finished. Rank 0's view of the
+    output directory decides for all."""
+    from fnn_fast.outputs import IN_PROGRESS, read_manifest
+
+    restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") not in ("", "0")
+    resume = bool(args.resume)
+    if not resume and restarted and args.checkpoint_every:
+        manifest = read_manifest(args.out) if Path(args.out).is_dir() else None
+        resume = bool(manifest and manifest.get("kind") == "model" and manifest.get(IN_PROGRESS))
+    return ranks.all_gather(resume)[0]
+
+
+SHARE_FORMATS = ("libfm", "criteo", "csv")  # text read by byte ranges: each rank its share
+
+
+def _rank_splits(args, ranks):
+    """As _load_splits for a torchrun job: (train, valid, test, encoder, schema). A text
+    --train (libFM, Criteo, CSV; not through --cache-dir) is read in shares: rank r parses the
+    lines that start in the r-th of N equal byte ranges of the file, so the ranks' shares in
+    rank order are the file. The split off for validation is drawn over the whole file as one
+    process draws it. The vocabulary is fitted on every rank's training keys: each rank counts
+    its own, rank 0 merges the counts and sends the encoder to all (one process's encoder).
+    train is a RankSplit (each rank its rows, in global order); the validation split is whole
+    on every rank (read by each, or gathered from their shares); the test split is read by rank
+    0 only (it is evaluated there, on the gathered model). Other inputs, and --pretrain rbm
+    (which pre-trains on every training row): every rank reads all."""
+    import torch
+
+    from fnn_fast.distributed import RankSplit
+
+    schema = _schema_from_args(args)
+    # RBM pre-training reads the whole training split (every rank, as one process)
+    whole = args.pretrain == "rbm" or args.cache_dir is not None
+    if schema.format not in SHARE_FORMATS or whole:
+        train, valid, test, encoder, schema = _load_splits(args)
+        return train, valid, test if ranks.main else None, encoder, schema
+    rows = _read_share(args.train, schema, args, ranks)
+    layouts = ranks.all_gather((len(rows), rows.field_names, rows.slot_fields.tolist()))
+    layouts = [layout[1:] for layout in layouts if layout[0]]  # an empty share has none
+    if layouts and not len(rows):
+        slots = len(layouts[0][1])
+        rows = ParsedRows(labels=np.zeros(0, np.float32), keys=np.zeros((0, slots), np.int64),
+                          values=np.zeros((0, slots), np.float32),
+                          slot_fields=np.asarray(layouts[0][1], np.int64),
+                          field_names=list(layouts[0][0]))  # fmt: skip
+    if any(layout != layouts[0] for layout in layouts):  # say, a multi-valued libFM field
+        if ranks.main:
+            print("fnn-fast: the ranks' shares of --train have different slot layouts: every "
+                  "rank reads the whole file", file=sys.stderr)  # fmt: skip
+        train, valid, test, encoder, schema = _load_splits(args)
+        return train, valid, test if ranks.main else None, encoder, schema
+    counts = ranks.all_gather(len(rows))
+    total, low = sum(counts), sum(counts[: ranks.rank])
+    if total == 0:
+        raise DataError(args.train, None, "no rows to train on")
+    train_index, valid_index = np.arange(len(rows)), None
+    if not args.valid:  # the one process's split of the whole file, each rank its rows of it
+        if not 0 < args.valid_fraction < 1:
+            raise ValueError(f"valid_fraction must be between 0 and 1, not {args.valid_fraction}")
+        order = np.random.default_rng(args.seed).permutation(total)
+        cut = int(round(total * (1 - args.valid_fraction)))
+        mine = [np.sort(order[:cut]), np.sort(order[cut:])]
+        del order
+        train_index, valid_index = (
+            rows_[(rows_ >= low) & (rows_ < low + len(rows))] - low for rows_ in mine
+        )
+    keys = rows.keys if valid_index is None else rows.keys[train_index]
+    encoder = _fit_encoder_ranks(keys, rows.slot_fields, rows.field_names, args, ranks)
+    del keys
+    if ranks.main:
+        print(f"{sum(ranks.all_gather(len(train_index))):,} training rows (rank 0 of "
+              f"{ranks.world_size} holds {len(train_index):,}), {encoder.num_features:,} "
+              f"features in {len(rows.field_names)} fields", file=sys.stderr)  # fmt: skip
+    else:
+        ranks.all_gather(len(train_index))
+    if isinstance(encoder, HashedEncoder) and ranks.main:
+        print(encoder.describe_collisions(), file=sys.stderr)
+    local = Split.encode(rows, encoder, train_index if valid_index is not None else None)
+    labels = ranks.all_gather(local.labels)
+    train = RankSplit(local, [len(t) for t in labels], torch.cat(labels), ranks.group)
+    if args.valid:
+        valid = Split.encode(_read(args.valid, schema, args), encoder)
+    else:  # the ranks' validation rows, gathered in rank (= file) order
+        part = Split.encode(rows, encoder, valid_index)
+        values = part.values if part.values is not None else torch.ones(part.ids.shape)
+        pieces = ranks.all_gather((part.ids, values, part.labels))
+        values = torch.cat([v for _, v, _ in pieces])
+        valid = Split(ids=torch.cat([i for i, _, _ in pieces]),
+                      values=None if bool((values == 1).all()) else values,
+                      labels=torch.cat([y for _, _, y in pieces]))  # fmt: skip
+    del rows
+    test = None
+    if args.test and ranks.main:
+        test = Split.encode(_read(args.test, schema, args), encoder)
+    return train, valid, test, encoder, schema
+
+
+def _read_share(path, schema: Schema, args, ranks) -> ParsedRows:
+    """This rank's share of a text file: the lines that start in its byte range."""
+    from fnn_fast.data.errors import BadLines
+    from fnn_fast.data.parts import Part, criteo_columns, csv_header, read_text_part, text_part
+    from fnn_fast.data.readers import read_rows
+
+    size = os.path.getsize(path)
+    start = size * ranks.rank // ranks.world_size
+    stop = size * (ranks.rank + 1) // ranks.world_size
+    part = Part(0, ranks.rank, str(path), "text", start, stop, size=stop - start)
+    data, _ = read_text_part(part)
+    header = None
+    if schema.format == "criteo":
+        header = criteo_columns(path)
+    elif schema.format == "csv" and start > 0:
+        header = csv_header(path, schema)
+    try:
+        rows = read_rows(path, schema, bad=BadLines(path, args.skip_bad_lines), progress=False,
+                         part=text_part(data, start == 0, header))  # fmt: skip
+    except DataError as error:  # its line counted from the share's first: the file's line
+        if error.line is None or start == 0:
+            raise
+        raise DataError(error.path, error.line + _lines_before(path, start), error.reason) from None
+    if rows.bad_lines:
+        print(f"{path} (rank {ranks.rank}'s share): skipped {rows.bad_lines} bad line(s)",
+              file=sys.stderr)  # fmt: skip
+    return rows
+
+
+def _lines_before(path, offset: int) -> int:
+    """The lines of ``path`` before the first one that starts at or after ``offset``."""
+    with open(path, "rb") as file:
+        head = file.read(offset)
+        if head.endswith(b"\n"):
+            return head.count(b"\n")
+        return head.count(b"\n") + (1 if file.readline() else 0)
+
+
+def _fit_encoder_ranks(keys, slot_fields, field_names, args, ranks):
+    """The encoder one process fits on the training keys of every rank: each rank counts its
+    keys, rank 0 merges the counts (vocabularies; with --hash-buckets the distinct keys, for
+    the collision report) and sends the encoder to all."""
+    import torch.distributed as dist
+
+    from fnn_fast.data import FeatureEncoder
+    from fnn_fast.data.encoder import _frequent, _merge, count_keys
+
+    hashed = getattr(args, "hash_buckets", None) is not None
+    if hashed and args.min_count != 1:
+        raise ValueError("--min-count needs vocabularies: it cannot be used with --hash-buckets")
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    counted = count_keys(keys, slot_fields, len(field_names), progress=False)
+    mine = [_merge(parts) if parts else empty for parts in counted]
+    everyone = [None] * ranks.world_size if ranks.main else None
+    root = dist.get_global_rank(ranks.group, 0) if ranks.group is not None else 0
+    dist.gather_object(mine, everyone, dst=root, group=ranks.group)
+    encoder = None
+    if ranks.main:
+        per_field = [[counts[f] for counts in everyone] for f in range(len(field_names))]
+        if hashed:
+            encoder = HashedEncoder(field_names, slot_fields, args.hash_buckets,
+                                    args.hash_space == "shared")  # fmt: skip
+            encoder.collisions = encoder.collision_report(
+                [np.unique(np.concatenate([k for k, _ in parts])) for parts in per_field]
+            )
+        else:
+            vocabs = [_frequent(parts, args.min_count) for parts in per_field]
+            encoder = FeatureEncoder(field_names, slot_fields, vocabs, args.min_count)
+        del everyone, per_field
+    box = [encoder]
+    dist.broadcast_object_list(box, src=root, group=ranks.group)
+    return box[0]
+
+
+def _ranks_fingerprint(args, config, schema) -> dict:
+    """What a resumed torchrun job must share with its checkpoint (as fnn_fast.api.fit's)."""
+    inputs = {"train": args.train, "valid": args.valid, "test": args.test}
+    valid_fraction = None if args.valid else args.valid_fraction
+    return api.fingerprint(inputs, config, schema, _reading(args), valid_fraction, None)
+
+
+def _train_on_ranks(args, ranks, device, every=(None, None)) -> int:
     """Every rank reads and encodes the whole input (the same encoder everywhere, checked),
     then trains on its slice of every global batch with the tables sharded over the ranks;
-    rank 0 writes the ordinary model directory, the other ranks write nothing."""
+    with --checkpoint-every each rank checkpoints its rows (--resume: on any number of ranks).
+    Rank 0 writes the ordinary model directory, the other ranks write nothing."""
+    import torch.distributed as dist
+
+    from fnn_fast.checkpoint import ShardedCheckpointer
+    from fnn_fast.outputs import check_resumable, finish_run, start_run
+
     config = _config_from_args(args)
     _check_inputs(args, "--train", "--valid", "--test", "--featindex")
-    check_directory(args.out, args.overwrite, "model")
+    resume = _ranks_resume(args, ranks)
+    if resume:
+        check_resumable(args.out, "model")
+    else:
+        check_directory(args.out, args.overwrite, "model")
     args.input_format = args.format
-    train, valid, test, encoder, schema = _load_splits(args)
+    train, valid, test, encoder, schema = _rank_splits(args, ranks)
     mine = (
         encoder.num_features, len(train), None if valid is None else len(valid),
-        None if test is None else len(test), int(train.ids.sum()), float(train.labels.sum()),
+        None if valid is None else int(valid.ids.sum()), train.click_rate(),
     )  # fmt: skip
     if len(set(ranks.all_gather(mine))) != 1:
         raise ValueError(
-            "the ranks read different data or encoded it differently (features, rows, id sums "
-            f"per rank: {ranks.all_gather(mine)}): give every rank the same files"
+            "the ranks read different data or encoded it differently (features, training "
+            f"rows, validation rows and id sum, click rate per rank: {ranks.all_gather(mine)}): "
+            "give every rank the same files"
         )
+    checkpoint = None
+    if resume or args.checkpoint_every:
+        checkpoint = ShardedCheckpointer(
+            args.out, _ranks_fingerprint(args, config, schema), *every, ranks=ranks,
+            num_features=encoder.num_features,
+        )  # fmt: skip
+    if resume:
+        loaded = checkpoint.load()
+        if ranks.main and loaded is None:
+            print("fnn-fast: no checkpoint was written yet: training from the start",
+                  file=sys.stderr)  # fmt: skip
+        elif ranks.main:
+            print(f"fnn-fast: resuming from the checkpoint of {loaded[0]['ranks']['world_size']} "
+                  f"ranks on {ranks.world_size} ranks", file=sys.stderr)  # fmt: skip
+    elif checkpoint is not None:
+        if ranks.main:
+            start_run(args.out, args.overwrite, "model")
+        ranks.all_gather(None)  # claimed before any rank writes into it
     result = train_two_stage(
-        train, valid, test, encoder, config, progress=not args.no_progress, device=device,
-        ranks=ranks,
+        train, valid, test, encoder, config, progress=not args.no_progress,
+        checkpoint=checkpoint, device=device, ranks=ranks,
     )  # fmt: skip
     rows_per_rank = ranks.all_gather(ranks.rows_trained)
     if not ranks.main:
         dist.barrier()  # the ranks leave together, after rank 0 has written the model
         return 0
-    extra = {
-        **_encoder_metrics(encoder), "device": str(device),
-        "world_size": ranks.world_size, "rows_per_rank": rows_per_rank,
-    }  # fmt: skip
-    with writing_directory(args.out, args.overwrite, "model") as out:
-        save_run(out, result, encoder, schema, config, extra=extra,
-                 report_split=test if test is not None else valid,
-                 split_name="test" if test is not None else "validation",
-                 data=_data_paths(args))  # fmt: skip
+    report = dict(
+        extra={
+            **_encoder_metrics(encoder),
+            "device": str(device),
+            "world_size": ranks.world_size,
+            "rows_per_rank": rows_per_rank,
+        },  # fmt: skip
+        report_split=test if test is not None else valid,
+        split_name="test" if test is not None else "validation",
+        data=_data_paths(args),
+    )
+    if checkpoint is None:
+        with writing_directory(args.out, args.overwrite, "model") as out:
+            save_run(out, result, encoder, schema, config, **report)
+    else:
+        save_run(args.out, result, encoder, schema, config, **report)
+        finish_run(args.out, "model", checkpoint.remove)
     dist.barrier()
     _print_metrics(result.metrics)
     print(f"model written to {args.out} by rank 0 of {ranks.world_size} "

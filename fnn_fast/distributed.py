@@ -206,6 +206,51 @@ def _reference_row_update(kind, rule: RowUpdate, table, state1, state2, step, id
         table[rows] = w - size * m / (v.sqrt() + eps)
 
 
+# --- a shard of one process's random start ----------------------------------------------------
+
+DRAW_ROWS = 1 << 16  # rows drawn at a time (a multiple of 16: randn's blocks of 16 values)
+
+
+def drawn_rows(num_rows: int, width: int, rows: torch.Tensor, draw) -> torch.Tensor:
+    """Rows ``rows`` (sorted global ids) of a [num_rows, width] table as one ``draw`` over the
+    whole table fills it from the global generator, drawn DRAW_ROWS rows at a time: O(chunk)
+    memory, the generator left where the whole draw leaves it. ``draw(n)`` fills [n, width]
+    the way the module does (FM: normal_ of the factor columns; FNN: randn). Holds because
+    torch's CPU normal_ of a strided view draws value by value, and randn (and normal_ of a
+    contiguous tensor, which a one-row view is) in blocks of 16, the last block of a call
+    redrawn: chunks hold a multiple of 16 values but the last, which holds 16 or more and
+    two rows or more, so the blocks fall alike. tests/test_distributed.py checks it against
+    the whole draw."""
+    out = torch.zeros(len(rows), width)
+    start = 0
+    while start < num_rows:
+        stop = min(start + DRAW_ROWS, num_rows)
+        left = num_rows - stop
+        if left == 1 or 0 < left * width < 16:  # a short last chunk joins this one
+            stop = num_rows
+        chunk = draw(stop - start)
+        low, high = (int(torch.searchsorted(rows, x)) for x in (start, stop))
+        out[low:high] = chunk[rows[low:high] - start]
+        start = stop
+    return out
+
+
+def fm_draw(num_factors: int, init_std: float):
+    """What FM(num_features, num_factors, init_std=init_std) draws for n rows of its table."""
+
+    def draw(n: int) -> torch.Tensor:
+        table = torch.zeros(n, 1 + num_factors)
+        table[:, 1:].normal_(0.0, init_std)
+        return table
+
+    return draw
+
+
+def fnn_draw(num_factors: int, init_std: float):
+    """What FNN(num_features, ..., num_factors, init_std=init_std) draws for n rows."""
+    return lambda n: torch.randn(n, 1 + num_factors).mul_(init_std)
+
+
 # --- the sharded table -------------------------------------------------------------------------
 
 
@@ -320,24 +365,34 @@ class ShardedTable(_FusedUpdate, nn.Module):
 
     def _gather_rows(self, shard: torch.Tensor, dst: int | None) -> torch.Tensor | None:
         """The full tensor of ``shard``s (rows along dim 0) on rank ``dst`` (None: on every
-        rank); None elsewhere. Collective."""
+        rank); None elsewhere. Collective. The receiving ranks gather into one buffer, which
+        under block sharding is the full tensor already (no second copy); the others allocate
+        nothing but their padded shard."""
         block = max(self.sharding.shard_rows(r) for r in range(self.world_size))
-        padded = shard.new_zeros((block, *shard.shape[1:]))
+        rest = tuple(shard.shape[1:])
+        comm = _comm_device(self.group, shard.device)
+        padded = shard.new_zeros((block, *rest), device=comm)
         padded[: len(shard)] = shard
-        padded = padded.to(_comm_device(self.group, padded.device))
+        receiving = dst is None or self.rank == dst
+        buffer = pieces = None
+        if receiving:
+            buffer = shard.new_empty((self.world_size * block, *rest), device=comm)
+            pieces = list(buffer.split(block))
         if dst is None:
-            pieces = [torch.empty_like(padded) for _ in range(self.world_size)]
             dist.all_gather(pieces, padded, group=self.group)
         else:
-            pieces = [torch.empty_like(padded) for _ in range(self.world_size)]
             root = dst if self.group is None else dist.get_global_rank(self.group, dst)
-            dist.gather(padded, pieces if self.rank == dst else None, dst=root, group=self.group)
-            if self.rank != dst:
-                return None
-        full = shard.new_empty((self.num_features, *shard.shape[1:]))
-        for r, piece in enumerate(pieces):
-            piece = piece[: self.sharding.shard_rows(r)].to(shard.device)
-            full[self.sharding.global_rows(r, shard.device)] = piece
+            dist.gather(padded, pieces, dst=root, group=self.group)
+        del padded, pieces
+        if not receiving:
+            return None
+        buffer = buffer.to(shard.device)
+        if self.sharding.scheme == "block":  # rank r's rows start at r * block
+            return buffer[: self.num_features]
+        full = shard.new_empty((self.num_features, *rest))
+        for r in range(self.world_size):
+            rows = self.sharding.shard_rows(r)
+            full[self.sharding.global_rows(r, shard.device)] = buffer[r * block : r * block + rows]
         return full
 
     @torch.no_grad()
@@ -586,6 +641,13 @@ class _ShardedModel(nn.Module):
         self.embedding.fuse_update(rule)
         return self
 
+    def fused_state(self) -> dict[str, torch.Tensor]:
+        """The row update's state of this rank's rows, and its step count (a checkpoint's)."""
+        return self.embedding.fused_state()
+
+    def load_fused_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.embedding.load_fused_state(state)
+
     def dense_parameters(self) -> list[nn.Parameter]:
         """The replicated parameters (everything but the table shard)."""
         return [p for p in self.parameters() if p is not self.embedding.table]
@@ -626,6 +688,22 @@ class ShardedFM(_ShardedModel):
         return {"num_features": self.num_features, "num_factors": self.num_factors}
 
     @classmethod
+    def like_fm(cls, num_features: int, num_factors: int = 10, *, init_std: float = 0.01,
+                scheme: str = "block", group=None, slot_names=None) -> ShardedFM:  # fmt: skip
+        """The shards of the FM that ``FM(num_features, num_factors, init_std=init_std)`` would
+        draw from the global generator now (every rank draws the whole stream a chunk at a
+        time and keeps its rows; the generator ends where FM leaves it): one process's start,
+        without a whole table on any rank."""
+        model = cls(num_features, num_factors, scheme=scheme, group=group, init_std=0.0,
+                    slot_names=slot_names)  # fmt: skip
+        embedding = model.embedding
+        rows = embedding.sharding.global_rows(embedding.rank)
+        table = drawn_rows(num_features, 1 + num_factors, rows, fm_draw(num_factors, init_std))
+        with torch.no_grad():
+            embedding.table.copy_(table)
+        return model
+
+    @classmethod
     def from_fm(cls, fm: FM, *, scheme: str = "block", group=None) -> ShardedFM:
         """Shard a full FM (every rank passes the same one)."""
         model = cls(fm.num_features, fm.num_factors, scheme=scheme, group=group, init_std=0.0,
@@ -663,8 +741,8 @@ class ShardedFNN(_ShardedModel):
                  scheme: str = "block", group=None, seed: int = 0,
                  slot_names=None):  # fmt: skip
         super().__init__()
-        # The layers as FNN builds them (a one-row FNN lends them; its table is dropped).
-        template = FNN(1, num_fields, num_factors, hidden, activation=activation,
+        # The layers as FNN builds them (an FNN of no rows lends them, drawing nothing else).
+        template = FNN(0, num_fields, num_factors, hidden, activation=activation,
                        dropout=dropout, slot_fields=slot_fields, init_std=0.0)  # fmt: skip
         self.num_features, self.num_factors = num_features, num_factors
         self.num_fields, self.hidden = template.num_fields, template.hidden
@@ -709,6 +787,33 @@ class ShardedFNN(_ShardedModel):
             model.w0.copy_(fm.w0)
         return model
 
+    @classmethod
+    def like_fnn(cls, num_features: int, num_fields: int, num_factors: int = 10,
+                 hidden: Sequence[int] = (200, 300, 100), *, fm: ShardedFM | None = None,
+                 init_std: float = 0.01, group=None, **kwargs) -> ShardedFNN:  # fmt: skip
+        """The shards of the FNN that ``FNN(num_features, num_fields, num_factors, hidden,
+        init_std=init_std, **kwargs)`` would draw from the global generator now, or with ``fm``
+        ``FNN.from_fm`` of the whole of that sharded FM (each rank copies its shard): the table's
+        draws are made a chunk at a time (kept, or only passed over for ``fm``), then the layers
+        are drawn as FNN draws them. One process's start without a whole table on any rank."""
+        if fm is not None:
+            group, num_features = fm.embedding.group, fm.num_features
+            num_factors, kwargs["scheme"] = fm.num_factors, fm.embedding.sharding.scheme
+            kwargs.setdefault("slot_names", fm.slot_names)
+        sharding = RowSharding(num_features, _world(group)[1], kwargs.get("scheme", "block"))
+        rank = _world(group)[0]
+        rows = sharding.global_rows(rank) if fm is None else torch.zeros(0, dtype=torch.int64)
+        table = drawn_rows(num_features, 1 + num_factors, rows, fnn_draw(num_factors, init_std))
+        model = cls(num_features, num_fields, num_factors, hidden, init_std=0.0, group=group,
+                    **kwargs)  # fmt: skip
+        with torch.no_grad():
+            if fm is None:
+                model.embedding.table.copy_(table)
+            else:
+                model.embedding.table.copy_(fm.embedding.table)
+                model.w0.copy_(fm.w0)
+        return model
+
     def to_fnn(self, dst: int = 0) -> FNN | None:
         """The ordinary FNN (table gathered) on rank ``dst``, None elsewhere. Collective."""
         full = self.embedding.gather_table(dst)
@@ -740,3 +845,83 @@ class ShardedFNN(_ShardedModel):
             z = torch.cat([self.w0.reshape(1, 1).expand(fields.shape[0], 1), fields], dim=1)
             return self.output(self.hidden_layers(z[:, : 1 + width])).squeeze(-1)
         return fnn_head(fields, self.w0, self.hidden_layers, self.output)
+
+
+# --- the training rows, shared out between the ranks -------------------------------------------
+
+
+class RankSplit:
+    """This rank's rows of a training split the ranks hold between them: rank r holds the
+    global rows [offset_r, offset_r + n_r) (the ranks' shares in order make the split one
+    process reads). Every rank draws the same order of global batches, as one process over the
+    whole split (``batches`` with a generator), and steps on the rows of each batch it holds
+    (any number, none included); so N ranks take the steps one process takes on the same
+    global batches. ``labels``: the whole split's labels (every rank holds them, for the
+    metrics), ``len``: the whole split's rows.
+
+    ``local``: this rank's rows (an in-memory :class:`fnn_fast.train.Split`); ``counts``:
+    every rank's number of rows, in rank order; ``labels``: every rank's labels concatenated."""
+
+    per_rank = True
+
+    def __init__(self, local, counts: Sequence[int], labels: torch.Tensor, group=None):
+        self.local, self.group = local, group
+        self.rank, self.world_size = _world(group)
+        self.counts = [int(c) for c in counts]
+        if len(self.counts) != self.world_size or self.counts[self.rank] != len(local):
+            raise ValueError(f"counts {self.counts} do not fit rank {self.rank}'s "
+                             f"{len(local)} rows of {self.world_size} ranks")  # fmt: skip
+        self.offset = sum(self.counts[: self.rank])
+        self.total = sum(self.counts)
+        if len(labels) != self.total:
+            raise ValueError(f"{len(labels)} labels for {self.total} rows")
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return self.total
+
+    def click_rate(self) -> float:
+        """The whole split's share of positive labels (as Split.click_rate)."""
+        return float(self.labels.sum(dtype=torch.float64)) / self.total if self.total else 0.5
+
+    def for_evaluation(self) -> RankSplit:
+        return self
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None, *,
+                start_step: int = 0, sizes=None, **_):  # fmt: skip
+        """With ``generator``: the rows this rank holds of each global batch (in the order the
+        generator draws, as Split.batches over the whole split), each global batch's size
+        appended to ``sizes``. Without: this rank's rows in batches (RBM pre-training)."""
+        local = self.local
+        if generator is None:
+            yield from local.batches(batch_size, start_step=start_step)
+            return
+        order = torch.randperm(self.total, generator=generator)
+        low, high = self.offset, self.offset + len(local)
+        for start in range(start_step * batch_size, self.total, batch_size):
+            rows = order[start : start + batch_size]
+            index = rows[(rows >= low) & (rows < high)] - low
+            if sizes is not None:
+                sizes.append(len(rows))
+            values = None if local.values is None else local.values.index_select(0, index)
+            yield local.ids.index_select(0, index), values, local.labels.index_select(0, index)
+
+    @torch.no_grad()
+    def predict_logits(self, model: nn.Module, batch_size: int = 8192):
+        """Logits [N] of the whole split (numpy float32), the same on every rank (collective):
+        each rank predicts its rows, in as many calls as the rank with the most rows needs."""
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        out = torch.zeros(self.total, dtype=torch.float32, device=device)
+        local = self.local
+        for start in range(0, max(self.counts), batch_size):
+            rows = slice(min(start, len(local)), min(start + batch_size, len(local)))
+            ids = local.ids[rows].to(device)
+            values = None if local.values is None else local.values[rows].to(device)
+            at = self.offset + rows.start
+            out[at : at + ids.shape[0]] = model(ids, values).to(torch.float32)
+        model.train(was_training)
+        out = out.to(_comm_device(self.group, out.device))
+        dist.all_reduce(out, group=self.group)
+        return out.cpu().numpy()

@@ -211,14 +211,22 @@ class Ranks:
         return out
 
 
+_FAULT_SEEN: list[int] = [0]
+
+
 def _test_fault(ranks: Ranks | None, step: int) -> None:
-    """Tests only: FNN_FAST_TEST_DIE="RANK:STEP" makes that rank exit at that training step
-    (of its first stage's first epoch), as a killed or crashed rank would."""
+    """Tests only: FNN_FAST_TEST_DIE="RANK:STEP[:TIMES]" makes that rank exit at the TIMES-th
+    (default: first) training step numbered STEP within an epoch (counted over the epochs of
+    both stages), as a killed or crashed rank would; not in workers that torchrun restarted
+    (TORCHELASTIC_RESTART_COUNT > 0)."""
     spec = os.environ.get("FNN_FAST_TEST_DIE")
-    if ranks is None or not spec:
+    if ranks is None or not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
         return
-    rank, at = (int(x) for x in spec.split(":"))
-    if ranks.rank == rank and step == at:
+    rank, at, times = ([int(x) for x in spec.split(":")] + [1])[:3]
+    if ranks.rank != rank or step != at:
+        return
+    _FAULT_SEEN[0] += 1
+    if _FAULT_SEEN[0] == times:
         print(f"fnn-fast: rank {rank}: exiting at step {step} (FNN_FAST_TEST_DIE)",
               file=sys.stderr, flush=True)  # fmt: skip
         os._exit(17)
@@ -309,7 +317,10 @@ def predict_logits_ranks(model: torch.nn.Module, split, ranks: Ranks,
                          batch_size: int = 8192) -> np.ndarray:  # fmt: skip
     """As :func:`predict_logits` for a sharded model (collective): each rank computes its slice
     of every batch and the slices are summed into one [N] vector (each row comes from one rank,
-    the others add zeros), the same on every rank."""
+    the others add zeros), the same on every rank. A split the ranks hold between them
+    (:class:`fnn_fast.distributed.RankSplit`) predicts its own."""
+    if getattr(split, "per_rank", False):
+        return split.predict_logits(model, batch_size)
     was_training = model.training
     model.eval()
     device = model_device(model)
@@ -440,9 +451,8 @@ def fit(
     rank draws the same order of global batches and steps on its slice of each, its summed loss
     divided by the global batch's size and the dense gradients summed over the ranks: one
     process's step on the whole batch. Metrics and early stopping are the same on all ranks;
-    only rank 0 logs. Checkpoints are not written then."""
-    if ranks is not None and checkpoint is not None:
-        raise ValueError("checkpoints are not written under torchrun yet")
+    only rank 0 logs. The checkpoint is then a
+    :class:`fnn_fast.checkpoint.ShardedCheckpointer` (each rank saves its rows)."""
     log = _log if ranks is None or ranks.main else (lambda message: None)
     progress = progress and (ranks is None or ranks.main)
     early_stopping, why = stopping_metric(early_stopping, valid)
@@ -503,11 +513,15 @@ def fit(
             leave=False,
             disable=None if progress else True,
         )
-        batches = train.batches(
-            batch_size, generator, epoch=epoch, seed=seed, start_step=start_step
-        )
         sizes: deque[int] = deque()  # the global batches' sizes, in order
-        batches = to_device(_rank_slices(batches, ranks, sizes), model_device(model))
+        if getattr(train, "per_rank", False):  # each rank holds its rows of the split
+            batches = train.batches(batch_size, generator, start_step=start_step, sizes=sizes)
+        else:
+            batches = train.batches(
+                batch_size, generator, epoch=epoch, seed=seed, start_step=start_step
+            )
+            batches = _rank_slices(batches, ranks, sizes)
+        batches = to_device(batches, model_device(model))
         for step, (ids, values, labels) in enumerate(batches, start_step + 1):
             global_rows = sizes.popleft()
             for optimizer in optimizers:
@@ -640,18 +654,19 @@ def train_fm(
     ranks: Ranks | None = None,
 ) -> tuple[FM, list[dict]]:
     """Stage 1: an FM trained with sparse row updates, on ``device`` (``checkpoint``: see
-    :func:`fit`). With ``ranks``, the FM is built as one process builds it, then sharded over
-    the ranks to train; the best FM is returned, whole, on every rank."""
+    :func:`fit`). With ``ranks``, each rank builds its rows of the FM one process builds and
+    trains them (:class:`fnn_fast.distributed.ShardedFM`); the best FM is returned sharded."""
     device = resolve_device(device)
     torch.manual_seed(config.seed)
-    fm = FM(num_features, config.factors, init_std=config.fm_init_std, slot_names=slot_names)
-    with torch.no_grad():
-        fm.w0.fill_(base_rate_logit(train))
-    if ranks is not None:
+    if ranks is None:
+        fm = FM(num_features, config.factors, init_std=config.fm_init_std, slot_names=slot_names)
+    else:
         from fnn_fast.distributed import ShardedFM
 
-        full, fm = fm, ShardedFM.from_fm(fm, group=ranks.group)
-        del full  # each rank keeps its rows only
+        fm = ShardedFM.like_fm(num_features, config.factors, init_std=config.fm_init_std,
+                               group=ranks.group, slot_names=slot_names)  # fmt: skip
+    with torch.no_grad():
+        fm.w0.fill_(base_rate_logit(train))
     fm.to(device)
     # The native kernels apply the table's update inside backward; on the reference backend the
     # table gets a sparse gradient and the optimizer below applies the same rule.
@@ -685,14 +700,20 @@ def train_fm(
         stage="fm",
         ranks=ranks,
     )
-    if ranks is not None:  # stage 2 starts from the whole FM on every rank
-        sharded, table = fm, fm.embedding.gather_table(None)
-        fm = FM(num_features, config.factors, init_std=0.0, slot_names=slot_names)
-        with torch.no_grad():
-            fm.table.copy_(table.cpu())
-            fm.w0.copy_(sharded.w0.detach().cpu())
-        del sharded, table
+    if ranks is not None:  # the row state is done with: stage 2 starts from the shards
+        fm.fuse_update(None)
     return fm, history
+
+
+def _whole_fm(sharded) -> FM:
+    """The whole FM of a ShardedFM, on every rank (collective)."""
+    table = sharded.embedding.gather_table(None)
+    fm = FM(sharded.num_features, sharded.num_factors, init_std=0.0,
+            slot_names=sharded.slot_names)  # fmt: skip
+    with torch.no_grad():
+        fm.table.copy_(table.cpu())
+        fm.w0.copy_(sharded.w0.detach().cpu())
+    return fm
 
 
 def build_fnn(fm: FM | None, num_features: int, slot_fields, config: TrainConfig, slot_names=None):
@@ -774,11 +795,27 @@ def train_fnn(
     ranks: Ranks | None = None,
 ) -> tuple[FNN | None, list[dict]]:
     """Stage 2: an FNN, from the FM's embedding (or a random one), fine-tuned end to end on
-    ``device``. With ``ranks``, the FNN is built (and RBM pre-trained) as one process does it,
-    then sharded over the ranks to train; the best FNN is gathered on rank 0 (None elsewhere)."""
+    ``device``. With ``ranks`` (``fm`` sharded), each rank builds its rows of the FNN one
+    process builds and trains them; with RBM pre-training the FNN is built whole (the FM
+    gathered) and pre-trained on each rank's rows, rank 0's layers kept, then sharded. The best
+    FNN is gathered on rank 0 (None elsewhere)."""
     device = resolve_device(device)
+    if ranks is not None and config.pretrain == "rbm" and fm is not None:
+        fm = _whole_fm(fm)  # before the seed: building it draws from the global generator
     torch.manual_seed(config.seed + 1)
-    fnn = build_fnn(fm, num_features, slot_fields, config, slot_names)
+    if ranks is not None and config.pretrain != "rbm":
+        from fnn_fast.distributed import ShardedFNN
+
+        if config.fnn_init not in ("fm", "random"):
+            raise ValueError(f"fnn_init must be 'fm' or 'random', got {config.fnn_init!r}")
+        fnn = ShardedFNN.like_fnn(
+            num_features, int(max(slot_fields)) + 1, config.factors, config.hidden,
+            fm=fm if config.fnn_init == "fm" else None, init_std=config.fnn_init_std,
+            group=ranks.group, activation=config.activation, dropout=config.dropout,
+            slot_fields=slot_fields, slot_names=slot_names,
+        )  # fmt: skip
+    else:
+        fnn = build_fnn(fm, num_features, slot_fields, config, slot_names)
     fnn.to(device)
     with torch.no_grad():
         fnn.output.bias.fill_(base_rate_logit(train))
@@ -793,12 +830,14 @@ def train_fnn(
         pretrain_rbm(fnn, train, config, progress and (ranks is None or ranks.main))
     elif config.pretrain != "none":
         raise ValueError(f"pretrain must be 'none' or 'rbm', got {config.pretrain!r}")
-    if ranks is not None:
+    if ranks is not None and config.pretrain == "rbm":
         from fnn_fast.distributed import ShardedFNN
 
         full = fnn.cpu()
         fnn = ShardedFNN.from_fnn(full, group=ranks.group).to(device)
         del full  # each rank keeps its rows only
+        if config.pretrain == "rbm" and not resuming:  # pre-trained on the rank's rows
+            fnn.broadcast_dense()  # (all of them, or its share): rank 0's layers for all
         fnn.fuse_update(
             RowUpdate(
                 config.fnn_optimizer, config.fnn_embedding_lr, config.fnn_weight_decay,
@@ -871,8 +910,14 @@ def train_two_stage(
     resumed = None if checkpoint is None else checkpoint.resumed
     if resumed is not None and resumed[0]["stage"] == "fnn":  # stage 1 is done: its best FM
         meta, tensors = resumed
-        fm = FM(encoder.num_features, config.factors, init_std=config.fm_init_std,
-                slot_names=slot_names)  # fmt: skip
+        if ranks is None:
+            fm = FM(encoder.num_features, config.factors, init_std=config.fm_init_std,
+                    slot_names=slot_names)  # fmt: skip
+        else:  # this rank's rows of it
+            from fnn_fast.distributed import ShardedFM
+
+            fm = ShardedFM(encoder.num_features, config.factors, init_std=0.0,
+                           group=ranks.group, slot_names=slot_names)  # fmt: skip
         fm.load_state_dict(prefixed(tensors, "fm"))
         fm_history = meta["fm_history"]
     else:
@@ -887,9 +932,10 @@ def train_two_stage(
         train, valid, fm, encoder.num_features, slot_fields, config, slot_names, progress,
         checkpoint, device, ranks,
     )  # fmt: skip
-    if ranks is not None and not ranks.main:
-        return None
-    if ranks is not None:
+    if ranks is not None:  # the whole FM on rank 0
+        fm = fm.to_fm(0)
+        if not ranks.main:
+            return None
         fm = fm.to(device)  # as one process: the final metrics on the device it trained on
     metrics = {
         "fm": {**_split_metrics(fm, valid, test), "epochs": len(fm_history)},

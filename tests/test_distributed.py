@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
 import sys
 import traceback
 import warnings
@@ -226,6 +227,38 @@ def run_round_trip(rank: int) -> dict | None:
     return {**result, "fm": fm.state_dict(), "fnn": fnn.state_dict(), "fnn_config": fnn.config()}
 
 
+def run_checkpoint(rank: int, out: str) -> dict | None:
+    """Two steps of a sharded FM (Adam rule: two row states), then a checkpoint of its shards
+    (block and cyclic row maps) through ShardedCheckpointer; the full table and state on rank 0
+    to compare what other world sizes read back."""
+    from fnn_fast import distributed as fd
+    from fnn_fast.checkpoint import ShardedCheckpointer
+    from fnn_fast.train import Ranks
+
+    result = {}
+    for scheme in ("block", "cyclic"):
+        rule = RowUpdate("adam", lr=0.01)
+        model = fd.ShardedFM.from_fm(full_model("fm"), scheme=scheme).fuse_update(rule)
+        for ids, values, labels in batches()[:2]:
+            part = fd.batch_slice(len(labels), rank, WORLD)
+            total = fd.global_batch_size(len(labels))
+            F.binary_cross_entropy_with_logits(model(ids[part], values[part]), labels[part],
+                                               reduction="sum").div(total).backward()  # fmt: skip
+        ranks = Ranks.current()
+        ranks.rows_trained = 5 + rank
+        checkpoint = ShardedCheckpointer(Path(out) / scheme, {"data": {}}, ranks=ranks,
+                                         num_features=NUM_FEATURES, scheme=scheme)  # fmt: skip
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        tensors.update({f"fused.{k}": v for k, v in model.fused_state().items()})
+        checkpoint.save({"stage": "fm"}, tensors)
+        result[scheme] = {
+            "table": model.embedding.gather_table(),
+            "state": model.embedding.gather_state(),
+            "w0": model.w0.detach(),
+        }
+    return result if rank == 0 else None
+
+
 def worker(rank: int, out: str, attempt: int) -> None:
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's pairs on 127.0.0.1
     torch.set_num_threads(1)
@@ -243,6 +276,7 @@ def worker(rank: int, out: str, attempt: int) -> None:
                 results[case_name(case)] = {"error": traceback.format_exc()}
                 raise
         results["round_trip"] = run_round_trip(rank)
+        results["checkpoint"] = run_checkpoint(rank, out)
         if rank == 0:
             torch.save(results, Path(out) / "results.pt")
     finally:
@@ -261,7 +295,7 @@ def sharded_results(tmp_path_factory):
         # case fails again, and the fixture's error shows the rank's traceback.
         warnings.warn(f"2-rank run failed, retried once: {error}", stacklevel=1)
         torch.multiprocessing.spawn(worker, args=(str(out), 1), nprocs=WORLD, join=True)
-    return torch.load(out / "results.pt")
+    return {**torch.load(out / "results.pt"), "out": out}
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_name)
@@ -291,6 +325,87 @@ def test_gathered_state_loads_into_other_shards(sharded_results):
     torch.testing.assert_close(fnn["table"], fm["table"])
     torch.testing.assert_close(fnn["w0"], fm["w0"])
     assert got["fnn_config"]["num_fields"] == 5 and got["fnn_config"]["hidden"] == [8, 6]
+
+
+@pytest.mark.parametrize("scheme", ["block", "cyclic"])
+def test_a_checkpoint_of_two_ranks_reads_back_on_other_world_sizes(scheme, sharded_results):
+    """What each rank of 1 to 4 (and 60: ranks without rows) reads of a 2-rank checkpoint: its
+    rows of the table and of the row state under the new block row map; the pieces make the
+    saved table and state whole."""
+    from fnn_fast.checkpoint import ROW_KEYS, CheckpointError, ShardedCheckpointer
+    from fnn_fast.distributed import RowSharding
+    from fnn_fast.train import Ranks
+
+    saved = sharded_results["checkpoint"][scheme]
+    directory = sharded_results["out"] / scheme
+    for world in (1, 2, 3, 4, 60):
+        sharding = RowSharding(NUM_FEATURES, world)
+        table = torch.full_like(saved["table"], float("nan"))
+        state1, state2 = torch.full_like(table, float("nan")), torch.full_like(table, float("nan"))
+        for rank in range(world):
+            ranks = Ranks(rank, world)
+            checkpoint = ShardedCheckpointer(directory, {"data": {}}, ranks=ranks,
+                                             num_features=NUM_FEATURES)  # fmt: skip
+            meta, tensors = checkpoint._read(checkpoint.directory)
+            assert meta["ranks"]["world_size"] == 2 and meta["stage"] == "fm"
+            assert set(ROW_KEYS) - set(tensors) == {"best.embedding.table", "fm.embedding.table"}
+            mine = sharding.global_rows(rank)
+            assert tensors["model.embedding.table"].shape == (len(mine), 1 + FACTORS)
+            table[mine] = tensors["model.embedding.table"]
+            state1[mine], state2[mine] = tensors["fused.state1"], tensors["fused.state2"]
+            torch.testing.assert_close(tensors["model.w0"], saved["w0"])
+            torch.testing.assert_close(tensors["fused.step"], saved["state"]["step"])
+        torch.testing.assert_close(table, saved["table"], rtol=0, atol=0)
+        torch.testing.assert_close(state1, saved["state"]["state1"], rtol=0, atol=0)
+        torch.testing.assert_close(state2, saved["state"]["state2"], rtol=0, atol=0)
+    # another table size is refused, naming both
+
+    checkpoint = ShardedCheckpointer(directory, {}, ranks=Ranks(0, 3), num_features=51)
+    with pytest.raises(CheckpointError, match="tables of 50 rows, this run's have 51"):
+        checkpoint._read(checkpoint.directory)
+    # a shard whose bytes changed is refused by the rank that reads it
+    copy = sharded_results["out"] / f"corrupt-{scheme}"
+    shutil.copytree(directory, copy)
+    shard = copy / "checkpoint" / "shard-00001-of-00002.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 1
+    shard.write_bytes(bytes(data))
+    checkpoint = ShardedCheckpointer(copy, {}, ranks=Ranks(1, 2), num_features=NUM_FEATURES)
+    with pytest.raises(CheckpointError, match="shard-00001-of-00002.safetensors does not match"):
+        checkpoint._read(checkpoint.directory)
+
+
+@pytest.mark.parametrize("chunk", [16, 48, 1 << 16])
+def test_drawn_rows_are_the_whole_draw(chunk, monkeypatch):
+    """A shard's rows drawn a chunk at a time equal those rows of FM(...) / FNN(...) drawn
+    whole, and the generator ends where the whole draw leaves it (what makes N ranks start
+    where one process starts, without a whole table on any rank)."""
+    from fnn_fast import distributed as fd
+
+    def fnn_table(rows, factors):  # what FNN draws first, before its layers
+        table = FNN(rows, 2, factors, (3,), init_std=0.1).table.detach()
+        torch.manual_seed(5)
+        drawn = torch.randn((rows, 1 + factors), out=torch.zeros(rows, 1 + factors)).mul_(0.1)
+        torch.testing.assert_close(table, drawn, rtol=0, atol=0)
+        return drawn
+
+    monkeypatch.setattr(fd, "DRAW_ROWS", chunk)
+    for rows, factors in [(50, 4), (101, 10), (33, 16), (49, 16), (7, 3), (200, 0), (1, 4)]:
+        for kind in ("fm", "fnn"):
+            torch.manual_seed(5)
+            if kind == "fm":
+                whole, draw = FM(rows, factors, init_std=0.1).table, fd.fm_draw(factors, 0.1)
+            else:
+                whole, draw = fnn_table(rows, factors), fd.fnn_draw(factors, 0.1)
+            whole, after = whole.detach(), torch.rand(4)
+            for scheme, world in [("block", 3), ("cyclic", 4), ("block", 1)]:
+                sharding = fd.RowSharding(rows, world, scheme)
+                for rank in range(world):
+                    mine = sharding.global_rows(rank)
+                    torch.manual_seed(5)
+                    got = fd.drawn_rows(rows, 1 + factors, mine, draw)
+                    torch.testing.assert_close(got, whole[mine], rtol=0, atol=0)
+                    torch.testing.assert_close(torch.rand(4), after, rtol=0, atol=0)
 
 
 def test_row_sharding_maps_every_row_once():
