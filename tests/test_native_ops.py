@@ -42,7 +42,7 @@ SHAPES = [
 
 @pytest.mark.parametrize("batch,slots,factors", SHAPES)
 @pytest.mark.parametrize("with_values", [True, False])
-def test_fm_scores(batch, slots, factors, with_values):
+def test_fm_forward(batch, slots, factors, with_values):
     table = torch.randn(500, 1 + factors)
     ids, values, _ = batch_of(batch, slots, 500, seed=batch + slots, with_values=with_values)
     got = library.fm_forward(table, ids, values) + 0.25
