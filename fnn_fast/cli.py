@@ -752,6 +752,41 @@ def _add_row_update_options(p, stage: str, rows: str, defaults: TrainConfig) -> 
     )  # fmt: skip
 
 
+# The training options, in --help's order: a TrainConfig setting each (an optimizer's entry
+# brings its stage's sparse row rule, whose help names the rows).
+_EARLY_STOPPING_HELP = (
+    "the validation metric that picks the {}'s best epoch (auto: AUC where the validation split "
+    "has 200 rows of each class, else logloss)"
+)
+_TRAINING_SETTINGS = (
+    ("seed", "initialization, batch order, split"),
+    ("factors", "K"),
+    ("batch_size", "rows per step"),
+    ("patience", "early stopping: epochs without a better validation metric"),
+    ("fm_early_stopping", _EARLY_STOPPING_HELP.format("FM")),
+    ("fnn_early_stopping", _EARLY_STOPPING_HELP.format("FNN")),
+    ("fm_epochs", "stage 1, at most"),
+    ("fm_lr", "FM learning rate"),
+    ("fm_optimizer", "the FM's"),
+    ("fnn_epochs", "stage 2, at most"),
+    ("fnn_init", "the FNN's embedding: from the FM, or random (the baseline)"),
+    ("hidden", "hidden layer sizes, comma-separated"),
+    ("activation", "hidden layers"),
+    ("dropout", "hidden layers"),
+    ("fnn_lr", "hidden/output layers"),
+    ("fnn_embedding_lr", "the embedding's rate (its rule: --fnn-optimizer)"),
+    ("fnn_optimizer", "the FNN's embedding"),
+    ("fnn_layer_optimizer", "hidden/output layers"),
+    ("fnn_layer_weight_decay", "L2 on hidden/output layers"),
+    ("fnn_layer_lrs", "layer-wise rates: one per hidden layer then the output layer, "
+                      "comma-separated (default: --fnn-lr for all)"),
+    ("pretrain", "pre-train the tanh layers as RBMs (CD-k) on z"),
+    ("rbm_epochs", "per layer"),
+    ("rbm_lr", "RBM learning rate"),
+    ("rbm_k", "Gibbs steps of CD-k"),
+)  # fmt: skip
+
+
 def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
     p.add_argument(
         "--min-count",
@@ -773,52 +808,15 @@ def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> 
         help="--hash-buckets: N buckets per field, or one space of N for all fields (the field "
         "mixed into the hash)",
     )
-    _setting(p, "seed", defaults, "initialization, batch order, split")
-    _setting(p, "factors", defaults, "K")
-    _setting(p, "batch_size", defaults, "rows per step")
-    _setting(p, "patience", defaults, "early stopping: epochs without a better validation metric")
-    for stage in ("fm", "fnn"):
-        _setting(
-            p, f"{stage}_early_stopping", defaults,
-            f"the validation metric that picks the {stage.upper()}'s best epoch (auto: AUC "
-            "where the validation split has 200 rows of each class, else logloss)",
-        )  # fmt: skip
-    _setting(p, "fm_epochs", defaults, "stage 1, at most")
-    _setting(p, "fm_lr", defaults, "FM learning rate")
-    _add_row_update_options(p, "fm", "the FM's", defaults)
-    _setting(p, "fnn_epochs", defaults, "stage 2, at most")
-    _setting(p, "fnn_init", defaults, "the FNN's embedding: from the FM, or random (the baseline)")
-    p.add_argument(
-        "--hidden",
-        default=",".join(map(str, defaults.hidden)),
-        help="hidden layer sizes, comma-separated",
-    )
-    _setting(p, "activation", defaults, "hidden layers")
-    _setting(p, "dropout", defaults, "hidden layers")
-    _setting(p, "fnn_lr", defaults, "hidden/output layers")
-    _setting(
-        p,
-        "fnn_embedding_lr",
-        defaults,
-        "sparse update rate of the FM-initialized embedding (its rule: --fnn-optimizer)",
-    )
-    _add_row_update_options(p, "fnn", "the FNN's embedding", defaults)
-    _setting(p, "fnn_layer_optimizer", defaults, "hidden/output layers")
-    _setting(p, "fnn_layer_weight_decay", defaults, "L2 on hidden/output layers")
-    p.add_argument(
-        "--fnn-layer-lrs",
-        help="layer-wise rates: one per hidden layer then the output layer, comma-separated "
-        "(default: --fnn-lr for all)",
-    )
-    _setting(
-        p,
-        "pretrain",
-        defaults,
-        "pre-train the tanh layers as RBMs (CD-k) on the FM-initialized input",
-    )
-    _setting(p, "rbm_epochs", defaults, "per layer")
-    _setting(p, "rbm_lr", defaults, "RBM learning rate")
-    _setting(p, "rbm_k", defaults, "Gibbs steps of CD-k")
+    for setting, help in _TRAINING_SETTINGS:
+        if setting == "hidden":
+            p.add_argument("--hidden", default=",".join(map(str, defaults.hidden)), help=help)
+        elif setting == "fnn_layer_lrs":
+            p.add_argument("--fnn-layer-lrs", help=help)
+        elif setting.endswith("_optimizer") and setting != "fnn_layer_optimizer":
+            _add_row_update_options(p, setting.removesuffix("_optimizer"), help, defaults)
+        else:
+            _setting(p, setting, defaults, help)
     p.add_argument(
         "--config",
         help="training settings from a JSON file (best.json of `fnn-fast tune`); flags given "

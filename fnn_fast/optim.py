@@ -176,6 +176,14 @@ class RowUpdate:
     def resolved_eps(self) -> float:
         return self.eps if self.eps is not None else default_eps(self.kind)
 
+    def optimizer(self, params) -> SparseRowOptimizer:
+        """The same rule as an optimizer, for tables whose update is not fused (the reference
+        backend gives them sparse gradients)."""
+        return SparseRowOptimizer(
+            params, self.kind, lr=self.lr, weight_decay=self.weight_decay, eps=self.eps,
+            betas=self.betas, initial_accumulator_value=self.initial_accumulator_value,
+        )  # fmt: skip
+
     def hparams(self) -> torch.Tensor:
         """[lr, weight_decay, eps, beta1, beta2] as the kernels read them."""
         return torch.tensor(

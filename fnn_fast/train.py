@@ -31,7 +31,7 @@ from fnn_fast.checkpoint import (
 )
 from fnn_fast.metrics import log_loss, roc_auc
 from fnn_fast.modules import FM, FNN
-from fnn_fast.optim import RowUpdate, SparseRowOptimizer
+from fnn_fast.optim import RowUpdate
 from fnn_fast.rbm import pretrain_tanh_layers
 
 if TYPE_CHECKING:
@@ -89,6 +89,15 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def row_update(self, stage: str) -> RowUpdate:
+        """The sparse rule that updates a stage's table rows: the FM's ("fm") or the FNN's
+        embedding ("fnn")."""
+        if stage == "fm":
+            return RowUpdate(self.fm_optimizer, self.fm_lr, self.fm_weight_decay,
+                             initial_accumulator_value=self.fm_initial_accumulator)  # fmt: skip
+        return RowUpdate(self.fnn_optimizer, self.fnn_embedding_lr, self.fnn_weight_decay,
+                         initial_accumulator_value=self.fnn_initial_accumulator)  # fmt: skip
 
 
 @dataclass
@@ -642,17 +651,20 @@ def base_rate_logit(split: Split) -> float:
     return math.log(rate / (1 - rate))
 
 
+def _stage_settings(config: TrainConfig, stage: str) -> dict:
+    """fit's settings that a stage ("fm" or "fnn") takes from the config."""
+    return {
+        "epochs": getattr(config, f"{stage}_epochs"), "batch_size": config.batch_size,
+        "patience": config.patience, "stage": stage,
+        "early_stopping": getattr(config, f"{stage}_early_stopping"),
+    }  # fmt: skip
+
+
 def train_fm(
-    train: Split,
-    valid: Split | None,
-    num_features: int,
-    config: TrainConfig,
-    slot_names=None,
-    progress: bool = True,
-    checkpoint: Checkpointer | None = None,
-    device: str | torch.device = "cpu",
-    ranks: Ranks | None = None,
-) -> tuple[FM, list[dict]]:
+    train: Split, valid: Split | None, num_features: int, config: TrainConfig, slot_names=None,
+    progress: bool = True, checkpoint: Checkpointer | None = None,
+    device: str | torch.device = "cpu", ranks: Ranks | None = None,
+) -> tuple[FM, list[dict]]:  # fmt: skip
     """Stage 1: an FM trained with sparse row updates, on ``device`` (``checkpoint``: see
     :func:`fit`). With ``ranks``, each rank builds its rows of the FM one process builds and
     trains them (:class:`fnn_fast.distributed.ShardedFM`); the best FM is returned sharded."""
@@ -670,36 +682,14 @@ def train_fm(
     fm.to(device)
     # The native kernels apply the table's update inside backward; on the reference backend the
     # table gets a sparse gradient and the optimizer below applies the same rule.
-    fm.fuse_update(
-        RowUpdate(
-            config.fm_optimizer, config.fm_lr, config.fm_weight_decay,
-            initial_accumulator_value=config.fm_initial_accumulator,
-        )
-    )  # fmt: skip
-    optimizer = SparseRowOptimizer(
-        fm.parameters(),
-        config.fm_optimizer,
-        lr=config.fm_lr,
-        weight_decay=config.fm_weight_decay,
-        initial_accumulator_value=config.fm_initial_accumulator,
-    )
+    rule = config.row_update("fm")
+    fm.fuse_update(rule)
+    optimizer = rule.optimizer(fm.parameters())
     history = fit(
-        fm,
-        [optimizer],
-        train,
-        valid,
-        epochs=config.fm_epochs,
-        batch_size=config.batch_size,
-        patience=config.patience,
-        early_stopping=config.fm_early_stopping,
-        seed=config.seed,
-        name="FM",
-        progress=progress,
+        fm, [optimizer], train, valid, **_stage_settings(config, "fm"), seed=config.seed,
+        name="FM", progress=progress, checkpoint=checkpoint, ranks=ranks,
         rate_hint=f"--fm-lr (now {config.fm_lr:g}, rule {config.fm_optimizer})",
-        checkpoint=checkpoint,
-        stage="fm",
-        ranks=ranks,
-    )
+    )  # fmt: skip
     if ranks is not None:  # the row state is done with: stage 2 starts from the shards
         fm.fuse_update(None)
     return fm, history
@@ -736,13 +726,7 @@ def build_fnn(fm: FM | None, num_features: int, slot_fields, config: TrainConfig
 
 def fnn_optimizers(fnn: FNN, config: TrainConfig) -> list[torch.optim.Optimizer]:
     """Layer-wise learning rates: the embedding (sparse rows) gets its own, smaller rate."""
-    embedding = SparseRowOptimizer(
-        fnn.embedding_parameters(),
-        config.fnn_optimizer,
-        lr=config.fnn_embedding_lr,
-        weight_decay=config.fnn_weight_decay,
-        initial_accumulator_value=config.fnn_initial_accumulator,
-    )
+    embedding = config.row_update("fnn").optimizer(fnn.embedding_parameters())
     if config.fnn_layer_optimizer not in LAYER_OPTIMIZERS:
         raise ValueError(
             f"fnn_layer_optimizer must be one of {list(LAYER_OPTIMIZERS)}, "
@@ -782,18 +766,11 @@ def pretrain_rbm(fnn: FNN, train: Split, config: TrainConfig, progress: bool = T
 
 
 def train_fnn(
-    train: Split,
-    valid: Split | None,
-    fm: FM | None,
-    num_features: int,
-    slot_fields,
-    config: TrainConfig,
-    slot_names=None,
-    progress: bool = True,
-    checkpoint: Checkpointer | None = None,
-    device: str | torch.device = "cpu",
+    train: Split, valid: Split | None, fm: FM | None, num_features: int, slot_fields,
+    config: TrainConfig, slot_names=None, progress: bool = True,
+    checkpoint: Checkpointer | None = None, device: str | torch.device = "cpu",
     ranks: Ranks | None = None,
-) -> tuple[FNN | None, list[dict]]:
+) -> tuple[FNN | None, list[dict]]:  # fmt: skip
     """Stage 2: an FNN, from the FM's embedding (or a random one), fine-tuned end to end on
     ``device``. With ``ranks`` (``fm`` sharded), each rank builds its rows of the FNN one
     process builds and trains them; with RBM pre-training the FNN is built whole (the FM
@@ -819,12 +796,7 @@ def train_fnn(
     fnn.to(device)
     with torch.no_grad():
         fnn.output.bias.fill_(base_rate_logit(train))
-    fnn.fuse_update(
-        RowUpdate(
-            config.fnn_optimizer, config.fnn_embedding_lr, config.fnn_weight_decay,
-            initial_accumulator_value=config.fnn_initial_accumulator,
-        )
-    )  # fmt: skip
+    fnn.fuse_update(config.row_update("fnn"))
     resuming = checkpoint is not None and checkpoint.resumed is not None
     if config.pretrain == "rbm" and not resuming:  # a resumed stage loads the trained layers
         pretrain_rbm(fnn, train, config, progress and (ranks is None or ranks.main))
@@ -838,32 +810,16 @@ def train_fnn(
         del full  # each rank keeps its rows only
         if config.pretrain == "rbm" and not resuming:  # pre-trained on the rank's rows
             fnn.broadcast_dense()  # (all of them, or its share): rank 0's layers for all
-        fnn.fuse_update(
-            RowUpdate(
-                config.fnn_optimizer, config.fnn_embedding_lr, config.fnn_weight_decay,
-                initial_accumulator_value=config.fnn_initial_accumulator,
-            )
-        )  # fmt: skip
+        fnn.fuse_update(config.row_update("fnn"))
     history = fit(
-        fnn,
-        fnn_optimizers(fnn, config),
-        train,
-        valid,
-        epochs=config.fnn_epochs,
-        batch_size=config.batch_size,
-        patience=config.patience,
-        early_stopping=config.fnn_early_stopping,
-        seed=config.seed + 1,
-        name="FNN" if config.fnn_init == "fm" else "FNN(random)",
-        progress=progress,
+        fnn, fnn_optimizers(fnn, config), train, valid, **_stage_settings(config, "fnn"),
+        seed=config.seed + 1, name="FNN" if config.fnn_init == "fm" else "FNN(random)",
+        progress=progress, checkpoint=checkpoint, ranks=ranks,
         rate_hint=(
             f"--fnn-embedding-lr (now {config.fnn_embedding_lr:g}, rule {config.fnn_optimizer}) "
             f"or --fnn-lr (now {config.fnn_lr:g})"
         ),
-        checkpoint=checkpoint,
-        stage="fnn",
-        ranks=ranks,
-    )
+    )  # fmt: skip
     if ranks is not None:
         fnn = fnn.to_fnn(0)
     return fnn, history

@@ -240,22 +240,40 @@ class _FbgemmInferenceModel(Trainable):
             return torch.sigmoid(self.layers.eval()(rows, self.w0))
 
 
-class FbgemmInference(Contender):
-    """FBGEMM's inference TBE, for the scoring cases: FM forward, the FNN's input, scoring."""
+class _CpuVariant(Contender):
+    """A peer measured on CPU only, in variants named ``prefix-variant``."""
 
     kind = "peer"
+    prefix = ""
+    off_cpu = "measured here on CPU only"
+
+    def __init__(self, variant: str):
+        self.variant = variant
+        self.name = f"{self.prefix}-{variant}"
+
+    def unavailable(self, device):
+        return self.off_cpu if device != "cpu" else self.missing()
+
+    def missing(self) -> str | None:
+        """Why the peer cannot run here (a package missing), None when it can."""
+        raise NotImplementedError
+
+
+class FbgemmInference(_CpuVariant):
+    """FBGEMM's inference TBE, for the scoring cases: FM forward, the FNN's input, scoring;
+    ``variant``: the weights' precision, fp32 or fp16."""
+
+    prefix = "fbgemm-infer"
     layouts = ("field_major_int32",)
     ops = frozenset({"fm_forward", "fnn_fields_forward"})
     models = frozenset({"fm", "fnn"})
     trains = False
 
-    def __init__(self, precision: str):
-        self.precision = precision
-        self.name = f"fbgemm-infer-{precision}"
+    @property
+    def precision(self) -> str:
+        return self.variant
 
-    def unavailable(self, device):
-        if device != "cpu":
-            return "measured here on CPU only"
+    def missing(self):
         return reason_if_missing(
             _FBGEMM_INFERENCE, _FBGEMM_COMMON, _FBGEMM_CONFIGS, install=_FBGEMM_INSTALL
         )
@@ -289,7 +307,21 @@ class FbgemmInference(Contender):
         return self._op(case, data, fm=False)
 
 
-class _TorchFMModel(Scored):
+class _ModuleOnLocalIds(Scored):
+    """A peer's own nn.Module on local ids: scored in eval mode, trained a step with its loss
+    (``self.module``, ``self.loss``, ``self.optimizers``, set by the subclass)."""
+
+    def score(self, batch):
+        self.module.eval()
+        with torch.inference_mode():
+            return self.module(batch.local_ids)
+
+    def train_step(self, batch):
+        self.module.train()
+        zero_step(self.optimizers, lambda: self.loss(self.module(batch.local_ids), batch.labels))
+
+
+class _TorchFMModel(_ModuleOnLocalIds):
     """pytorch-fm's models output probabilities; its examples train them with BCELoss and
     Adam."""
 
@@ -308,16 +340,7 @@ class _TorchFMModel(Scored):
 
         self.optimizers = [torch.optim.Adam(self.module.parameters(), **TORCHFM_ADAM)]
 
-    def score(self, batch):
-        self.module.eval()
-        with torch.inference_mode():
-            return self.module(batch.local_ids)
-
-    def train_step(self, batch):
-        self.module.train()
-        probabilities = lambda: self.module(batch.local_ids)  # noqa: E731
-        zero_step(self.optimizers, lambda: nn.functional.binary_cross_entropy(
-            probabilities(), batch.labels))  # fmt: skip
+        self.loss = nn.functional.binary_cross_entropy  # of its probabilities
 
 
 class TorchFM(Contender):
@@ -398,7 +421,7 @@ class TorchSparse(Contender):
         return _TorchSparseModel(self.rule, model, spec)
 
 
-class _DeepCTRModel(Scored):
+class _DeepCTRModel(_ModuleOnLocalIds):
     def __init__(self, variant: str, spec: ModelSpec):
         from fnn_fast.peers import PEERS
 
@@ -407,31 +430,17 @@ class _DeepCTRModel(Scored):
         self.module, self.loss = setup.model.to(spec.device), setup.loss
         self.optimizers = [setup.optimizer]
 
-    def score(self, batch):
-        self.module.eval()
-        with torch.no_grad():
-            return self.module(batch.local_ids)
 
-    def train_step(self, batch):
-        self.module.train()
-        zero_step(self.optimizers, lambda: self.loss(self.module(batch.local_ids), batch.labels))
-
-
-class DeepCTR(Contender):
+class DeepCTR(_CpuVariant):
     """DeepCTR-Torch's models at the case's batch size, with the optimizer, loss, network and
     L2 of its quick start (fnn_fast.peers, as ``fnn-fast compare`` runs them)."""
 
-    kind = "peer"
+    prefix = "deepctr"
+    off_cpu = "fnn_fast.peers builds DeepCTR-Torch's models on CPU"
     layouts = ("local_ids",)
     models = frozenset({"fnn"})
 
-    def __init__(self, variant: str):
-        self.variant = variant
-        self.name = f"deepctr-{variant}"
-
-    def unavailable(self, device):
-        if device != "cpu":
-            return "fnn_fast.peers builds DeepCTR-Torch's models on CPU"
+    def missing(self):
         from fnn_fast.peers import missing_reason
 
         return missing_reason(self.name)
