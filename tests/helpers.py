@@ -17,7 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
+import fnn_fast
 from fnn_fast.cli import main
 from fnn_fast.data.synthetic import plant_model
 from fnn_fast.data.synthetic import write_libfm as write_planted_libfm
@@ -47,12 +50,14 @@ def require_module(module: str, extra: str):
         pytest.skip(f"{module} is not installed ({error}): pip install 'fnn-fast[{extra}]'")
 
 
-def planted_libfm_files(folder: Path, cardinality: int) -> dict:
-    """train (3000 rows) and test (800 rows) libFM files over five fields of ``cardinality``
-    features each, labelled by a planted FM with a non-linear term."""
+def planted_libfm_files(
+    folder: Path, cardinality: int, splits=(("train", 3000), ("test", 800))
+) -> dict:
+    """libFM files (``splits``: name and rows of each, the i-th drawn with seed i) over five
+    fields of ``cardinality`` features each, labelled by a planted FM with a non-linear term."""
     truth = plant_model((cardinality,) * 5, num_factors=3, nonlinear=1.0, seed=0)
     paths = {}
-    for seed, (name, rows) in enumerate((("train", 3000), ("test", 800))):
+    for seed, (name, rows) in enumerate(splits):
         sample = truth.sample(rows, seed=seed).rows
         paths[name] = folder / f"{name}.libfm"
         write_planted_libfm(paths[name], sample.labels, sample.keys)
@@ -141,3 +146,29 @@ def cli_scores(model, rows, out, *extra) -> np.ndarray:
     assert main(["score", "--model", str(model), "--input", str(rows), "--output", str(out),
                  "--no-progress", *extra]) == 0  # fmt: skip
     return np.load(out)
+
+
+def train_reference_and_native(make_model, rule, batches) -> dict:
+    """The same model trained on ``batches`` by the reference ops (a sparse table gradient,
+    then ``rule``'s optimizer) and by the native kernels' fused backward and update (the
+    table's .grad stays None); the layers by SGD. backend -> (model, table optimizer)."""
+    models = {}
+    for backend in ("reference", "native"):
+        torch.manual_seed(0)
+        model = make_model()
+        with fnn_fast.use_backend(backend):
+            if backend == "native":
+                model.fuse_update(rule)
+            table_optimizer = rule.optimizer([model.table])
+            dense = [p for n, p in model.named_parameters() if n != "table"]
+            dense_optimizer = torch.optim.SGD(dense, lr=0.05)
+            for ids, values, labels in batches:
+                table_optimizer.zero_grad()
+                dense_optimizer.zero_grad()
+                F.binary_cross_entropy_with_logits(model(ids, values), labels).backward()
+                if backend == "native":
+                    assert model.table.grad is None  # the update happened inside backward
+                table_optimizer.step()
+                dense_optimizer.step()
+        models[backend] = (model, table_optimizer)
+    return models

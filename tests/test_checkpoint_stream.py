@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import planted_libfm_files
 
 from fnn_fast.data import FeatureEncoder, Schema
 from fnn_fast.data.cache import ensure_entry, open_rows
-from fnn_fast.data.synthetic import plant_model, write_libfm
 from fnn_fast.stream import CacheStream, entry_columns
 from fnn_fast.train import Split, TrainConfig, train_two_stage
 
@@ -26,12 +26,7 @@ STREAM = ["--stream", "--stream-chunk-rows", "100", "--shuffle-buffer", "700"]
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data")
-    truth = plant_model((20,) * 5, num_factors=3, nonlinear=1.0, seed=0)
-    paths = {}
-    for seed, (name, rows) in enumerate((("train", 3000), ("valid", 800), ("test", 800))):
-        sample = truth.sample(rows, seed=seed).rows
-        paths[name] = folder / f"{name}.libfm"
-        write_libfm(paths[name], sample.labels, sample.keys)
+    paths = planted_libfm_files(folder, 20, (("train", 3000), ("valid", 800), ("test", 800)))
     paths["cache"] = folder / "cache"
     return paths
 

@@ -16,10 +16,10 @@ import pyarrow.csv
 import pyarrow.parquet as pq
 import pytest
 import torch
-import torch.nn.functional as F
+from helpers import train_reference_and_native
 
 import fnn_fast
-from fnn_fast import FM, FNN, SparseRowOptimizer
+from fnn_fast import FM, FNN
 from fnn_fast.cli import main
 from fnn_fast.data import DataError, FeatureEncoder, HashedEncoder, Schema, read_rows
 from fnn_fast.data.bags import BagSpec, parse_multi_valued
@@ -367,32 +367,6 @@ def test_cuda_models_pool_bags_as_the_reference(pooling):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def train_both(make_model, rule: RowUpdate, batches):
-    """The model trained a few steps by the reference ops (sparse gradient, then the row
-    optimizer) and by the native kernels' fused backward + update."""
-    trained = {}
-    for backend in ("reference", "native"):
-        torch.manual_seed(0)
-        model = make_model()
-        fnn_fast.set_backend(backend)
-        try:
-            if backend == "native":
-                model.fuse_update(rule)
-            rows = SparseRowOptimizer([model.table], rule.kind, lr=rule.lr)
-            dense = torch.optim.SGD([p for n, p in model.named_parameters() if n != "table"],
-                                    lr=0.05)  # fmt: skip
-            for ids, values, labels in batches:
-                rows.zero_grad()
-                dense.zero_grad()
-                F.binary_cross_entropy_with_logits(model(ids, values), labels).backward()
-                rows.step()
-                dense.step()
-        finally:
-            fnn_fast.set_backend("auto")
-        trained[backend] = model
-    return trained["reference"], trained["native"]
-
-
 @pytest.mark.skipif(not cpu.available(), reason="fnn_fast._C was not built")
 @pytest.mark.parametrize("kind", ["sgd", "adagrad"])
 @pytest.mark.parametrize("model_kind", ["fm", "fnn"])
@@ -410,7 +384,8 @@ def test_fused_training_on_bags_matches_the_reference(kind, model_kind):
             return FM(50, 4, init_std=0.3)
         return FNN(50, len(widths), 4, hidden=(8,), slot_fields=slot_fields, init_std=0.3)
 
-    ref, nat = train_both(make, rule, batches)
+    models = train_reference_and_native(make, rule, batches)
+    (ref, _), (nat, _) = models["reference"], models["native"]
     torch.testing.assert_close(nat.table, ref.table, atol=2e-5, rtol=1e-4)
     for (name, a), (_, b) in zip(ref.named_parameters(), nat.named_parameters(), strict=True):
         torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4, msg=name)

@@ -4,6 +4,7 @@ optimizer states after several steps), torch.library registration and torch.comp
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import train_reference_and_native
 
 import fnn_fast
 from fnn_fast import FM, FNN, SparseRowOptimizer
@@ -67,36 +68,6 @@ def test_fnn_fields_multi_valued_fields():
     torch.testing.assert_close(z, expected)
 
 
-def train_pair(make_model, rule: RowUpdate, steps, batches):
-    """The same model trained by the reference (sparse grad + SparseRowOptimizer) and by the
-    fused native kernels; returns both after `steps` steps."""
-    models = {}
-    for backend in ("reference", "native"):
-        torch.manual_seed(0)
-        model = make_model()
-        fnn_fast.set_backend(backend)
-        try:
-            if backend == "native":
-                model.fuse_update(rule)
-            table_optimizer = SparseRowOptimizer(
-                [model.table], rule.kind, lr=rule.lr, weight_decay=rule.weight_decay
-            )
-            dense = [p for n, p in model.named_parameters() if n != "table"]
-            dense_optimizer = torch.optim.SGD(dense, lr=0.05)
-            for ids, values, labels in batches[:steps]:
-                table_optimizer.zero_grad()
-                dense_optimizer.zero_grad()
-                F.binary_cross_entropy_with_logits(model(ids, values), labels).backward()
-                if backend == "native":
-                    assert model.table.grad is None  # the update happened inside backward
-                table_optimizer.step()
-                dense_optimizer.step()
-        finally:
-            fnn_fast.set_backend("auto")
-        models[backend] = (model, table_optimizer)
-    return models
-
-
 def compare_states(models, rule):
     ref_model, ref_optimizer = models["reference"]
     nat_model, _ = models["native"]
@@ -136,7 +107,7 @@ def test_fm_fused_update_matches_reference(kind, slots, factors, with_values):
     rule = RowUpdate(kind, lr=0.1 if kind != "adam" else 0.01, weight_decay=0.01)
     batches = [batch_of(24, slots, 60, seed=s, with_values=with_values) for s in range(4)]
     batches.append(batch_of(1, slots, 60, seed=9))  # batch of one
-    models = train_pair(lambda: FM(60, factors, init_std=0.3), rule, 5, batches)
+    models = train_reference_and_native(lambda: FM(60, factors, init_std=0.3), rule, batches[:5])
     compare_states(models, rule)
 
 
@@ -150,7 +121,7 @@ def test_fnn_fused_update_matches_reference(kind, factors, slot_fields):
     def make():
         return FNN(40, 4, factors, hidden=(8, 5), slot_fields=slot_fields, init_std=0.3)
 
-    compare_states(train_pair(make, rule, 4, batches), rule)
+    compare_states(train_reference_and_native(make, rule, batches[:4]), rule)
 
 
 def test_empty_batch_trains_nothing():
@@ -279,14 +250,16 @@ def test_large_batch_update_is_the_reference_and_thread_independent(kind):
 
     rule = RowUpdate(kind, lr=0.05 if kind != "adam" else 0.01)
     batches = [batch_of(700, 39, 5000, seed=s, with_values=False) for s in range(2)]
-    models = train_pair(lambda: FM(5000, 10, init_std=0.3), rule, 2, batches)
+    models = train_reference_and_native(lambda: FM(5000, 10, init_std=0.3), rule, batches[:2])
     compare_states(models, rule)
     threads = _C.num_threads()
     tables = []
     try:
         for count in (1, 2, 3):
             _C.set_num_threads(count)
-            tables.append(train_pair(lambda: FM(5000, 10, init_std=0.3), rule, 2, batches))
+            tables.append(
+                train_reference_and_native(lambda: FM(5000, 10, init_std=0.3), rule, batches[:2])
+            )
     finally:
         _C.set_num_threads(threads)
     for other in tables[1:]:

@@ -16,10 +16,10 @@ import time
 
 import numpy as np
 import pytest
+from helpers import planted_libfm_files
 
 from fnn_fast.cli import main
 from fnn_fast.data import DataError
-from fnn_fast.data.synthetic import plant_model, write_libfm
 from fnn_fast.saved import load_model
 
 FAST = [
@@ -32,12 +32,7 @@ FAST = [
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("torchrun")
-    truth = plant_model((20,) * 5, num_factors=3, nonlinear=1.0, seed=0)
-    paths = {}
-    for seed, (name, rows) in enumerate((("train", 2000), ("test", 500), ("valid", 300))):
-        sample = truth.sample(rows, seed=seed).rows
-        paths[name] = folder / f"{name}.libfm"
-        write_libfm(paths[name], sample.labels, sample.keys)
+    paths = planted_libfm_files(folder, 20, (("train", 2000), ("test", 500), ("valid", 300)))
     return paths
 
 
