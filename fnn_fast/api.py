@@ -37,7 +37,7 @@ from fnn_fast.data import (
 from fnn_fast.data.cache import _some_rows
 from fnn_fast.data.errors import BadLines
 from fnn_fast.data.parquet import read_arrow_table
-from fnn_fast.saved import FORMAT_VERSION, SavedModel, load_model, save_run
+from fnn_fast.saved import SavedModel, load_model, model_config, save_run
 from fnn_fast.stream import CHUNK_ROWS, WINDOW_CHUNKS
 from fnn_fast.train import Split, TrainConfig, TwoStageResult, resolve_device, train_two_stage
 
@@ -259,7 +259,8 @@ def fit(
     }
     model = TrainedModel(
         result.fm, result.fnn, encoder, schema,
-        _config_json(result, encoder, schema, config), metrics, result.history,
+        model_config(result.fm, result.fnn, encoder, schema, config.to_dict()), metrics,
+        result.history,
         _Report(
             test_split if test_split is not None else valid_split,
             "test" if test_split is not None else "validation",
@@ -679,18 +680,6 @@ class _Run:
 
 
 # --- what the run records -------------------------------------------------------------------
-
-
-def _config_json(result, encoder, schema: Schema, config: TrainConfig) -> dict:
-    """config.json's content, as saved.save_model writes it."""
-    return {
-        "format_version": FORMAT_VERSION,
-        "fm": result.fm.config(),
-        "fnn": None if result.fnn is None else result.fnn.config(),
-        "schema": schema.to_dict(),
-        "encoder": encoder.spec(),
-        "train": config.to_dict(),
-    }
 
 
 def data_description(inputs: dict, schema: Schema | None = None) -> dict:

@@ -500,7 +500,9 @@ def _train_on_ranks(args, ranks, device, every=(None, None)) -> int:
         },  # fmt: skip
         report_split=test if test is not None else valid,
         split_name="test" if test is not None else "validation",
-        data=_data_paths(args),
+        data=api.data_description(
+            {n: getattr(args, n) for n in ("train", "valid", "test")}, schema
+        ),
     )
     if checkpoint is None:
         with writing_directory(args.out, args.overwrite, "model") as out:
@@ -534,12 +536,6 @@ def _cmd_train(args) -> int:
     _print_metrics(model.metrics)
     print(f"model written to {args.out} (report: {Path(args.out) / 'report.html'})")
     return 0
-
-
-def _data_paths(args) -> dict:
-    """The report's record of the input files (absolute paths)."""
-    names = ("train", "valid", "test", "featindex")
-    return {name: str(Path(getattr(args, name)).resolve()) for name in names if getattr(args, name)}
 
 
 _encoder_metrics = api.encoder_metrics
@@ -617,17 +613,12 @@ def _synthetic_splits(rows: int, seed: int):
 
 
 def _load(args):
-    from fnn_fast.saved import load_model
-
-    saved = load_model(args.model)
-    schema = saved.schema
-    if schema is None:
+    """The model directory --model names, and its input schema (a featindex path in it
+    resolved against the directory)."""
+    model = api.load(args.model)
+    if model.schema is None:
         raise SystemExit(f"{args.model}: the model has no input schema; it cannot read files")
-    if schema.featindex and not Path(schema.featindex).is_absolute():
-        schema = Schema.from_dict(
-            {**schema.to_dict(), "featindex": str(Path(args.model) / schema.featindex)}
-        )
-    return saved, schema
+    return model, model.schema
 
 
 def cmd_evaluate(args) -> int:

@@ -42,6 +42,19 @@ class SavedModel:
         raise ValueError(f"this model directory holds no {which!r} model")
 
 
+def model_config(fm: FM, fnn: FNN | None, encoder, schema: Schema | None, train_config) -> dict:
+    """config.json's content: the modules' configs, the input schema, the encoder's spec and
+    the training config (a dict)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "fm": fm.config(),
+        "fnn": None if fnn is None else fnn.config(),
+        "schema": None if schema is None else schema.to_dict(),
+        "encoder": encoder.spec(),  # informative: encoder/ is what scoring reads
+        "train": train_config,
+    }
+
+
 def save_model(
     directory,
     fm: FM,
@@ -56,14 +69,7 @@ def save_model(
     if fnn is not None:
         tensors.update({f"fnn.{k}": v.detach().contiguous() for k, v in fnn.state_dict().items()})
     save_file(tensors, directory / "model.safetensors")
-    config = {
-        "format_version": FORMAT_VERSION,
-        "fm": fm.config(),
-        "fnn": None if fnn is None else fnn.config(),
-        "schema": None if schema is None else schema.to_dict(),
-        "encoder": encoder.spec(),  # informative: encoder/ is what scoring reads
-        "train": train_config,
-    }
+    config = model_config(fm, fnn, encoder, schema, train_config)
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     encoder.save(directory / "encoder")
     return directory
