@@ -48,6 +48,7 @@ CHOICES = {
     "fm_optimizer": ("sgd", "adagrad", "rowwise_adagrad", "adam"),
     "fnn_optimizer": ("sgd", "adagrad", "rowwise_adagrad", "adam"),
     "fnn_init": ("fm", "random"),
+    "fnn_layer_init": ("fm", "glorot"),
     "activation": ("tanh", "relu", "sigmoid", "gelu"),
     "fnn_layer_optimizer": ("adam", "sgd"),
     "pretrain": ("none", "rbm"),

@@ -94,6 +94,7 @@ def _config_from_args(args) -> TrainConfig:
         fm_weight_decay=args.fm_weight_decay,
         fnn_epochs=args.fnn_epochs,
         fnn_init=args.fnn_init,
+        fnn_layer_init=args.fnn_layer_init,
         hidden=[int(h) for h in args.hidden.split(",") if h],
         activation=args.activation,
         dropout=args.dropout,
@@ -761,6 +762,8 @@ _TRAINING_SETTINGS = (
     ("fm_optimizer", "the FM's"),
     ("fnn_epochs", "stage 2, at most"),
     ("fnn_init", "the FNN's embedding: from the FM, or random (the baseline)"),
+    ("fnn_layer_init", "the tanh layers' start on an FM embedding: fm (the network computes "
+                       "the FM's function before its first step) or glorot (random)"),
     ("hidden", "hidden layer sizes, comma-separated"),
     ("activation", "hidden layers"),
     ("dropout", "hidden layers"),

@@ -21,6 +21,7 @@ VARIANTS = {
     "fm": "FM",
     "fnn_random": "FNN, random embedding",
     "fnn": "FNN from FM",
+    "fnn_glorot": "FNN from FM, random layers (the paper's start)",
     "fnn_rbm": "FNN from FM + RBM pre-training",
     "fnn_single_lr": "FNN from FM, one learning rate",
 }
@@ -80,6 +81,7 @@ def run_compare(
         fnn_variants = {
             "fnn_random": replace(seeded, fnn_init="random"),
             "fnn": seeded,
+            "fnn_glorot": replace(seeded, fnn_layer_init="glorot"),
             "fnn_rbm": replace(seeded, pretrain="rbm"),
             # One optimizer and one rate for the embedding and every layer.
             "fnn_single_lr": replace(seeded, fnn_optimizer="adam",

@@ -303,3 +303,143 @@ def fnn_head(fields: torch.Tensor, w0, hidden_layers: nn.Sequential, output) -> 
     if first is not output:
         out = output(hidden_layers[1:](out))
     return out.squeeze(-1)
+
+
+# The FM's function through tanh layers (layer_init="fm"): a pair of units with opposite inputs
+# around a bias a gives tanh(a + u) + tanh(a - u) - 2 tanh(a) = c u^2 + O(u^4), with
+# c = -2 t (1 - t^2), t = tanh(a), largest at t = 1 / sqrt(3).
+_SQUARE_T = 1.0 / math.sqrt(3.0)
+_SQUARE_BIAS = math.atanh(_SQUARE_T)
+_SQUARE_GAIN = -2.0 * _SQUARE_T * (1.0 - _SQUARE_T**2)
+FM_START_SPREAD = 0.25
+
+
+def fm_start_units(num_factors: int) -> int:
+    """Units of the first hidden layer that carry the FM's function (layer_init="fm")."""
+    return 1 + 2 * num_factors
+
+
+def fm_start_unfit(fnn) -> str | None:
+    """Why ``fnn`` cannot start as its FM's function (layer_init="fm"), or None if it can."""
+    linears = [m for m in fnn.hidden_layers if isinstance(m, nn.Linear)]
+    if fnn.activation != "tanh":
+        return f"it needs tanh hidden layers, not {fnn.activation}"
+    if not linears:
+        return "it needs a hidden layer"
+    if linears[0].out_features < fm_start_units(fnn.num_factors):
+        return (f"its first hidden layer needs at least 1 + 2K = "
+                f"{fm_start_units(fnn.num_factors)} units, not {linears[0].out_features}")
+    return None
+
+
+@torch.no_grad()
+def start_as_fm(fnn, fm, batches, reduce=None, spread: float | None = None) -> None:
+    """Set the FNN's tanh layers so that, before any step, it computes (nearly) ``fm``'s logit
+    (it must be built from ``fm``: :meth:`FNN.from_fm`); every other unit keeps its random
+    weights and starts silent (its output weight is zero), to be trained in. The FNN then
+    fine-tunes from the FM's function instead of from a random function of the FM's
+    embedding, which on small click logs started worse than the FM and stayed there.
+
+    The FM's logit for 0/1 feature values is w0 + sum_f w_f + sum_k s_k^2 / 2 with
+    s_k = sum_f v_fk (z's k-th factor column summed over the fields), once each row's w has
+    absorbed the pairwise sum's diagonal: w -= |v|^2 / 2 (exact for values 0 and 1, an
+    approximation for other values). In the first hidden layer, unit 0 reads the linear part
+    (w columns, and mu_k s_k for the squares' cross terms), and units 2k+1, 2k+2 read
+    +-(s_k - mu_k) around the bias where tanh is most curved, their sum minus a constant being
+    (s_k - mu_k)^2 up to a known factor. Unit 0 of the second layer adds them up, unit 0 of
+    the layers above passes the sum on, and the output reads it; each quantity is scaled so
+    its spread in tanh is ``spread``, where tanh is nearly linear (and monotone throughout).
+    ``batches()`` yields (ids, values) of training rows; the means and spreads come from them
+    (``reduce``: sums a list of tensors over the ranks, for sharded models)."""
+    spread = FM_START_SPREAD if spread is None else spread
+    reason = fm_start_unfit(fnn)
+    if reason:
+        raise ValueError(f"the FNN cannot start as the FM: {reason}")
+    linears = [m for m in fnn.hidden_layers if isinstance(m, nn.Linear)]
+    K, F = fnn.num_factors, fnn.num_fields
+    first = linears[0]
+    was_training = fnn.training, fm.training
+    fnn.eval(), fm.eval()  # no dropout while measuring
+    device = first.weight.device
+    w_cols = torch.arange(F, device=device) * (1 + K)  # in z without its w0 column
+
+    def moments(quantity):
+        count, total, squares = 0, 0.0, 0.0
+        for ids, values in batches():
+            q = quantity(ids, values).double()
+            count += q.shape[0]
+            total, squares = total + q.sum(0), squares + q.square().sum(0)
+        sums = [torch.as_tensor(float(count), dtype=torch.float64, device=device),
+                torch.as_tensor(total, device=device), torch.as_tensor(squares, device=device)]
+        if reduce is not None:
+            sums = reduce(sums)
+        mean = sums[1] / sums[0].clamp_min(1)
+        std = (sums[2] / sums[0].clamp_min(1) - mean.square()).clamp_min(0).sqrt()
+        return mean, std
+
+    seen = {}
+
+    def capture(module, args, kwargs, output):  # the first layer's input (z's field columns)
+        seen["fields"], seen["pre"] = args[0], output
+
+    hook = first.register_forward_hook(capture, with_kwargs=True)
+    try:
+        table = fnn.embedding.table if hasattr(fnn, "embedding") else fnn.table
+        table[:, 0] -= 0.5 * table[:, 1:].square().sum(1)
+
+        def parts(ids, values):  # [linear part, s_1 .. s_K]
+            fnn(ids, values)
+            fields = seen["fields"][:, : F * (1 + K)]
+            s = torch.stack([fields[:, w_cols + 1 + k].sum(1) for k in range(K)], 1)
+            return torch.cat([fields[:, w_cols].sum(1, keepdim=True), s], 1)
+
+        mean, std = moments(parts)
+        mu, linear_mean = mean[1:].float(), float(mean[0])
+        delta = (spread / std[1:].clamp_min(1e-6)).float()
+        # the spread of the linear part (w columns + mu . s), bounded by the sum of the parts'
+        eps = spread / max(float(std[0] + (mu.double().abs() * std[1:]).sum()), 1e-6)
+        first.weight[: fm_start_units(K)] = 0.0
+        first.bias[: fm_start_units(K)] = 0.0
+        # InputLinear's column 0 is z's w0 column; the fields start at column 1.
+        first.weight[0, 1 + w_cols] = eps
+        for k in range(K):
+            columns = 1 + w_cols + 1 + k
+            first.weight[0, columns] = eps * mu[k]
+            first.weight[1 + 2 * k, columns] = delta[k]
+            first.weight[2 + 2 * k, columns] = -delta[k]
+            first.bias[1 + 2 * k] = _SQUARE_BIAS - delta[k] * mu[k]
+            first.bias[2 + 2 * k] = _SQUARE_BIAS + delta[k] * mu[k]
+        first.bias[0] = -eps * (linear_mean + float((mu * mean[1:].float()).sum()))
+        # D = h_0 / eps + sum_k beta_k (h_2k+1 + h_2k+2 - 2t) ~ the FM's logit, less a constant
+        beta = 0.5 / (_SQUARE_GAIN * delta.square())
+        coef = torch.zeros(first.out_features, device=device)
+        coef[0] = 1.0 / eps
+        coef[1 : fm_start_units(K)] = beta.repeat_interleave(2)
+        const = float(-2.0 * _SQUARE_T * beta.sum())
+        if len(linears) == 1:  # the output layer sums them itself
+            fnn.output.weight[0] = coef
+            fnn.output.bias.zero_()
+        else:
+            second = linears[1]
+
+            def carried(ids, values):
+                fnn(ids, values)
+                return (torch.tanh(seen["pre"]) @ coef + const)[:, None]
+
+            d_mean, d_std = moments(carried)
+            eps2 = spread / max(float(d_std), 1e-6)
+            second.weight[0] = eps2 * coef
+            second.bias[0] = eps2 * (const - float(d_mean))
+            for layer in linears[2:]:
+                layer.weight[0] = 0.0
+                layer.weight[0, 0] = 1.0
+                layer.bias[0] = 0.0
+            fnn.output.weight[0] = 0.0  # the other units start silent
+            fnn.output.weight[0, 0] = 1.0 / eps2
+            fnn.output.bias.zero_()
+    finally:
+        hook.remove()
+    # The constants that tanh's compression leaves: the output bias matches the FM's mean logit.
+    gap, _ = moments(lambda ids, values: (fm(ids, values) - fnn(ids, values))[:, None])
+    fnn.output.bias.fill_(float(gap))
+    fnn.train(was_training[0]), fm.train(was_training[1])

@@ -30,7 +30,7 @@ from fnn_fast.checkpoint import (
     prefixed,
 )
 from fnn_fast.metrics import log_loss, roc_auc
-from fnn_fast.modules import FM, FNN
+from fnn_fast.modules import FM, FNN, fm_start_unfit, start_as_fm
 from fnn_fast.optim import RowUpdate
 from fnn_fast.rbm import pretrain_tanh_layers
 
@@ -81,6 +81,11 @@ class TrainConfig:
     fnn_layer_lrs: list[float] | None = None
     fnn_layer_weight_decay: float = 0.0  # L2 on the hidden and output layers
     fnn_init_std: float = 0.01  # embedding std when fnn_init == "random"
+    # The hidden layers' start with an FM embedding: "fm", set so that the FNN computes the
+    # FM's function before its first step (modules.start_as_fm; tanh layers only, else
+    # glorot), or "glorot", random (the paper's). Chosen on validation over four data sets:
+    # benchmarks/choose_defaults.py, README "How the defaults were chosen".
+    fnn_layer_init: str = "fm"
     # Optional RBM pre-training of the hidden layers (tanh only), layer by layer with CD-k.
     pretrain: str = "none"  # or "rbm"
     rbm_epochs: int = 1
@@ -445,6 +450,7 @@ def fit(
     checkpoint: Checkpointer | None = None,
     stage: str = "",
     ranks: Ranks | None = None,
+    measure_start: bool = False,
 ) -> list[dict]:
     """Mini-batch training with early stopping on validation AUC (``early_stopping="logloss"``:
     validation logloss; ``"auto"``: AUC or logloss as :func:`stopping_metric` decides; a
@@ -505,6 +511,47 @@ def fit(
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["rng.epoch"] = epoch_rng
         checkpoint.save(meta, tensors)
+
+    def measure(record: dict, step: int) -> float:
+        """The record's train and validation metrics, logged; returns its early-stopping score."""
+        train_metrics = evaluate(model, train.for_evaluation(), ranks)
+        record.update(train_auc=train_metrics["auc"], train_logloss=train_metrics["logloss"])
+        record.setdefault("train_loss", train_metrics["logloss"])  # the start: no steps yet
+        if valid is not None:
+            valid_metrics = evaluate(model, valid, ranks)
+            record.update(valid_auc=valid_metrics["auc"], valid_logloss=valid_metrics["logloss"])
+        history.append(record)
+        log(
+            f"{name} epoch {record['epoch']}: train auc {record['train_auc']:.4f} "
+            f"logloss {record['train_logloss']:.4f}"
+            + (
+                f" | valid auc {record['valid_auc']:.4f} logloss {record['valid_logloss']:.4f}"
+                if valid is not None
+                else ""
+            )
+            + (f" | {record['samples_per_s']:,.0f} rows/s" if record["epoch"] else " | the start")
+        )
+        if valid is None:
+            score = -record["train_loss"]
+        elif early_stopping == "logloss" or math.isnan(record["valid_auc"]):
+            # logloss by choice, or for a validation split of one class (no AUC)
+            score = -record["valid_logloss"]
+        else:
+            score = record["valid_auc"]
+        if ranks is not None:  # every rank computed it; rank 0's decides for all
+            score = ranks.broadcast(score)
+        if math.isnan(score):
+            raise TrainingDiverged(
+                name, record["epoch"], step, "the validation metric is NaN", rate_hint
+            )
+        return score
+
+    if measure_start and first_epoch == 1 and start_step == 0 and not history:
+        # The start is a function worth keeping (an FNN started as its FM): it is epoch 0,
+        # and stays the best unless training beats it on validation.
+        model.eval()
+        score = measure({"epoch": 0, "seconds": 0.0, "samples_per_s": 0.0}, 0)
+        best_score, best_state, best_epoch = score, copy.deepcopy(model.state_dict()), 0
 
     for epoch in range(first_epoch, epochs + 1):
         model.train()
@@ -571,33 +618,7 @@ def fit(
             "seconds": time.perf_counter() - started,
             "samples_per_s": seen / max(time.perf_counter() - started, 1e-9),
         }
-        train_metrics = evaluate(model, train.for_evaluation(), ranks)
-        record.update(train_auc=train_metrics["auc"], train_logloss=train_metrics["logloss"])
-        if valid is not None:
-            valid_metrics = evaluate(model, valid, ranks)
-            record.update(valid_auc=valid_metrics["auc"], valid_logloss=valid_metrics["logloss"])
-        history.append(record)
-        log(
-            f"{name} epoch {epoch}: train auc {record['train_auc']:.4f} "
-            f"logloss {record['train_logloss']:.4f}"
-            + (
-                f" | valid auc {record['valid_auc']:.4f} logloss {record['valid_logloss']:.4f}"
-                if valid is not None
-                else ""
-            )
-            + f" | {record['samples_per_s']:,.0f} rows/s"
-        )
-        if valid is None:
-            score = -record["train_loss"]
-        elif early_stopping == "logloss" or math.isnan(record["valid_auc"]):
-            # logloss by choice, or for a validation split of one class (no AUC)
-            score = -record["valid_logloss"]
-        else:
-            score = record["valid_auc"]
-        if ranks is not None:  # every rank computed it; rank 0's decides for all
-            score = ranks.broadcast(score)
-        if math.isnan(score):
-            raise TrainingDiverged(name, epoch, step, "the validation metric is NaN", rate_hint)
+        score = measure(record, step)
         if score > best_score:
             best_score, best_state, best_epoch = score, copy.deepcopy(model.state_dict()), epoch
         elif epoch - best_epoch >= patience:
@@ -765,6 +786,46 @@ def pretrain_rbm(fnn: FNN, train: Split, config: TrainConfig, progress: bool = T
     )  # fmt: skip
 
 
+FM_START_STREAM_ROWS = 1 << 20  # a streamed split's rows that start_as_fm measures
+
+
+def start_fnn_as_fm(fnn, fm, train, config: TrainConfig, ranks=None, progress=True) -> bool:
+    """fnn_layer_init="fm": the FNN's layers set to compute its FM's function, where the
+    network allows it (True); else they keep their random start, and the run says why."""
+    reason = fm_start_unfit(fnn)
+    if reason:
+        if progress and (ranks is None or ranks.main):
+            print(f"FNN: the layers start random (glorot): {reason}", file=sys.stderr)
+        return False
+    device = model_device(fnn)
+
+    def batches():  # this rank's rows, in as many calls as the rank with the most rows makes
+        local = getattr(train, "local", train)
+        if not hasattr(local, "ids"):  # streamed: the first FM_START_STREAM_ROWS rows
+            seen = 0
+            for ids, values, _ in to_device(local.batches(8192), device):
+                yield ids, values
+                seen += ids.shape[0]
+                if seen >= FM_START_STREAM_ROWS:
+                    return
+            return
+        calls = max(train.counts) if ranks is not None else len(local)
+        for start in range(0, max(calls, 1), 8192):
+            rows = slice(min(start, len(local)), min(start + 8192, len(local)))
+            values = None if local.values is None else local.values[rows].to(device)
+            yield local.ids[rows].to(device), values
+
+    reduce = None
+    if ranks is not None:
+        from fnn_fast.distributed import all_reduce_sums
+
+        def reduce(sums):
+            return all_reduce_sums(sums, ranks.group)
+
+    start_as_fm(fnn, fm, batches, reduce)
+    return True
+
+
 def train_fnn(
     train: Split, valid: Split | None, fm: FM | None, num_features: int, slot_fields,
     config: TrainConfig, slot_names=None, progress: bool = True,
@@ -798,10 +859,15 @@ def train_fnn(
         fnn.output.bias.fill_(base_rate_logit(train))
     fnn.fuse_update(config.row_update("fnn"))
     resuming = checkpoint is not None and checkpoint.resumed is not None
+    started_as_fm = False
     if config.pretrain == "rbm" and not resuming:  # a resumed stage loads the trained layers
         pretrain_rbm(fnn, train, config, progress and (ranks is None or ranks.main))
     elif config.pretrain != "none":
         raise ValueError(f"pretrain must be 'none' or 'rbm', got {config.pretrain!r}")
+    elif config.fnn_layer_init == "fm" and config.fnn_init == "fm" and not resuming:
+        started_as_fm = start_fnn_as_fm(fnn, fm, train, config, ranks, progress)
+    elif config.fnn_layer_init not in ("fm", "glorot"):
+        raise ValueError(f"fnn_layer_init must be 'fm' or 'glorot', got {config.fnn_layer_init!r}")
     if ranks is not None and config.pretrain == "rbm":
         from fnn_fast.distributed import ShardedFNN
 
@@ -814,7 +880,7 @@ def train_fnn(
     history = fit(
         fnn, fnn_optimizers(fnn, config), train, valid, **_stage_settings(config, "fnn"),
         seed=config.seed + 1, name="FNN" if config.fnn_init == "fm" else "FNN(random)",
-        progress=progress, checkpoint=checkpoint, ranks=ranks,
+        progress=progress, checkpoint=checkpoint, ranks=ranks, measure_start=started_as_fm,
         rate_hint=(
             f"--fnn-embedding-lr (now {config.fnn_embedding_lr:g}, rule {config.fnn_optimizer}) "
             f"or --fnn-lr (now {config.fnn_lr:g})"
