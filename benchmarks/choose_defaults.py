@@ -36,7 +36,15 @@ import numpy as np
 import torch
 
 from fnn_fast.data import FeatureEncoder, Schema, load_rows
-from fnn_fast.train import Split, TrainConfig, TrainingDiverged, evaluate, train_fm, train_fnn
+from fnn_fast.train import (
+    Split,
+    TrainConfig,
+    TrainingDiverged,
+    epochs_trained,
+    evaluate,
+    train_fm,
+    train_fnn,
+)
 
 DATA = Path(os.environ.get("FNN_FAST_DATA", Path(__file__).parents[1] / ".." / "shared" / "data"))
 
@@ -220,7 +228,7 @@ def run_trial(stage, config, train, valid, encoder, fm=None, judged=None, keep=N
     return {
         "valid_auc": metrics["auc"],
         "valid_logloss": metrics["logloss"],
-        "epochs": len(history),
+        "epochs": epochs_trained(history),
         "best_epoch": next(r["epoch"] for r in history if r["best"]),
         "seconds": time.perf_counter() - started,
     }

@@ -39,7 +39,14 @@ from fnn_fast.data.errors import BadLines
 from fnn_fast.data.parquet import read_arrow_table
 from fnn_fast.saved import SavedModel, load_model, model_config, save_run
 from fnn_fast.stream import CHUNK_ROWS, WINDOW_CHUNKS
-from fnn_fast.train import Split, TrainConfig, TwoStageResult, resolve_device, train_two_stage
+from fnn_fast.train import (
+    Split,
+    TrainConfig,
+    TwoStageResult,
+    epochs_trained,
+    resolve_device,
+    train_two_stage,
+)
 
 # TrainConfig settings that take one of a few words (the command's choices are these).
 CHOICES = {
@@ -700,7 +707,7 @@ def data_description(inputs: dict, schema: Schema | None = None) -> dict:
 
 def _epochs_run(result) -> int:
     """The epochs both stages ran (each trains on every training row once per epoch)."""
-    return len(result.history["fm"]) + len(result.history["fnn"])
+    return epochs_trained(result.history["fm"]) + epochs_trained(result.history["fnn"])
 
 
 def encoder_metrics(encoder) -> dict:

@@ -672,6 +672,11 @@ def base_rate_logit(split: Split) -> float:
     return math.log(rate / (1 - rate))
 
 
+def epochs_trained(history: list[dict]) -> int:
+    """The epochs a stage trained: its history less the start's record (epoch 0), if any."""
+    return sum(record["epoch"] > 0 for record in history)
+
+
 def _stage_settings(config: TrainConfig, stage: str) -> dict:
     """fit's settings that a stage ("fm" or "fnn") takes from the config."""
     return {
@@ -960,10 +965,10 @@ def train_two_stage(
             return None
         fm = fm.to(device)  # as one process: the final metrics on the device it trained on
     metrics = {
-        "fm": {**_split_metrics(fm, valid, test), "epochs": len(fm_history)},
+        "fm": {**_split_metrics(fm, valid, test), "epochs": epochs_trained(fm_history)},
         "fnn": {
             **_split_metrics(fnn, valid, test),
-            "epochs": len(fnn_history),
+            "epochs": epochs_trained(fnn_history),
             "init": config.fnn_init,
         },
     }
