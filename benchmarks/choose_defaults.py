@@ -186,6 +186,15 @@ def _planted_splits(positive_rate: float, seed: int, rows: int = 60_000, holdout
     return (*splits, encoder)
 
 
+def _synthetic_splits(seed: int, holdout: bool = False):
+    from fnn_fast.cli import _synthetic_splits as synthetic
+
+    if holdout:
+        raise ValueError("the synthetic set has no held-out part: use it with --stage fm or fnn")
+    train, valid, _, encoder = synthetic(100_000, seed)
+    return train, valid, encoder
+
+
 def data_sets(names: list[str], holdout: bool = False):
     adult = Schema(
         format="csv",
@@ -204,6 +213,9 @@ def data_sets(names: list[str], holdout: bool = False):
         "adult": lambda seed: _file_splits(DATA / "adult" / "train.csv", adult, seed, holdout),
         "planted-3": lambda seed: _planted_splits(0.03, seed, holdout=holdout),
         "planted-30": lambda seed: _planted_splits(0.30, seed, holdout=holdout),
+        # Not one of the sets the defaults are chosen on: `fnn-fast compare --synthetic`'s set
+        # (a non-linear truth a network can learn), to see what a start costs there.
+        "synthetic": lambda seed: _synthetic_splits(seed, holdout),
     }
     return {name: makers[name] for name in names}
 
