@@ -92,6 +92,9 @@ FM_CANDIDATES = {
         "fm_initial_accumulator": 0.1,
         "fm_epochs": 60,
     },
+    "factors-16": {"factors": 16},
+    "factors-32": {"factors": 32},
+    "factors-4": {"factors": 4},
     "rowwise-0.1-init0.1": {
         "fm_optimizer": "rowwise_adagrad",
         "fm_lr": 0.1,
