@@ -827,6 +827,9 @@ def start_fnn_as_fm(fnn, fm, train, config: TrainConfig, ranks=None, progress=Tr
         def reduce(sums):
             return all_reduce_sums(sums, ranks.group)
 
+    if progress and (ranks is None or ranks.main):
+        print(f"FNN: the layers start as the FM's function ({1 + 2 * fnn.num_factors} carried "
+              "units; --fnn-layer-init glorot starts them random)", file=sys.stderr)  # fmt: skip
     start_as_fm(fnn, fm, batches, reduce)
     return True
 
