@@ -145,19 +145,6 @@ def _comm_device(group, device: torch.device) -> torch.device:
     return device
 
 
-def all_reduce_sums(tensors: list[torch.Tensor], group=None) -> list[torch.Tensor]:
-    """Each tensor summed over the ranks (a list of small statistics, in one collective)."""
-    flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
-    device = flat.device
-    flat = flat.to(_comm_device(group, device))
-    dist.all_reduce(flat, group=group)
-    flat, out, at = flat.to(device), [], 0
-    for t in tensors:
-        out.append(flat[at : at + t.numel()].reshape(t.shape).to(t.dtype))
-        at += t.numel()
-    return out
-
-
 def _all_to_all(stats, kind, output, tensor, out_splits, in_splits, rank, group):
     """all_to_all_single along dim 0 with row counts; counted and timed."""
     width = math.prod(tensor.shape[1:])

@@ -327,8 +327,10 @@ def fm_start_unfit(fnn) -> str | None:
     if not linears:
         return "it needs a hidden layer"
     if linears[0].out_features < fm_start_units(fnn.num_factors):
-        return (f"its first hidden layer needs at least 1 + 2K = "
-                f"{fm_start_units(fnn.num_factors)} units, not {linears[0].out_features}")
+        return (
+            f"its first hidden layer needs at least 1 + 2K = "
+            f"{fm_start_units(fnn.num_factors)} units, not {linears[0].out_features}"
+        )
     return None
 
 
@@ -350,7 +352,7 @@ def start_as_fm(fnn, fm, batches, reduce=None, spread: float | None = None) -> N
     the layers above passes the sum on, and the output reads it; each quantity is scaled so
     its spread in tanh is ``spread``, where tanh is nearly linear (and monotone throughout).
     ``batches()`` yields (ids, values) of training rows; the means and spreads come from them
-    (``reduce``: sums a list of tensors over the ranks, for sharded models)."""
+    (``reduce``: sums a tensor over the ranks, for sharded models: ``Ranks.sums``)."""
     spread = FM_START_SPREAD if spread is None else spread
     reason = fm_start_unfit(fnn)
     if reason:
@@ -364,17 +366,19 @@ def start_as_fm(fnn, fm, batches, reduce=None, spread: float | None = None) -> N
     w_cols = torch.arange(F, device=device) * (1 + K)  # in z without its w0 column
 
     def moments(quantity):
-        count, total, squares = 0, 0.0, 0.0
+        """Mean and std over the rows of ``quantity(ids, values)`` [N, Q] (in float64)."""
+        sums = None  # [count, sum of each column, sum of each column's squares]
         for ids, values in batches():
             q = quantity(ids, values).double()
-            count += q.shape[0]
-            total, squares = total + q.sum(0), squares + q.square().sum(0)
-        sums = [torch.as_tensor(float(count), dtype=torch.float64, device=device),
-                torch.as_tensor(total, device=device), torch.as_tensor(squares, device=device)]
+            batch = torch.cat([q.new_full((1,), q.shape[0]), q.sum(0), q.square().sum(0)])
+            sums = batch if sums is None else sums + batch
+        if sums is None:
+            raise ValueError("the FNN cannot start as the FM: no training rows to measure")
         if reduce is not None:
-            sums = reduce(sums)
-        mean = sums[1] / sums[0].clamp_min(1)
-        std = (sums[2] / sums[0].clamp_min(1) - mean.square()).clamp_min(0).sqrt()
+            sums = reduce(sums).to(device)
+        count, columns = sums[0].clamp_min(1), (sums.numel() - 1) // 2
+        mean = sums[1 : 1 + columns] / count
+        std = (sums[1 + columns :] / count - mean.square()).clamp_min(0).sqrt()
         return mean, std
 
     seen = {}
@@ -384,7 +388,7 @@ def start_as_fm(fnn, fm, batches, reduce=None, spread: float | None = None) -> N
 
     hook = first.register_forward_hook(capture, with_kwargs=True)
     try:
-        table = fnn.embedding.table if hasattr(fnn, "embedding") else fnn.table
+        table = fnn.embedding_parameters()[0]  # the rows (this rank's, when sharded)
         table[:, 0] -= 0.5 * table[:, 1:].square().sum(1)
 
         def parts(ids, values):  # [linear part, s_1 .. s_K]

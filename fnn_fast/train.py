@@ -199,13 +199,18 @@ class Ranks:
         device = torch.device(device)
         if dist.get_backend(self.group) == "nccl" and device.type != "cuda":
             device = torch.device("cuda", torch.cuda.current_device())
-        return torch.tensor(values, dtype=dtype, device=device)
+        return torch.as_tensor(values, dtype=dtype, device=device)
 
     def sum(self, value: float) -> float:
         """The sum of ``value`` over the ranks (collective)."""
-        t = self._tensor([value], torch.float64)
+        return float(self.sums([value])[0])
+
+    def sums(self, values) -> torch.Tensor:
+        """Each of ``values`` (numbers, or a tensor) summed over the ranks, in one collective:
+        a float64 CPU tensor."""
+        t = self._tensor(values, torch.float64).clone()  # the caller's tensor stays as it was
         dist.all_reduce(t, group=self.group)
-        return float(t)
+        return t.cpu()
 
     def any(self, flag: bool) -> bool:
         t = self._tensor([int(flag)], torch.int64)
@@ -549,7 +554,6 @@ def fit(
     if measure_start and first_epoch == 1 and start_step == 0 and not history:
         # The start is a function worth keeping (an FNN started as its FM): it is epoch 0,
         # and stays the best unless training beats it on validation.
-        model.eval()
         score = measure({"epoch": 0, "seconds": 0.0, "samples_per_s": 0.0}, 0)
         best_score, best_state, best_epoch = score, copy.deepcopy(model.state_dict()), 0
 
@@ -804,33 +808,24 @@ def start_fnn_as_fm(fnn, fm, train, config: TrainConfig, ranks=None, progress=Tr
         return False
     device = model_device(fnn)
 
-    def batches():  # this rank's rows, in as many calls as the rank with the most rows makes
+    def batches():  # this rank's rows in order (a streamed split: its first rows)
         local = getattr(train, "local", train)
-        if not hasattr(local, "ids"):  # streamed: the first FM_START_STREAM_ROWS rows
-            seen = 0
-            for ids, values, _ in to_device(local.batches(8192), device):
-                yield ids, values
-                seen += ids.shape[0]
-                if seen >= FM_START_STREAM_ROWS:
-                    return
-            return
-        calls = max(train.counts) if ranks is not None else len(local)
-        for start in range(0, max(calls, 1), 8192):
-            rows = slice(min(start, len(local)), min(start + 8192, len(local)))
-            values = None if local.values is None else local.values[rows].to(device)
-            yield local.ids[rows].to(device), values
-
-    reduce = None
-    if ranks is not None:
-        from fnn_fast.distributed import all_reduce_sums
-
-        def reduce(sums):
-            return all_reduce_sums(sums, ranks.group)
+        calls, seen = 0, 0
+        for ids, values, _ in to_device(local.batches(8192), device):
+            yield ids, values
+            calls, seen = calls + 1, seen + ids.shape[0]
+            if seen >= FM_START_STREAM_ROWS and not hasattr(local, "ids"):
+                return
+        # The forward passes are collective under torchrun: each rank makes as many as the
+        # rank with the most rows, the rest on no rows.
+        for _ in range(calls, -(-max(train.counts) // 8192) if ranks is not None else 0):
+            no_values = None if local.values is None else local.values[:0].to(device)
+            yield local.ids[:0].to(device), no_values
 
     if progress and (ranks is None or ranks.main):
         print(f"FNN: the layers start as the FM's function ({1 + 2 * fnn.num_factors} carried "
               "units; --fnn-layer-init glorot starts them random)", file=sys.stderr)  # fmt: skip
-    start_as_fm(fnn, fm, batches, reduce)
+    start_as_fm(fnn, fm, batches, None if ranks is None else ranks.sums)
     return True
 
 
