@@ -8,6 +8,12 @@ defaults give, judged the same way. A candidate that diverges on any data set an
     python benchmarks/choose_defaults.py --stage fm --seeds 3 --json defaults-fm.json
     python benchmarks/choose_defaults.py --stage fnn --seeds 3 --json defaults-fnn.json
     python benchmarks/choose_defaults.py --stage both --seeds 3 --json defaults-run.json
+    python benchmarks/choose_defaults.py --stage encoding --data adult --seeds 3
+
+``--stage encoding`` compares ways of reading numeric columns (numeric rule 2's buckets, rule
+3's values from some number of rows on): each candidate encodes the data its way, then trains
+the default FM and the default FNN from it. Only sets with numeric columns tell them apart
+(Adult; the others are read the same by every candidate).
 
 ``--stage both`` trains each candidate's FM and then its FNN (settings of both stages, such as
 early stopping). The training part is split once more: the models stop on a validation fifth
@@ -36,6 +42,7 @@ import numpy as np
 import torch
 
 from fnn_fast.data import FeatureEncoder, Schema, load_rows
+from fnn_fast.data.encoder import VALUE_MIN_COUNT
 from fnn_fast.train import (
     Split,
     TrainConfig,
@@ -47,6 +54,17 @@ from fnn_fast.train import (
 )
 
 DATA = Path(os.environ.get("FNN_FAST_DATA", Path(__file__).parents[1] / ".." / "shared" / "data"))
+
+# How numbers become features (--stage encoding): the schema's numeric rule and, under rule 3,
+# the rows a value needs for a feature of its own (FeatureEncoder's value_min_count).
+ENCODING_CANDIDATES = {
+    "values from 10 rows": {"numeric_rule": 3, "value_min_count": 10},
+    "values from 3 rows": {"numeric_rule": 3, "value_min_count": 3},
+    "values from 5 rows": {"numeric_rule": 3, "value_min_count": 5},
+    "values from 20 rows": {"numeric_rule": 3, "value_min_count": 20},
+    "values from 50 rows": {"numeric_rule": 3, "value_min_count": 50},
+    "buckets only (rule 2)": {"numeric_rule": 2},
+}
 
 # Stage 1 and stage 2 candidates: overrides of TrainConfig. The first of each list is the
 # current default, so the table shows what a change gains.
@@ -160,9 +178,14 @@ def _split_rows(rows, seed: int, valid_fraction: float = 0.2):
     return np.sort(order[:cut]), np.sort(order[cut:])
 
 
-def _file_splits(path: Path, schema: Schema, seed: int, holdout: bool = False):
+def _file_splits(path: Path, schema: Schema, seed: int, holdout: bool = False,
+                 encoding: dict | None = None):  # fmt: skip
     """(train, valid, encoder), or with ``holdout`` (train, valid, holdout, encoder): the
-    training part split 80/20 once more, the last fifth held out to judge, never to stop on."""
+    training part split 80/20 once more, the last fifth held out to judge, never to stop on.
+    ``encoding``: an ENCODING_CANDIDATES entry (default: the library's)."""
+    encoding = dict(encoding or {})
+    value_min_count = encoding.pop("value_min_count", VALUE_MIN_COUNT)
+    schema = replace(schema, **encoding)
     rows = load_rows(path, schema, progress=False)
     train_index, valid_index = _split_rows(rows, seed)
     judged = None
@@ -174,7 +197,10 @@ def _file_splits(path: Path, schema: Schema, seed: int, holdout: bool = False):
             np.sort(train_index[order[cut:]]),
             valid_index,
         )
-    encoder = FeatureEncoder.fit(rows.keys[train_index], rows.slot_fields, rows.field_names)
+    encoder = FeatureEncoder.fit(
+        rows.keys[train_index], rows.slot_fields, rows.field_names,
+        value_fields=rows.value_fields, value_min_count=value_min_count,
+    )  # fmt: skip
     splits = [Split.encode(rows, encoder, index) for index in (train_index, valid_index, judged)
               if index is not None]  # fmt: skip
     return (*splits, encoder)
@@ -198,7 +224,7 @@ def _synthetic_splits(seed: int, holdout: bool = False):
     return train, valid, encoder
 
 
-def data_sets(names: list[str], holdout: bool = False):
+def data_sets(names: list[str], holdout: bool = False, encoding: dict | None = None):
     adult = Schema(
         format="csv",
         label="label",
@@ -211,9 +237,11 @@ def data_sets(names: list[str], holdout: bool = False):
     )
     makers = {
         "ipinyou": lambda seed: _file_splits(
-            DATA / "ipinyou-2997" / "train.fm.txt", ipinyou, seed, holdout
+            DATA / "ipinyou-2997" / "train.fm.txt", ipinyou, seed, holdout, encoding
         ),
-        "adult": lambda seed: _file_splits(DATA / "adult" / "train.csv", adult, seed, holdout),
+        "adult": lambda seed: _file_splits(
+            DATA / "adult" / "train.csv", adult, seed, holdout, encoding
+        ),
         "planted-3": lambda seed: _planted_splits(0.03, seed, holdout=holdout),
         "planted-30": lambda seed: _planted_splits(0.30, seed, holdout=holdout),
         # Not one of the sets the defaults are chosen on: `fnn-fast compare --synthetic`'s set
@@ -276,7 +304,7 @@ def rank(trials: list[dict], candidates) -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage", choices=("fm", "fnn", "both"), default="fm")
+    parser.add_argument("--stage", choices=("fm", "fnn", "both", "encoding"), default="fm")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--data", default="ipinyou,adult,planted-3,planted-30")
     parser.add_argument("--candidates", default=None, help="comma-separated subset of names")
@@ -289,49 +317,15 @@ def main(argv=None) -> int:
     print(f"fnn_fast: {info['path']}, backends {info['backends']['available']}", file=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
-    pool = {"fm": FM_CANDIDATES, "fnn": FNN_CANDIDATES, "both": RUN_CANDIDATES}[args.stage]
+    pool = {"fm": FM_CANDIDATES, "fnn": FNN_CANDIDATES, "both": RUN_CANDIDATES,
+            "encoding": ENCODING_CANDIDATES}[args.stage]  # fmt: skip
     names = args.candidates.split(",") if args.candidates else list(pool)
     base = TrainConfig()
-    trials = []
-    holdout = args.stage == "both"
-    for data, make in data_sets(args.data.split(","), holdout).items():
-        for seed in range(args.seeds):
-            train, valid, *judged, encoder = make(seed)
-            judged = judged[0] if judged else None
-            fm = None
-            if args.stage == "fnn":
-                fm, _ = train_fm(
-                    train, valid, encoder.num_features, replace(base, seed=seed), progress=False
-                )
-                # The FM itself, for the table: an FNN from it should not fall below it.
-                fm_metrics = evaluate(fm, valid)
-                trials.append({"valid_auc": fm_metrics["auc"],
-                               "valid_logloss": fm_metrics["logloss"],
-                               "data": data, "seed": seed, "candidate": STAGE_1_FM})  # fmt: skip
-                print(f"{data} seed {seed} {STAGE_1_FM}: auc {fm_metrics['auc']:.4f} "
-                      f"logloss {fm_metrics['logloss']:.4f}", file=sys.stderr, flush=True)
-            for name in names:
-                config = replace(base, seed=seed, **pool[name])
-                if args.stage == "both":  # the FM, then the FNN from it, both judged held out
-                    kept = {}
-                    trial = run_trial("fm", config, train, valid, encoder, None, judged, kept)
-                    runs = [(name + " FM", trial)]
-                    if "model" in kept:
-                        trial = run_trial(
-                            "fnn", config, train, valid, encoder, kept["model"], judged
-                        )
-                        runs.append((name + " FNN", trial))
-                else:
-                    runs = [(name, run_trial(args.stage, config, train, valid, encoder, fm))]
-                for label, trial in runs:
-                    trial.update(data=data, seed=seed, candidate=label, overrides=pool[name])
-                    trials.append(trial)
-                    shown = trial.get("diverged") or (
-                        f"auc {trial['valid_auc']:.4f} logloss {trial['valid_logloss']:.4f} "
-                        f"best epoch {trial['best_epoch']}/{trial['epochs']} "
-                        f"{trial['seconds']:.0f}s"
-                    )
-                    print(f"{data} seed {seed} {label}: {shown}", file=sys.stderr, flush=True)
+    if args.stage == "encoding":
+        trials = _encoding_trials(args, names, base)
+        names = [f"{n} {model}" for model in ("FM", "FNN") for n in names]
+    else:
+        trials = _training_trials(args, pool, names, base)
     if args.stage == "both":
         names = [f"{n} {model}" for model in ("FM", "FNN") for n in names]
     if args.stage == "fnn":
@@ -349,6 +343,80 @@ def main(argv=None) -> int:
             json.dumps({"fnn_fast": info, "trials": trials, "ranking": table}, indent=1)
         )
     return 0
+
+
+def _show(data, seed, label, trial) -> None:
+    shown = trial.get("diverged") or (
+        f"auc {trial['valid_auc']:.4f} logloss {trial['valid_logloss']:.4f} "
+        f"best epoch {trial['best_epoch']}/{trial['epochs']} {trial['seconds']:.0f}s"
+    )
+    print(f"{data} seed {seed} {label}: {shown}", file=sys.stderr, flush=True)
+
+
+def _encoding_trials(args, names, base) -> list[dict]:
+    """Each encoding's default FM, then the default FNN from it, on validation."""
+    trials = []
+    for data in args.data.split(","):
+        for seed in range(args.seeds):
+            for name in names:
+                train, valid, encoder = data_sets([data], encoding=ENCODING_CANDIDATES[name])[data](
+                    seed
+                )
+                config, kept = replace(base, seed=seed), {}
+                runs = [(name + " FM", run_trial("fm", config, train, valid, encoder, keep=kept))]
+                if "model" in kept:
+                    trial = run_trial("fnn", config, train, valid, encoder, kept["model"])
+                    runs.append((name + " FNN", trial))
+                for label, trial in runs:
+                    trial.update(data=data, seed=seed, candidate=label,
+                                 encoding=ENCODING_CANDIDATES[name],
+                                 num_features=encoder.num_features)  # fmt: skip
+                    trials.append(trial)
+                    _show(data, seed, label, trial)
+    return trials
+
+
+def _training_trials(args, pool, names, base) -> list[dict]:
+    trials = []
+    holdout = args.stage == "both"
+    for data, make in data_sets(args.data.split(","), holdout).items():
+        for seed in range(args.seeds):
+            train, valid, *judged, encoder = make(seed)
+            judged = judged[0] if judged else None
+            fm = None
+            if args.stage == "fnn":
+                fm, _ = train_fm(
+                    train, valid, encoder.num_features, replace(base, seed=seed), progress=False
+                )
+                # The FM itself, for the table: an FNN from it should not fall below it.
+                fm_metrics = evaluate(fm, valid)
+                trials.append({"valid_auc": fm_metrics["auc"],
+                               "valid_logloss": fm_metrics["logloss"],
+                               "data": data, "seed": seed, "candidate": STAGE_1_FM})  # fmt: skip
+                print(
+                    f"{data} seed {seed} {STAGE_1_FM}: auc {fm_metrics['auc']:.4f} "
+                    f"logloss {fm_metrics['logloss']:.4f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            for name in names:
+                config = replace(base, seed=seed, **pool[name])
+                if args.stage == "both":  # the FM, then the FNN from it, both judged held out
+                    kept = {}
+                    trial = run_trial("fm", config, train, valid, encoder, None, judged, kept)
+                    runs = [(name + " FM", trial)]
+                    if "model" in kept:
+                        trial = run_trial(
+                            "fnn", config, train, valid, encoder, kept["model"], judged
+                        )
+                        runs.append((name + " FNN", trial))
+                else:
+                    runs = [(name, run_trial(args.stage, config, train, valid, encoder, fm))]
+                for label, trial in runs:
+                    trial.update(data=data, seed=seed, candidate=label, overrides=pool[name])
+                    trials.append(trial)
+                    _show(data, seed, label, trial)
+    return trials
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ def splits(seed: int, valid_fraction: float = 0.2):
     order = np.random.default_rng(seed).permutation(len(rows.labels))
     cut = int(round(len(order) * (1 - valid_fraction)))
     train_index, valid_index = np.sort(order[:cut]), np.sort(order[cut:])
-    encoder = FeatureEncoder.fit(rows.keys[train_index], rows.slot_fields, rows.field_names)
+    encoder = FeatureEncoder.fit(
+        rows.keys[train_index], rows.slot_fields, rows.field_names, value_fields=rows.value_fields
+    )
     test_rows = load_rows(folder / "test.fm.txt", schema, progress=False)
     return (
         Split.encode(rows, encoder, train_index),

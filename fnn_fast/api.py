@@ -35,6 +35,7 @@ from fnn_fast.data import (
     read_rows,
 )
 from fnn_fast.data.cache import _some_rows
+from fnn_fast.data.encoder import VALUE_MIN_COUNT
 from fnn_fast.data.errors import BadLines
 from fnn_fast.data.parquet import read_arrow_table
 from fnn_fast.saved import SavedModel, load_model, model_config, save_run
@@ -188,8 +189,9 @@ def fit(
     format: str | None = None, label: str | None = None, categorical=None, numeric=None,
     numeric_mode: str = "bucketize", id_column: str | None = None, delimiter: str | None = None,
     featindex=None, multi_valued=None, bag_pooling: str = "sum", schema: Schema | None = None,
-    valid_fraction: float = 0.2, min_count: int = 1, hash_buckets: int | None = None,
-    hash_space: str = "field", config: TrainConfig | dict | None = None,
+    valid_fraction: float = 0.2, min_count: int = 1, value_min_count: int = VALUE_MIN_COUNT,
+    hash_buckets: int | None = None, hash_space: str = "field",
+    config: TrainConfig | dict | None = None,
     out=None, overwrite: bool = False, device: str = "cpu", progress: bool = True,
     checkpoint_every: str | int | None = None, resume: bool = False, stream: bool = False,
     stream_chunk_rows: int = CHUNK_ROWS, shuffle_buffer: int = CHUNK_ROWS * WINDOW_CHUNKS,
@@ -238,7 +240,8 @@ def fit(
         raise ValueError("checkpoints are written into the model directory: give out= as well")
     reading = InputOptions(
         cache_dir=cache_dir, skip_bad_lines=skip_bad_lines, progress=progress,
-        min_count=min_count, hash_buckets=hash_buckets, hash_space=hash_space,
+        min_count=min_count, value_min_count=value_min_count, hash_buckets=hash_buckets,
+        hash_space=hash_space,
     )  # fmt: skip
     if cache_dir is not None:
         _check_cache_dir(cache_dir)
@@ -381,6 +384,7 @@ class InputOptions:
     skip_bad_lines: bool = False
     progress: bool = True
     min_count: int = 1
+    value_min_count: int = VALUE_MIN_COUNT  # numeric rule 3: rows a value needs for its own id
     hash_buckets: int | None = None
     hash_space: str = "field"
 
@@ -472,6 +476,7 @@ def read_input(data, name: str, schema: Schema, reading: InputOptions) -> Parsed
         _check_input(data, name, schema)
         bad = BadLines(data.source, reading.skip_bad_lines)
         rows = read_arrow_table(data.table, schema, bad, 1, True, data.source)
+        rows.value_fields = schema.value_fields(rows.field_names)
         rows = _some_rows(rows, schema)
     if rows.bad_lines:
         print(f"{rows.source}: skipped {rows.bad_lines} bad line(s)", file=sys.stderr)
@@ -480,19 +485,22 @@ def read_input(data, name: str, schema: Schema, reading: InputOptions) -> Parsed
     return rows
 
 
-def fit_encoder(keys, slot_fields, field_names, reading: InputOptions):
+def fit_encoder(keys, slot_fields, field_names, reading: InputOptions, value_fields=()):
     """The vocabularies of the training keys, or with ``hash_buckets`` the hashed encoder (no
-    vocabulary; the pass over the keys only measures the collisions)."""
+    vocabulary; the pass over the keys only measures the collisions). ``value_fields``: the
+    schema's (Schema.value_fields)."""
     if reading.hash_buckets is None:
         return FeatureEncoder.fit(
             keys, slot_fields, field_names, min_count=reading.min_count,
+            value_fields=value_fields, value_min_count=reading.value_min_count,
             progress=reading.progress,
         )  # fmt: skip
     if reading.min_count != 1:
         raise ValueError("--min-count needs vocabularies: it cannot be used with --hash-buckets")
     return HashedEncoder.fit(
         keys, slot_fields, field_names, buckets=reading.hash_buckets,
-        shared=reading.hash_space == "shared", progress=reading.progress,
+        shared=reading.hash_space == "shared", value_fields=value_fields,
+        progress=reading.progress,
     )  # fmt: skip
 
 
@@ -523,7 +531,8 @@ def load_splits(train, valid, test, schema: Schema, reading: InputOptions, valid
         cut = int(round(len(order) * (1 - valid_fraction)))
         train_index, valid_index = np.sort(order[:cut]), np.sort(order[cut:])
     keys = train_rows.keys if train_index is None else train_rows.keys[train_index]
-    encoder = fit_encoder(keys, train_rows.slot_fields, train_rows.field_names, reading)
+    encoder = fit_encoder(keys, train_rows.slot_fields, train_rows.field_names, reading,
+                          train_rows.value_fields)  # fmt: skip
     _announce(len(keys), encoder, len(train_rows.field_names), streamed=False)
     train_split = Split.encode(train_rows, encoder, train_index)
     valid_split = Split.encode(valid_rows, encoder, valid_index)
@@ -547,7 +556,8 @@ def stream_splits(train, valid, test, schema: Schema, reading: InputOptions, chu
         raise ValueError("--stream-chunk-rows and --shuffle-buffer must be positive")
     train_entry = _cache_entry(train, schema, reading)
     keys, slot_fields, field_names = entry_columns(train_entry)
-    encoder = fit_encoder(keys, slot_fields, field_names, reading)
+    encoder = fit_encoder(keys, slot_fields, field_names, reading,
+                          schema.value_fields(field_names))  # fmt: skip
     _announce(len(keys), encoder, len(field_names), streamed=True)
     window = max(1, shuffle_buffer // chunk_rows)
     train_split = CacheStream(
@@ -620,6 +630,7 @@ def fingerprint(inputs: dict, config: TrainConfig, schema: Schema, reading: Inpu
         **config.to_dict(),
         "schema": schema_identity(schema),
         "min_count": reading.min_count,
+        "value_min_count": reading.value_min_count,
         "valid_fraction": valid_fraction,
         "skip_bad_lines": reading.skip_bad_lines,
         "stream": stream is not None,

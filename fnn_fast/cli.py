@@ -16,6 +16,7 @@ from fnn_fast import export as export_command
 from fnn_fast.bench import command as bench_command
 from fnn_fast.data import DataError, HashedEncoder, ParsedRows, Schema
 from fnn_fast.data.bags import parse_multi_valued
+from fnn_fast.data.encoder import VALUE_MIN_COUNT
 from fnn_fast.metrics import finite_or_none
 from fnn_fast.native_check import missing_native_reason, native_warning_shown
 from fnn_fast.outputs import (
@@ -63,6 +64,7 @@ def _reading(args) -> api.InputOptions:
     return api.InputOptions(
         cache_dir=getattr(args, "cache_dir", None), skip_bad_lines=args.skip_bad_lines,
         progress=not args.no_progress, min_count=getattr(args, "min_count", 1),
+        value_min_count=getattr(args, "value_min_count", VALUE_MIN_COUNT),
         hash_buckets=getattr(args, "hash_buckets", None),
         hash_space=getattr(args, "hash_space", "field"),
     )  # fmt: skip
@@ -326,7 +328,10 @@ def _rank_splits(args, ranks):
             rows_[(rows_ >= low) & (rows_ < low + len(rows))] - low for rows_ in mine
         )
     keys = rows.keys if valid_index is None else rows.keys[train_index]
-    encoder = _fit_encoder_ranks(keys, rows.slot_fields, rows.field_names, args, ranks)
+    value_fields = _schema_from_args(args).value_fields(rows.field_names)
+    encoder = _fit_encoder_ranks(
+        keys, rows.slot_fields, rows.field_names, args, ranks, value_fields
+    )
     del keys
     if ranks.main:
         print(f"{sum(ranks.all_gather(len(train_index))):,} training rows (rank 0 of "
@@ -394,14 +399,14 @@ def _lines_before(path, offset: int) -> int:
         return head.count(b"\n") + (1 if file.readline() else 0)
 
 
-def _fit_encoder_ranks(keys, slot_fields, field_names, args, ranks):
+def _fit_encoder_ranks(keys, slot_fields, field_names, args, ranks, value_fields=()):
     """The encoder one process fits on the training keys of every rank: each rank counts its
     keys, rank 0 merges the counts (vocabularies; with --hash-buckets the distinct keys, for
     the collision report) and sends the encoder to all."""
     import torch.distributed as dist
 
     from fnn_fast.data import FeatureEncoder
-    from fnn_fast.data.encoder import _frequent, _merge, count_keys
+    from fnn_fast.data.encoder import _merge, count_keys, vocabularies
 
     hashed = getattr(args, "hash_buckets", None) is not None
     if hashed and args.min_count != 1:
@@ -416,14 +421,18 @@ def _fit_encoder_ranks(keys, slot_fields, field_names, args, ranks):
     if ranks.main:
         per_field = [[counts[f] for counts in everyone] for f in range(len(field_names))]
         if hashed:
-            encoder = HashedEncoder(field_names, slot_fields, args.hash_buckets,
-                                    args.hash_space == "shared")  # fmt: skip
-            encoder.collisions = encoder.collision_report(
-                [np.unique(np.concatenate([k for k, _ in parts])) for parts in per_field]
-            )
+            encoder = HashedEncoder(
+                field_names, slot_fields, args.hash_buckets, args.hash_space == "shared",
+                value_fields=value_fields,
+            )  # fmt: skip
+            encoder.collisions = encoder.collision_report([
+                np.unique(encoder.as_hashed(np.concatenate([k for k, _ in parts]), f))
+                for f, parts in enumerate(per_field)
+            ])  # fmt: skip
         else:
-            vocabs = [_frequent(parts, args.min_count) for parts in per_field]
-            encoder = FeatureEncoder(field_names, slot_fields, vocabs, args.min_count)
+            vocabs = vocabularies(per_field, args.min_count, value_fields, args.value_min_count)
+            encoder = FeatureEncoder(field_names, slot_fields, vocabs, args.min_count,
+                                     value_fields, args.value_min_count)  # fmt: skip
         del everyone, per_field
     box = [encoder]
     dist.broadcast_object_list(box, src=root, group=ranks.group)
@@ -528,7 +537,8 @@ def _cmd_train(args) -> int:
     model = api.fit(
         args.train, args.valid, args.test, schema=_schema_from_args(args), config=config,
         valid_fraction=args.valid_fraction, min_count=reading.min_count,
-        hash_buckets=reading.hash_buckets, hash_space=reading.hash_space, out=args.out,
+        value_min_count=reading.value_min_count, hash_buckets=reading.hash_buckets,
+        hash_space=reading.hash_space, out=args.out,
         overwrite=args.overwrite, device=args.device, progress=reading.progress,
         checkpoint_every=args.checkpoint_every, resume=args.resume, stream=args.stream,
         stream_chunk_rows=args.stream_chunk_rows, shuffle_buffer=args.shuffle_buffer,
@@ -558,6 +568,7 @@ def cmd_tune(args) -> int:
         "valid_fraction": args.valid_fraction,
         "schema": schema.to_dict(),
         "min_count": args.min_count,
+        "value_min_count": args.value_min_count,
         **({"hashing": encoder.spec()} if isinstance(encoder, HashedEncoder) else {}),
     }
     best = run_tune(
@@ -787,6 +798,13 @@ def _add_training_options(p: argparse.ArgumentParser, defaults: TrainConfig) -> 
         type=int,
         default=1,
         help="features seen fewer times in training share their field's OOV row",
+    )
+    p.add_argument(
+        "--value-min-count",
+        type=int,
+        default=VALUE_MIN_COUNT,
+        help="a number seen at least this many times in training gets a feature of its own, "
+        "a rarer one its bucket's (numeric rule 3, README)",
     )
     p.add_argument(
         "--hash-buckets",

@@ -119,7 +119,7 @@ def _entry(tmp_path, csv_file, schema=SCHEMA):
     "change, message",
     [
         ({"numeric_mode": "value"}, "numeric_mode 'bucketize' (wanted: 'value')"),
-        ({"numeric_rule": 1}, "numeric_rule 2 (wanted: 1)"),
+        ({"numeric_rule": 1}, "numeric_rule 3 (wanted: 1)"),
         ({"numeric": [], "categorical": ["C", "N"]}, "numeric ['N'] (wanted: [])"),
         ({"format": "parquet"}, "format 'csv' (wanted: 'parquet')"),
         ({"id_column": "C2"}, "id_column 'id' (wanted: 'C2')"),

@@ -9,7 +9,7 @@ from helpers import DATA
 import fnn_fast.data.parquet as parquet_reader
 from fnn_fast.data import PAD_KEY, DataError, Schema, read_rows
 from fnn_fast.data.rows import ArrayChunks
-from fnn_fast.data.tokens import VALUE_KEY, hash_token
+from fnn_fast.data.tokens import BUCKET_BITS, VALUE_KEY, hash_token, missing_key, value_key
 
 
 def write(tmp_path, name, text):
@@ -77,7 +77,15 @@ def test_criteo_bucketizes_numbers_and_keeps_missing_as_a_token(tmp_path):
         "s1",  # 1.5 apart from 1 (s0) and 2 (s2)
         str(math.floor(math.log(1000) ** 2)),  # 47
     ]
-    np.testing.assert_array_equal(rows.keys[0, :5], [hash_token(t) for t in expected_tokens])
+    rule_2 = read(path, Schema.from_dict(Schema.criteo().to_dict() | {"numeric_rule": 2}))
+    np.testing.assert_array_equal(rule_2.keys[0, :5], [hash_token(t) for t in expected_tokens])
+    # rule 3 (the default): each number's own key, its rule-2 bucket's key in the high bits
+    np.testing.assert_array_equal(
+        rows.keys[0, :5], [value_key(float(x)) if x else missing_key(3) for x in ints[:5]]
+    )
+    np.testing.assert_array_equal(
+        rows.keys[0, :5] & BUCKET_BITS, [hash_token(t) & BUCKET_BITS for t in expected_tokens]
+    )
     old_rule = read(path, Schema.from_dict(Schema.criteo().to_dict() | {"numeric_rule": 1}))
     old_tokens = ["2", "", "-1", "1", "47"]  # rule 1: int(x) up to 2
     np.testing.assert_array_equal(old_rule.keys[0, :5], [hash_token(t) for t in old_tokens])
@@ -109,9 +117,9 @@ def test_csv_selects_columns_by_name_in_declared_field_order(tmp_path):
     np.testing.assert_array_equal(
         rows.keys,
         [
-            [hash_token("s2"), hash_token("x")],
-            [hash_token(""), hash_token("")],
-            [hash_token("0"), hash_token("y")],
+            [value_key(2.0), hash_token("x")],
+            [missing_key(3), hash_token("")],
+            [value_key(0.0), hash_token("y")],
         ],
     )
     np.testing.assert_array_equal(rows.lines, [2, 3, 4])
@@ -358,8 +366,10 @@ def test_criteo_sample_csv():
     assert len(rows) == 200 and rows.keys.shape == (200, 39) and rows.bad_lines == 0
     assert rows.field_names == Schema.criteo().field_names
     # Row 1 of the sample: I1 missing, I2 = 3 (bucket 1), I3 = 260.0 (bucket 30).
+    np.testing.assert_array_equal(rows.keys[0, :3], [missing_key(3), value_key(3), value_key(260)])
     np.testing.assert_array_equal(
-        rows.keys[0, :3], [hash_token(""), hash_token("1"), hash_token("30")]
+        rows.keys[0, 1:3] & BUCKET_BITS,
+        [hash_token("1") & BUCKET_BITS, hash_token("30") & BUCKET_BITS],
     )
 
 

@@ -67,7 +67,9 @@ def test_defaults_learn_on_adult():
     order = np.random.default_rng(0).permutation(len(rows.labels))
     cut = int(round(len(order) * 0.8))
     train_index, valid_index = np.sort(order[:cut]), np.sort(order[cut:])
-    encoder = FeatureEncoder.fit(rows.keys[train_index], rows.slot_fields, rows.field_names)
+    encoder = FeatureEncoder.fit(
+        rows.keys[train_index], rows.slot_fields, rows.field_names, value_fields=rows.value_fields
+    )
     train = Split.encode(rows, encoder, train_index)
     valid = Split.encode(rows, encoder, valid_index)
     test = Split.encode(load_rows(ADULT / "test.csv", ADULT_SCHEMA, progress=False), encoder)

@@ -174,6 +174,7 @@ def test_the_readme_encoding_recipe_gives_the_ids_of_score(tmp_path):
     import csv
     import hashlib
     import json
+    import struct
 
     from safetensors.numpy import load_file
 
@@ -199,6 +200,21 @@ def test_the_readme_encoding_recipe_gives_the_ids_of_score(tmp_path):
                     cell, value = row[name], 1.0
                     if name in numeric and cell != "" and mode == "value":
                         k, value = 0, float(cell)
+                    elif name in numeric and config["numeric_rule"] == 3:  # the default
+                        bucket = key(bucket_token(float(cell), 2) if cell else "") & ~0xFFFFFFFF
+                        x = struct.pack("<d", float(cell) + 0.0) if cell else None
+                        k = (
+                            bucket
+                            | (
+                                int.from_bytes(hashlib.blake2b(x, digest_size=8).digest(), "little")
+                                & 0xFFFFFFFF
+                            )
+                            | 1
+                            if x
+                            else bucket
+                        )
+                        if k not in vocabs[f"vocab.{field}"]:
+                            k = bucket
                     elif name in numeric and cell != "":
                         k = key(bucket_token(float(cell), config["numeric_rule"]))
                     else:

@@ -76,7 +76,12 @@ def over_seeds(ipinyou_dir):
         order = np.random.default_rng(seed).permutation(len(rows.labels))
         cut = int(round(len(order) * 0.8))
         train_index, valid_index = np.sort(order[:cut]), np.sort(order[cut:])
-        encoder = FeatureEncoder.fit(rows.keys[train_index], rows.slot_fields, rows.field_names)
+        encoder = FeatureEncoder.fit(
+            rows.keys[train_index],
+            rows.slot_fields,
+            rows.field_names,
+            value_fields=rows.value_fields,
+        )
         train_split = Split.encode(rows, encoder, train_index)
         valid = Split.encode(rows, encoder, valid_index)
         test = Split.encode(test_rows, encoder)

@@ -19,6 +19,10 @@ namespace {
 
 constexpr int64_t kPadKey = -1;
 constexpr uint64_t kKeyMax = (uint64_t{1} << 63) - 1;
+// Numeric rule 3's keys (fnn_fast.data.tokens.value_key): the bucket's key in the high bits,
+// a hash of the value in the low 32 (never 0).
+constexpr uint64_t kValueBits = 0xFFFFFFFFull;
+constexpr uint64_t kBucketBits = kKeyMax & ~kValueBits;
 constexpr int64_t kValueKey = 0;  // numeric_mode="value": the single feature of a numeric field
 constexpr int64_t kRowsAhead = 2;  // encode_keys prefetches the table entries this many rows ahead
 
@@ -297,17 +301,27 @@ bool DelimitedEncoder::resolve_block(std::vector<Cell>& cells, int64_t* out_ids,
     misses_.push_back(&cell);
     cell.token = cell.bytes;
     cell.token_size = cell.size;
-    if ((kind == kBucketized || kind == kSignedBuckets) && cell.size > 0) {
+    cell.value_bits = 0;
+    if ((kind == kBucketized || kind == kSignedBuckets || kind == kValueOrBucket) &&
+        cell.size > 0) {
       double x;
+      const int32_t rule_kind = kind == kValueOrBucket ? kSignedBuckets : kind;
       if (!parse_number(cell.bytes, cell.size, &x) ||
-          !bucket_token(x, kind, cell.bucket, &cell.token_size)) {
+          !bucket_token(x, rule_kind, cell.bucket, &cell.token_size)) {
         result.reason = "a numeric cell not in plain decimal";
         return false;
       }
       cell.token = cell.bucket;
+      if (kind == kValueOrBucket) {
+        const double value = x + 0.0;  // -0.0 as 0.0
+        char bytes[8];
+        std::memcpy(bytes, &value, 8);  // little-endian, as struct.pack("<d")
+        cell.value_bits = (blake2b_64(bytes, 8) & kValueBits) | 1;
+      }
     }
     if (cell.token_size == 0) {
-      cell.key = missing_key_;
+      cell.key = kind == kValueOrBucket ? static_cast<int64_t>(missing_key_ & kBucketBits)
+                                        : missing_key_;
     } else if (cell.token_size > 128) {
       cell.key = token_key(cell.token, cell.token_size);
     } else {
@@ -331,13 +345,20 @@ bool DelimitedEncoder::resolve_block(std::vector<Cell>& cells, int64_t* out_ids,
     for (int i = 0; i < count; ++i) {
       Cell& cell = *to_hash_[first + i];
       cell.key = static_cast<int64_t>(digests[i] & kKeyMax);
+      if (cell.value_bits != 0) {
+        cell.bucket_key = static_cast<int64_t>(digests[i] & kBucketBits);
+        cell.key = static_cast<int64_t>(cell.bucket_key | cell.value_bits);
+      }
       cell.home = vocabulary_.home(cell.key, slot_fields_[cell.slot]);
       vocabulary_.prefetch(cell.home);
     }
   }
   // 3. the vocabulary, for the cells the memo missed; the memo learns them
   for (Cell* cell : misses_) {
-    const int64_t id = vocabulary_.probe(cell->home, cell->key, slot_fields_[cell->slot]);
+    const int64_t field = slot_fields_[cell->slot];
+    int64_t id = vocabulary_.probe(cell->home, cell->key, field);
+    if (cell->value_bits != 0 && id == vocabulary_.oov_id(field))  // a rare value: its bucket
+      id = vocabulary_.find(cell->bucket_key, field);
     out_ids[cell->out] = id;
     if (cell->size <= kMemoBytes) memo_of(*cell) = MemoEntry{cell->low, cell->high, id, cell->size};
   }

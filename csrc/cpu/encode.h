@@ -53,8 +53,17 @@ class Vocabulary {
 // the caller reads the part with the Python readers, which report or skip bad lines.
 class DelimitedEncoder {
  public:
-  // kBucketized, kSignedBuckets: numeric rule 1, 2 (fnn_fast.data.tokens.bucket_token).
-  enum Kind : int32_t { kSkip = 0, kToken = 1, kBucketized = 2, kValue = 3, kSignedBuckets = 4 };
+  // kBucketized, kSignedBuckets: numeric rule 1, 2 (fnn_fast.data.tokens.bucket_token);
+  // kValueOrBucket: rule 3, the value's key, or its rule-2 bucket's where the value is not in
+  // the vocabulary (fnn_fast.data.tokens.value_key).
+  enum Kind : int32_t {
+    kSkip = 0,
+    kToken = 1,
+    kBucketized = 2,
+    kValue = 3,
+    kSignedBuckets = 4,
+    kValueOrBucket = 5
+  };
 
   // Each of the `columns` columns: its slot (-1: not read) and Kind; a line of another width is
   // left to Python. memo_bits: log2 of the most cells remembered per slot.
@@ -98,6 +107,8 @@ class DelimitedEncoder {
     int64_t token_size;
     char bucket[24];
     int64_t key;  // the vocabulary key
+    uint64_t value_bits;  // kValueOrBucket: the value's low key bits (0: the cell is empty)
+    int64_t bucket_key;  // kValueOrBucket: the key tried when the value's is not known
     uint64_t home;
   };
 

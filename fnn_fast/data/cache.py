@@ -46,7 +46,9 @@ def load_rows(
             read_rows(path, schema, skip_bad_lines=skip_bad_lines, progress=progress), schema
         )
     entry = ensure_entry(path, schema, cache_dir, skip_bad_lines=skip_bad_lines, progress=progress)
-    return _some_rows(open_rows(entry, schema=schema), schema)
+    rows = open_rows(entry, schema=schema)
+    rows.value_fields = schema.value_fields(rows.field_names)
+    return _some_rows(rows, schema)
 
 
 def ensure_entry(

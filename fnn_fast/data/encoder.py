@@ -17,7 +17,13 @@ from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
 from fnn_fast.data.rows import ParsedRows
-from fnn_fast.data.tokens import PAD_KEY
+from fnn_fast.data.tokens import BUCKET_BITS, PAD_KEY, VALUE_BITS
+
+# Numeric rule 3 (fnn_fast.data.tokens): a value counted at least this many times in training
+# is a feature of its own, a rarer one its bucket's. Chosen on validation (README, "How the
+# defaults were chosen"): 2 or 3 gave the single values of a continuous column (Adult's
+# fnlwgt) features that overfit, 20 and 100 merged values that each predict well.
+VALUE_MIN_COUNT = 10
 
 ENCODER_FORMAT_VERSION = 1
 _CHUNK_ROWS = 1 << 18
@@ -26,12 +32,17 @@ _CHUNK_ROWS = 1 << 18
 class FeatureEncoder:
     kind = "vocabulary"
 
-    def __init__(self, field_names, slot_fields, vocabs, min_count: int = 1):
-        """``vocabs[f]``: field f's kept keys, sorted and distinct."""
+    def __init__(self, field_names, slot_fields, vocabs, min_count: int = 1,
+                 value_fields=(), value_min_count: int = VALUE_MIN_COUNT):  # fmt: skip
+        """``vocabs[f]``: field f's kept keys, sorted and distinct. ``value_fields``: the fields
+        of numbers under rule 3, whose value keys not in the vocabulary are read as their
+        bucket's (see value_min_count, fnn_fast.data.tokens.value_key)."""
         self.field_names = list(field_names)
         self.slot_fields = np.ascontiguousarray(slot_fields, dtype=np.int64)
         self.vocabs = [np.ascontiguousarray(v, dtype=np.int64) for v in vocabs]
         self.min_count = min_count
+        self.value_fields = sorted(int(f) for f in value_fields)
+        self.value_min_count = int(value_min_count)
         if len(self.vocabs) != len(self.field_names):
             raise ValueError(f"{len(self.vocabs)} vocabularies for {len(self.field_names)} fields")
         if np.any((self.slot_fields < 0) | (self.slot_fields >= len(self.field_names))):
@@ -51,26 +62,31 @@ class FeatureEncoder:
         field_names=None,
         min_count: int = 1,
         *,
+        value_fields=(),
+        value_min_count: int = VALUE_MIN_COUNT,
         chunk_rows: int = _CHUNK_ROWS,
         threads: int = 0,
         progress: bool = False,
     ) -> FeatureEncoder:
-        """Keep, per field, the keys seen at least ``min_count`` times. Accepts ParsedRows, or
-        keys [N, S] with slot_fields [S] and field_names. The pass counts row chunks in
-        ``threads`` threads (0: all cores; numpy's sorts release the GIL), with a progress bar
-        over the rows when ``progress`` (and stderr is a terminal)."""
+        """Keep, per field, the keys seen at least ``min_count`` times; in ``value_fields``
+        (Schema.value_fields) a number's own key only if seen ``value_min_count`` times, else
+        its bucket's. Accepts ParsedRows (its value_fields then apply unless given), or keys
+        [N, S] with slot_fields [S] and field_names. The pass counts row chunks in ``threads``
+        threads (0: all cores; numpy's sorts release the GIL), with a progress bar over the
+        rows when ``progress`` (and stderr is a terminal)."""
+        if isinstance(rows_or_keys, ParsedRows) and not value_fields:
+            value_fields = rows_or_keys.value_fields
         keys, slot_fields, field_names = fit_inputs(rows_or_keys, slot_fields, field_names)
         counted = count_keys(
             keys, slot_fields, len(field_names), chunk_rows=chunk_rows, threads=threads,
             progress=progress,
         )  # fmt: skip
-        with _pool(threads) as pool:
-            vocabs = list(pool.map(lambda parts: _frequent(parts, min_count), counted))
-        return cls(field_names, slot_fields, vocabs, min_count)
+        vocabs = vocabularies(counted, min_count, value_fields, value_min_count, threads)
+        return cls(field_names, slot_fields, vocabs, min_count, value_fields, value_min_count)
 
     @classmethod
     def fit_rows(cls, rows: ParsedRows, min_count: int = 1) -> FeatureEncoder:
-        return cls.fit(rows.keys, rows.slot_fields, rows.field_names, min_count)
+        return cls.fit(rows, min_count=min_count)
 
     def transform(self, keys, values, *, chunk_rows: int = _CHUNK_ROWS, threads: int = 0):
         """(ids int64 [N, S], values float32 [N, S]). An unseen key gets its field's OOV id and
@@ -79,9 +95,15 @@ class FeatureEncoder:
         keys, values, ids, out_values = transform_arrays(keys, values, self.slot_fields)
         if self.native_vocabulary() is not None:
             threads = threads or os.cpu_count() or 1
+            value_slots = np.flatnonzero(np.isin(self.slot_fields, self.value_fields))
             for start in range(0, len(keys), chunk_rows):
                 rows = slice(start, start + chunk_rows)
-                self._encode_native(keys[rows], values[rows], ids[rows], out_values[rows], threads)
+                chunk = keys[rows]
+                if len(value_slots):
+                    chunk = np.array(chunk, dtype=np.int64)
+                    for s in value_slots:
+                        chunk[:, s] = self._backed_off(int(self.slot_fields[s]), chunk[:, s])
+                self._encode_native(chunk, values[rows], ids[rows], out_values[rows], threads)
             return ids, out_values
         for start in range(0, len(keys), chunk_rows):
             rows = slice(start, start + chunk_rows)
@@ -131,8 +153,18 @@ class FeatureEncoder:
     def transform_rows(self, rows: ParsedRows):
         return self.transform(rows.keys, rows.values)
 
+    def _backed_off(self, field: int, keys: np.ndarray) -> np.ndarray:
+        """A value field's keys, each value key not in the vocabulary as its bucket's."""
+        vocab = self.vocabs[field]
+        position = np.minimum(np.searchsorted(vocab, keys), max(len(vocab) - 1, 0))
+        known = vocab[position] == keys if len(vocab) else np.zeros(len(keys), bool)
+        rare = ~known & (keys >= 0) & ((keys & VALUE_BITS) != 0)
+        return np.where(rare, keys & BUCKET_BITS, keys)
+
     def _ids(self, field: int, keys: np.ndarray) -> np.ndarray:
         vocab, oov = self.vocabs[field], self.offsets[field]
+        if field in self.value_fields:
+            keys = self._backed_off(field, keys)
         if not len(vocab):
             return np.full(len(keys), oov, dtype=np.int64)
         position = np.minimum(np.searchsorted(vocab, keys), len(vocab) - 1)
@@ -145,7 +177,10 @@ class FeatureEncoder:
 
     def spec(self) -> dict:
         """What config.json records of the encoder."""
-        return {"kind": self.kind, "min_count": self.min_count}
+        spec = {"kind": self.kind, "min_count": self.min_count}
+        if self.value_fields:
+            spec["value_min_count"] = self.value_min_count
+        return spec
 
     def save(self, directory) -> None:
         directory = Path(directory)
@@ -159,6 +194,8 @@ class FeatureEncoder:
             "field_names": self.field_names,
             "slot_fields": self.slot_fields.tolist(),
             "min_count": self.min_count,
+            "value_fields": self.value_fields,
+            "value_min_count": self.value_min_count,
             "offsets": self.offsets.tolist(),
             "sizes": self.sizes.tolist(),
         }
@@ -179,17 +216,40 @@ class FeatureEncoder:
             )
         tensors = load_file(str(directory / "encoder.safetensors"))
         vocabs = [tensors[f"vocab.{f}"] for f in range(len(config["field_names"]))]
-        encoder = cls(config["field_names"], config["slot_fields"], vocabs, config["min_count"])
+        encoder = cls(
+            config["field_names"], config["slot_fields"], vocabs, config["min_count"],
+            config.get("value_fields", ()), config.get("value_min_count", VALUE_MIN_COUNT),
+        )  # fmt: skip
         if encoder.sizes.tolist() != config["sizes"]:
             raise ValueError(f"{directory}: vocabulary sizes do not match encoder.json")
         return encoder
 
 
-def _frequent(parts: list[tuple[np.ndarray, np.ndarray]], min_count: int) -> np.ndarray:
-    """Merge per-chunk (keys, counts) and keep the keys counted at least min_count times."""
+def vocabularies(counted, min_count: int, value_fields=(), value_min_count=VALUE_MIN_COUNT,
+                 threads: int = 0) -> list[np.ndarray]:  # fmt: skip
+    """Each field's kept keys from its per-chunk (keys, counts) (count_keys' output)."""
+    value_fields = set(int(f) for f in value_fields)
+
+    def field_vocabulary(f):
+        return _frequent(counted[f], min_count, value_min_count if f in value_fields else None)
+
+    with _pool(threads) as pool:
+        return list(pool.map(field_vocabulary, range(len(counted))))
+
+
+def _frequent(parts: list[tuple[np.ndarray, np.ndarray]], min_count: int,
+              value_min_count: int | None = None) -> np.ndarray:  # fmt: skip
+    """Merge per-chunk (keys, counts) and keep the keys counted at least min_count times. With
+    ``value_min_count`` (a field of numbers under rule 3), a value key counted fewer times
+    counts toward its bucket's key instead."""
     if not parts:
         return np.zeros(0, dtype=np.int64)
     keys, counts = _merge(parts)
+    if value_min_count is not None:
+        rare = ((keys & VALUE_BITS) != 0) & (counts < value_min_count)
+        keys = np.where(rare, keys & BUCKET_BITS, keys)
+        keys, where = np.unique(keys, return_inverse=True)
+        counts = np.bincount(where, weights=counts, minlength=len(keys)).astype(np.int64)
     return keys[counts >= min_count]
 
 

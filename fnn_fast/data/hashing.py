@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from fnn_fast.data.encoder import _CHUNK_ROWS, count_keys, fit_inputs, transform_arrays
-from fnn_fast.data.tokens import PAD_KEY
+from fnn_fast.data.rows import ParsedRows
+from fnn_fast.data.tokens import BUCKET_BITS, PAD_KEY
 
 HASHED_FORMAT_VERSION = 2  # encoder.json of a hashed encoder; version 1 is the vocabulary's
 HASH_NAME = "splitmix64-field-v1"
@@ -63,8 +64,12 @@ class HashedEncoder:
     kind = "hashed"
 
     def __init__(self, field_names, slot_fields, buckets: int, shared: bool = False,
-                 collisions: dict | None = None):  # fmt: skip
+                 collisions: dict | None = None, value_fields=()):  # fmt: skip
+        """``value_fields``: fields of numbers under rule 3 (Schema.value_fields). With no
+        vocabulary to tell a frequent value from a rare one, each number hashes by its
+        bucket."""
         self.field_names = list(field_names)
+        self.value_fields = sorted(int(f) for f in value_fields)
         self.slot_fields = np.ascontiguousarray(slot_fields, dtype=np.int64)
         if int(buckets) < 1:
             raise ValueError(f"hash buckets must be at least 1, got {buckets}")
@@ -90,25 +95,33 @@ class HashedEncoder:
     @classmethod
     def fit(
         cls, rows_or_keys, slot_fields=None, field_names=None, *, buckets: int,
-        shared: bool = False, chunk_rows: int = _CHUNK_ROWS, threads: int = 0,
+        shared: bool = False, value_fields=(), chunk_rows: int = _CHUNK_ROWS, threads: int = 0,
         progress: bool = False,
     ) -> HashedEncoder:  # fmt: skip
         """The encoder, with the collision report of the training keys (``collisions``)."""
+        if isinstance(rows_or_keys, ParsedRows) and not value_fields:
+            value_fields = rows_or_keys.value_fields
         keys, slot_fields, field_names = fit_inputs(rows_or_keys, slot_fields, field_names)
-        encoder = cls(field_names, slot_fields, buckets, shared)
+        encoder = cls(field_names, slot_fields, buckets, shared, value_fields=value_fields)
         counted = count_keys(
             keys, slot_fields, len(field_names), chunk_rows=chunk_rows, threads=threads,
             progress=progress,
         )  # fmt: skip
         distinct = [
-            np.unique(np.concatenate([k for k, _ in parts])) if parts else np.zeros(0, np.int64)
-            for parts in counted
-        ]
+            np.unique(encoder.as_hashed(np.concatenate([k for k, _ in parts]), f))
+            if parts else np.zeros(0, np.int64)
+            for f, parts in enumerate(counted)
+        ]  # fmt: skip
         encoder.collisions = encoder.collision_report(distinct)
         return encoder
 
+    def as_hashed(self, keys: np.ndarray, field: int) -> np.ndarray:
+        """The keys that field ``field`` hashes: a value field's numbers as their buckets."""
+        return np.where(keys >= 0, keys & BUCKET_BITS, keys) if field in self.value_fields else keys
+
     def bucket_of(self, keys: np.ndarray, field: int) -> np.ndarray:
         """The feature ids of ``keys`` (no PAD) of field ``field``."""
+        keys = self.as_hashed(keys, field)
         buckets = (hash_keys(keys, field) % np.uint64(self.buckets)).astype(np.int64)
         return buckets if self.shared else buckets + field * self.buckets
 
@@ -210,6 +223,7 @@ class HashedEncoder:
             "field_names": self.field_names,
             "slot_fields": self.slot_fields.tolist(),
             "num_features": self.num_features,
+            "value_fields": self.value_fields,
             "collisions": self.collisions,
         }
         (directory / "encoder.json").write_text(json.dumps(config, indent=1) + "\n")
@@ -224,7 +238,7 @@ class HashedEncoder:
             )
         encoder = cls(
             config["field_names"], config["slot_fields"], config["buckets"], config["shared"],
-            config.get("collisions"),
+            config.get("collisions"), config.get("value_fields", ()),
         )  # fmt: skip
         if encoder.num_features != config["num_features"]:
             raise ValueError(f"{directory}: num_features does not match the hashing spec")

@@ -360,8 +360,10 @@ def native_text_layout(schema: Schema, encoder: FeatureEncoder, header: list[str
     if any(name not in position for name in fields):
         return None  # the Python reader names the missing columns
     slots, kinds = [-1] * len(columns), [0] * len(columns)
-    # DelimitedEncoder kinds: 2 and 4 bucketize by numeric rule 1 and 2, 3 keeps the value
-    numeric_kind = {1: 2, 2: 4}[schema.numeric_rule] if schema.numeric_mode == "bucketize" else 3
+    # DelimitedEncoder kinds: 2, 4 and 5 bucketize by numeric rule 1, 2 and 3; 3 keeps the value
+    numeric_kind = (
+        {1: 2, 2: 4, 3: 5}[schema.numeric_rule] if schema.numeric_mode == "bucketize" else 3
+    )
     for slot, name in enumerate(fields):
         slots[position[name]] = slot
         kinds[position[name]] = numeric_kind if name in schema.numeric else 1

@@ -38,8 +38,11 @@ def read_rows(
         _check_file(path)
     bad = BadLines(path, skip_bad_lines) if bad is None else bad
     if part is None and labelled:
-        return reader(path, schema, bad, progress)
-    return reader(path, schema, bad, progress, part=part, labelled=labelled)
+        rows = reader(path, schema, bad, progress)
+    else:
+        rows = reader(path, schema, bad, progress, part=part, labelled=labelled)
+    rows.value_fields = schema.value_fields(rows.field_names)
+    return rows
 
 
 def _check_file(path) -> None:

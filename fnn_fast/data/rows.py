@@ -26,6 +26,7 @@ class ParsedRows:
     bad_lines: int = 0  # malformed lines skipped (skip_bad_lines=True)
     source: str = ""
     bad_examples: list[str] = field(default_factory=list)  # the first few skipped lines' errors
+    value_fields: list[int] = field(default_factory=list)  # Schema.value_fields of the fields
 
     def __post_init__(self):
         if self.lines is None:

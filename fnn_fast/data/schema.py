@@ -149,6 +149,14 @@ class Schema:
             )
         return [f"f{i}" for i in range(self.num_fields)]
 
+    def value_fields(self, field_names) -> list[int]:
+        """The fields whose numbers are values backing off to buckets (rule 3): what
+        FeatureEncoder.fit takes as ``value_fields``."""
+        if self.numeric_mode != "bucketize" or self.numeric_rule != 3:
+            return []
+        numeric = set(self.numeric)
+        return [f for f, name in enumerate(field_names) if name in numeric]
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
 
 from fnn_fast.data.errors import MalformedLine
 
@@ -34,8 +35,16 @@ class TokenKeys(dict):
 # Rule 2 (NUMERIC_RULE): sign-aware; 0 is "0"; |x| > 2 keeps rule 1's floor(log|x|^2) buckets;
 # 0 < |x| <= 2 gets floor(4 log|x|), steps of e^(1/4) (1.28x), with "s" before it, so 0.5,
 # 0.05 and 1.5 land in buckets of their own and 0, 1 and 2 stay apart. "-" marks negatives.
-NUMERIC_RULES = (1, 2)
-NUMERIC_RULE = 2
+# Rule 3 (NUMERIC_RULE): a value seen often enough in training is a feature of its own, a rarer
+# one its rule-2 bucket's (age 37 and capital gain 7688 each learn their own weight; the rare
+# values of a continuous column share buckets). The key of a number carries both: its bucket's
+# key in the high bits (value_key, BUCKET_BITS) and a hash of the value in the low 32 bits,
+# never 0; the encoder keeps the value keys counted at least value_min_count times and maps
+# every other to its bucket (key & BUCKET_BITS, FeatureEncoder.value_fields).
+NUMERIC_RULES = (1, 2, 3)
+NUMERIC_RULE = 3
+VALUE_BITS = 0xFFFFFFFF
+BUCKET_BITS = KEY_MAX & ~VALUE_BITS
 
 
 def bucket_token(x: float, rule: int) -> str:
@@ -48,6 +57,21 @@ def bucket_token(x: float, rule: int) -> str:
     if size > 2:
         return f"{sign}{math.floor(math.log(size) ** 2)}"
     return f"{sign}s{math.floor(math.log(size) * 4.0)}"
+
+
+def value_key(x: float) -> int:
+    """Rule 3's key of ``x`` (finite): its rule-2 bucket's key in the high bits, a hash of the
+    float64 (``-0.0`` as ``0.0``) in the low 32, never 0."""
+    bucket = hash_token(bucket_token(x, 2)) & BUCKET_BITS
+    digest = hashlib.blake2b(struct.pack("<d", x + 0.0), digest_size=8).digest()
+    return bucket | (int.from_bytes(digest, "little") & VALUE_BITS) | 1
+
+
+def missing_key(rule: int) -> int:
+    """The key of an empty numeric cell: under rule 3 a bucket key (low bits 0), never backed
+    off."""
+    key = hash_token(MISSING)
+    return key & BUCKET_BITS if rule == 3 else key
 
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -69,7 +93,6 @@ class NumericKeys(dict):
     ``rule``: the schema's numeric_rule (see bucket_token)."""
 
     def __init__(self, column: str, mode: str, rule: int):
-        super().__init__({MISSING: (hash_token(MISSING), 1.0)})
         if mode not in NUMERIC_MODES:
             raise ValueError(f"numeric_mode must be one of {NUMERIC_MODES}, not {mode!r}")
         if rule not in NUMERIC_RULES:
@@ -77,6 +100,7 @@ class NumericKeys(dict):
         self.column = column
         self.bucketized = mode == "bucketize"
         self.rule = rule
+        self[MISSING] = (missing_key(rule) if self.bucketized else hash_token(MISSING), 1.0)
 
     def __missing__(self, cell: str) -> tuple[int, float]:
         x = parse_number(cell, self.column)
@@ -86,7 +110,8 @@ class NumericKeys(dict):
                     f"numeric column {self.column}: {cell!r} is past float32's range"
                 )
             return VALUE_KEY, x
-        key_value = self[cell] = (hash_token(bucket_token(x, self.rule)), 1.0)
+        key = value_key(x) if self.rule == 3 else hash_token(bucket_token(x, self.rule))
+        key_value = self[cell] = (key, 1.0)
         return key_value
 
 
