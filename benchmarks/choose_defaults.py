@@ -68,15 +68,19 @@ ENCODING_CANDIDATES = {
 
 # Stage 1 and stage 2 candidates: overrides of TrainConfig. The first of each list is the
 # current default, so the table shows what a change gains.
+# Each names every setting it changes from TrainConfig's (so that a name keeps its meaning
+# when the defaults move): plain SGD and Adagrad with sums from 0 are the earlier defaults.
+_SUMS_FROM_0 = {"fm_initial_accumulator": 0.0}
 FM_CANDIDATES = {
-    "sgd-3": {},
-    "sgd-1": {"fm_lr": 1.0},
-    "sgd-0.3": {"fm_lr": 0.3},
-    "adagrad-0.01": {"fm_optimizer": "adagrad", "fm_lr": 0.01},
-    "adagrad-0.03": {"fm_optimizer": "adagrad", "fm_lr": 0.03},
-    "adagrad-0.1": {"fm_optimizer": "adagrad", "fm_lr": 0.1},
-    "rowwise-0.03": {"fm_optimizer": "rowwise_adagrad", "fm_lr": 0.03},
-    "rowwise-0.1": {"fm_optimizer": "rowwise_adagrad", "fm_lr": 0.1},
+    "default": {},
+    "sgd-3": {"fm_optimizer": "sgd", "fm_lr": 3.0},
+    "sgd-1": {"fm_optimizer": "sgd", "fm_lr": 1.0},
+    "sgd-0.3": {"fm_optimizer": "sgd", "fm_lr": 0.3},
+    "adagrad-0.01": {"fm_optimizer": "adagrad", "fm_lr": 0.01, **_SUMS_FROM_0},
+    "adagrad-0.03": {"fm_optimizer": "adagrad", "fm_lr": 0.03, **_SUMS_FROM_0},
+    "adagrad-0.1": {"fm_optimizer": "adagrad", "fm_lr": 0.1, **_SUMS_FROM_0},
+    "rowwise-0.03": {"fm_optimizer": "rowwise_adagrad", "fm_lr": 0.03, **_SUMS_FROM_0},
+    "rowwise-0.1": {"fm_optimizer": "rowwise_adagrad", "fm_lr": 0.1, **_SUMS_FROM_0},
     "adam-0.001": {"fm_optimizer": "adam", "fm_lr": 0.001},
     # Adagrad with a starting sum: a row's first steps are those of SGD at lr / sqrt(init).
     "adagrad-0.1-init0.1": {"fm_optimizer": "adagrad", "fm_lr": 0.1, "fm_initial_accumulator": 0.1},

@@ -206,3 +206,23 @@ def test_hashing_reads_rule_3_numbers_by_their_bucket(tmp_path):
     encoder.save(tmp_path / "hashed")
     loaded = FeatureEncoder.load(tmp_path / "hashed")
     np.testing.assert_array_equal(loaded.transform_rows(rows)[0], encoder.transform_rows(rows)[0])
+
+
+def test_train_takes_value_min_count_and_the_model_keeps_it(tmp_path):
+    from helpers import CATEGORICAL, NUMERIC, train, write_csv
+
+    data = write_csv(tmp_path / "train.csv", 1500, seed=3)  # n1: 60 integers, n2: near-unique
+    sizes = {}
+    for count in (10, 1000):
+        model = tmp_path / f"m{count}"
+        train(model, "--train", str(data), "--format", "csv", "--label", "label",
+              "--categorical", CATEGORICAL, "--numeric", NUMERIC,
+              "--value-min-count", str(count))  # fmt: skip
+        encoder = json.loads((model / "encoder" / "encoder.json").read_text())
+        assert encoder["value_min_count"] == count and encoder["value_fields"] == [0, 1]
+        assert json.loads((model / "config.json").read_text())["schema"]["numeric_rule"] == 3
+        sizes[count] = encoder["sizes"][:2]
+    # from 10 rows each of n1's 60 values (about 20 rows each) is its own feature; from 1000
+    # rows none is, and n1 has only its buckets
+    assert sizes[10][0] > 50 > sizes[1000][0]
+    assert sizes[10][1] < 60  # n2's values are near-unique: buckets in both
