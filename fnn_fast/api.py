@@ -9,9 +9,9 @@ over it), from input files, pandas DataFrames or Arrow tables, and returns a
     model = fnn_fast.load("runs/m")
 
 Settings and defaults are the command's: the schema options (``format``, ``label``,
-``categorical``, ``numeric`` ...), the encoder (``min_count``, ``hash_buckets``), every
-:class:`~fnn_fast.train.TrainConfig` field as a keyword, ``out``, ``device``, checkpoints,
-``resume`` and ``stream``.
+``categorical``, ``numeric`` ...), the encoder (``min_count``, ``value_min_count``,
+``hash_buckets``), every :class:`~fnn_fast.train.TrainConfig` field as a keyword, ``out``,
+``device``, checkpoints, ``resume`` and ``stream``.
 """
 
 from __future__ import annotations
@@ -207,7 +207,9 @@ def fit(
     tables are read as parquet columns) with ``label``, ``categorical`` and ``numeric``
     columns (lists or comma-separated), ``numeric_mode``, ``id_column``, ``delimiter``,
     ``featindex``, ``multi_valued`` and ``bag_pooling`` (bag columns: see
-    :func:`make_schema`). Training settings: ``config`` (a TrainConfig, or a dict such as
+    :func:`make_schema`). The encoder: ``min_count`` (rarer features share their field's
+    out-of-vocabulary row), ``value_min_count`` (a number seen in fewer training rows reads
+    as its bucket), or ``hash_buckets`` / ``hash_space`` (no vocabulary). Training settings: ``config`` (a TrainConfig, or a dict such as
     ``best.json``'s of ``fnn-fast tune``), then any TrainConfig field as a keyword
     (``fm_epochs=5``, ``hidden=[64, 32]``). ``out``: also write the model directory there,
     as the command does (``overwrite`` an earlier one); ``checkpoint_every`` (steps, or

@@ -147,7 +147,7 @@ def test_settings_config_and_overrides(data):
     )  # fmt: skip
     assert model.fm.num_factors == 3 and len(model.history["fm"]) == 1
     assert model.config["fnn"]["hidden"] == [8]
-    assert repr(model) == "TrainedModel(FM 156 features x 3 factors, FNN hidden [8], reads parquet)"
+    assert repr(model) == "TrainedModel(FM 197 features x 3 factors, FNN hidden [8], reads parquet)"
     # best.json of `fnn-fast tune`: {"config": {...}}; a dict of settings alike
     tuned = fnn_fast.fit(frames["train"], config={"config": {"fm_epochs": 1, "fnn_epochs": 1,
                          "hidden": [4]}}, progress=False, **COLUMNS)  # fmt: skip
