@@ -212,8 +212,9 @@ def fit(
     as its bucket), or ``hash_buckets`` / ``hash_space`` (no vocabulary). Training settings:
     ``config`` (a TrainConfig, or a dict such as ``best.json``'s of ``fnn-fast tune``), then
     any TrainConfig field as a keyword (``fm_epochs=5``, ``hidden=[64, 32]``). ``out``: also
-    write the model directory there, as the command does (``overwrite`` an earlier one); ``checkpoint_every`` (steps, or
-    "10m") writes checkpoints into it and ``resume=True`` continues a killed run.
+    write the model directory there, as the command does (``overwrite`` an earlier one);
+    ``checkpoint_every`` (steps, or "10m") writes checkpoints into it and ``resume=True``
+    continues a killed run.
     ``progress``: tqdm bars on stderr; the data summary and each epoch's line are printed
     there as the command prints them.
     """
