@@ -114,6 +114,35 @@ FM_CANDIDATES = {
         "fm_initial_accumulator": 0.1,
         "fm_epochs": 60,
     },
+    # Smaller starting sums, and row-wise sums from the default's start: Adult's dense
+    # features preferred sums from 0 (rule 3 numbers), the sparse sets the default.
+    "adagrad-0.05-init0.001": {
+        "fm_optimizer": "adagrad",
+        "fm_lr": 0.05,
+        "fm_initial_accumulator": 0.001,
+    },
+    "adagrad-0.03-init0.003": {
+        "fm_optimizer": "adagrad",
+        "fm_lr": 0.03,
+        "fm_initial_accumulator": 0.003,
+    },
+    "adagrad-0.05-init0.0001": {
+        "fm_optimizer": "adagrad",
+        "fm_lr": 0.05,
+        "fm_initial_accumulator": 0.0001,
+    },
+    "adagrad-0.03-init0.001": {
+        "fm_optimizer": "adagrad",
+        "fm_lr": 0.03,
+        "fm_initial_accumulator": 0.001,
+    },
+    "adagrad-0.1-init0.001": {
+        "fm_optimizer": "adagrad",
+        "fm_lr": 0.1,
+        "fm_initial_accumulator": 0.001,
+    },
+    "rowwise-0.05-init0.01": {"fm_optimizer": "rowwise_adagrad", "fm_lr": 0.05},
+    "rowwise-0.03-init0.01": {"fm_optimizer": "rowwise_adagrad", "fm_lr": 0.03},
     "factors-16": {"factors": 16},
     "factors-32": {"factors": 32},
     "factors-4": {"factors": 4},

@@ -261,3 +261,26 @@ def test_a_dead_rank_stops_the_others_within_the_timeout(files, tmp_path):
 def test_torchrun_refuses_stream_for_now(files, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(train_args(files, tmp_path / "out", "--stream")) == 2
+
+
+def test_numbers_on_two_ranks_make_one_process_encoder(tmp_path):
+    """Numeric columns (rule 3: a value of its own from --value-min-count rows, a rarer one its
+    bucket's): the counts merged from 2 ranks give one process's encoder and metrics."""
+    from helpers import CATEGORICAL, NUMERIC, write_csv
+
+    data = write_csv(tmp_path / "train.csv", 2000, seed=4)  # n1: 60 integers, n2: near-unique
+    args = ["train", "--train", str(data), "--format", "csv", "--label", "label",
+            "--categorical", CATEGORICAL, "--numeric", NUMERIC, *FAST]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "fnn_fast", *args, "--out", str(tmp_path / "two"), "--dist-timeout", "30"],
+        env=env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    alone, model = load_model(tmp_path / "one"), load_model(tmp_path / "two")
+    assert model.encoder.value_fields == alone.encoder.value_fields == [0, 1]
+    for mine, theirs in zip(model.encoder.vocabs, alone.encoder.vocabs, strict=True):
+        assert mine.tolist() == theirs.tolist()
+    one, two = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two"))
+    assert_same_metrics(one, two)
