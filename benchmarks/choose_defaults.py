@@ -141,8 +141,16 @@ FM_CANDIDATES = {
         "fm_lr": 0.1,
         "fm_initial_accumulator": 0.001,
     },
-    "rowwise-0.05-init0.01": {"fm_optimizer": "rowwise_adagrad", "fm_lr": 0.05},
-    "rowwise-0.03-init0.01": {"fm_optimizer": "rowwise_adagrad", "fm_lr": 0.03},
+    "rowwise-0.05-init0.01": {
+        "fm_optimizer": "rowwise_adagrad",
+        "fm_lr": 0.05,
+        "fm_initial_accumulator": 0.01,
+    },
+    "rowwise-0.03-init0.01": {
+        "fm_optimizer": "rowwise_adagrad",
+        "fm_lr": 0.03,
+        "fm_initial_accumulator": 0.01,
+    },
     "factors-16": {"factors": 16},
     "factors-32": {"factors": 32},
     "factors-4": {"factors": 4},
