@@ -196,9 +196,10 @@ STAGE_1_FM = "FM (stage 1, the FNNs' start)"
 
 # Whole-run candidates (--stage both): overrides for both stages, judged on a held-out part.
 RUN_CANDIDATES = {
-    "stop-on-auc": {},
+    "auto": {},
+    "stop-on-auc": {"fm_early_stopping": "auc", "fnn_early_stopping": "auc"},
     "stop-on-logloss": {"fm_early_stopping": "logloss", "fnn_early_stopping": "logloss"},
-    "fm-auc-fnn-logloss": {"fnn_early_stopping": "logloss"},
+    "fm-auc-fnn-logloss": {"fm_early_stopping": "auc", "fnn_early_stopping": "logloss"},
     "stop-on-logloss-layers-1e-4": {
         "fm_early_stopping": "logloss",
         "fnn_early_stopping": "logloss",
