@@ -81,6 +81,17 @@ def test_new_schemas_use_the_current_rule_and_saved_ones_without_it_rule_1():
         Schema("csv", numeric=["x"], numeric_rule=4)
 
 
+def _scored_alike_on_every_path(model, data, expected, tmp_path, monkeypatch) -> None:
+    """The C++ reader, the Python readers and the pandas path score ``data`` as ``expected``."""
+    score_files(model, data, tmp_path / "native.npy", part_bytes=4096, progress=False)
+    np.testing.assert_allclose(np.load(tmp_path / "native.npy"), expected, rtol=1e-6)
+    monkeypatch.setattr(parts_module, "_native_text_part", lambda *args: None)
+    score_files(model, data, tmp_path / "python.npy", part_bytes=4096, progress=False)
+    np.testing.assert_allclose(np.load(tmp_path / "python.npy"), expected, rtol=1e-6)
+    frame = pd.read_csv(data, dtype=str, keep_default_na=False)
+    np.testing.assert_allclose(Scorer(model).predict_pandas(frame), expected, rtol=1e-6)
+
+
 def test_a_model_saved_before_the_rule_scores_as_it_was_trained(tmp_path, monkeypatch):
     schema_1 = Schema("csv", numeric=["x", "y"], categorical=["c"], numeric_rule=1)
     rng = np.random.default_rng(0)
@@ -102,16 +113,8 @@ def test_a_model_saved_before_the_rule_scores_as_it_was_trained(tmp_path, monkey
 
     saved = load_model(model)
     assert saved.schema.numeric_rule == 1
-    expected = predict(saved, rows)
-    # the C++ reader, the Python readers, and the pandas path
-    score_files(model, data, tmp_path / "native.npy", part_bytes=4096, progress=False)
-    np.testing.assert_allclose(np.load(tmp_path / "native.npy"), expected, rtol=1e-6)
-    monkeypatch.setattr(parts_module, "_native_text_part", lambda *args: None)
-    score_files(model, data, tmp_path / "python.npy", part_bytes=4096, progress=False)
-    np.testing.assert_allclose(np.load(tmp_path / "python.npy"), expected, rtol=1e-6)
-    frame = pd.read_csv(data, dtype=str, keep_default_na=False)
-    np.testing.assert_allclose(Scorer(model).predict_pandas(frame), expected, rtol=1e-6)
-    # the same model read with the current rule would encode most numbers as unseen
+    _scored_alike_on_every_path(model, data, predict(saved, rows), tmp_path, monkeypatch)
+    # the same model read with rule 2 would encode most numbers as unseen
     schema_2 = Schema.from_dict(schema_1.to_dict() | {"numeric_rule": 2})
     current = read_rows(data, schema_2, progress=False)
     assert np.isin(encoder.transform_rows(current)[0][:, :2], encoder.offsets).mean() > 0.5
@@ -182,14 +185,7 @@ def test_rule_3_scores_alike_through_the_cpp_reader_python_and_pandas(tmp_path, 
     model = save_model(tmp_path / "model", fm, fnn, encoder, schema)
     saved = load_model(model)
     assert saved.schema.numeric_rule == 3 and saved.encoder.value_fields == [0, 1]
-    expected = predict(saved, rows)
-    score_files(model, data, tmp_path / "native.npy", part_bytes=4096, progress=False)
-    np.testing.assert_allclose(np.load(tmp_path / "native.npy"), expected, rtol=1e-6)
-    monkeypatch.setattr(parts_module, "_native_text_part", lambda *args: None)
-    score_files(model, data, tmp_path / "python.npy", part_bytes=4096, progress=False)
-    np.testing.assert_allclose(np.load(tmp_path / "python.npy"), expected, rtol=1e-6)
-    frame = pd.read_csv(data, dtype=str, keep_default_na=False)
-    np.testing.assert_allclose(Scorer(model).predict_pandas(frame), expected, rtol=1e-6)
+    _scored_alike_on_every_path(model, data, predict(saved, rows), tmp_path, monkeypatch)
     # the rare values (about a fifth of x) read as their buckets, not as unseen
     ids = encoder.transform_rows(rows)[0][:, 0]
     assert (ids == encoder.offsets[0]).mean() < 0.05
