@@ -17,7 +17,7 @@ from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
 from fnn_fast.data.rows import ParsedRows
-from fnn_fast.data.tokens import BUCKET_BITS, PAD_KEY, VALUE_BITS
+from fnn_fast.data.tokens import BUCKET_BITS, PAD_KEY
 
 # Numeric rule 3 (fnn_fast.data.tokens): a value counted at least this many times in training
 # is a feature of its own, a rarer one its bucket's. Chosen on validation (README, "How the
@@ -74,9 +74,9 @@ class FeatureEncoder:
         [N, S] with slot_fields [S] and field_names. The pass counts row chunks in ``threads``
         threads (0: all cores; numpy's sorts release the GIL), with a progress bar over the
         rows when ``progress`` (and stderr is a terminal)."""
-        if isinstance(rows_or_keys, ParsedRows) and not value_fields:
-            value_fields = rows_or_keys.value_fields
-        keys, slot_fields, field_names = fit_inputs(rows_or_keys, slot_fields, field_names)
+        keys, slot_fields, field_names, value_fields = fit_inputs(
+            rows_or_keys, slot_fields, field_names, value_fields
+        )
         counted = count_keys(
             keys, slot_fields, len(field_names), chunk_rows=chunk_rows, threads=threads,
             progress=progress,
@@ -158,8 +158,7 @@ class FeatureEncoder:
         vocab = self.vocabs[field]
         position = np.minimum(np.searchsorted(vocab, keys), max(len(vocab) - 1, 0))
         known = vocab[position] == keys if len(vocab) else np.zeros(len(keys), bool)
-        rare = ~known & (keys >= 0) & ((keys & VALUE_BITS) != 0)
-        return np.where(rare, keys & BUCKET_BITS, keys)
+        return as_buckets(keys, ~known)
 
     def _ids(self, field: int, keys: np.ndarray) -> np.ndarray:
         vocab, oov = self.vocabs[field], self.offsets[field]
@@ -225,6 +224,13 @@ class FeatureEncoder:
         return encoder
 
 
+def as_buckets(keys: np.ndarray, where=True) -> np.ndarray:
+    """``keys`` with each key where ``where`` holds read as its bucket's (numeric rule 3: the
+    value bits cleared, fnn_fast.data.tokens.value_key); a bucket key stays itself, PAD stays
+    PAD."""
+    return np.where(np.asarray(where) & (keys >= 0), keys & BUCKET_BITS, keys)
+
+
 def vocabularies(counted, min_count: int, value_fields=(), value_min_count=VALUE_MIN_COUNT,
                  threads: int = 0) -> list[np.ndarray]:  # fmt: skip
     """Each field's kept keys from its per-chunk (keys, counts) (count_keys' output)."""
@@ -246,8 +252,7 @@ def _frequent(parts: list[tuple[np.ndarray, np.ndarray]], min_count: int,
         return np.zeros(0, dtype=np.int64)
     keys, counts = _merge(parts)
     if value_min_count is not None:
-        rare = ((keys & VALUE_BITS) != 0) & (counts < value_min_count)
-        keys = np.where(rare, keys & BUCKET_BITS, keys)
+        keys = as_buckets(keys, counts < value_min_count)
         keys, where = np.unique(keys, return_inverse=True)
         counts = np.bincount(where, weights=counts, minlength=len(keys)).astype(np.int64)
     return keys[counts >= min_count]
@@ -266,16 +271,18 @@ def transform_arrays(keys, values, slot_fields):
     return keys, values, np.empty(keys.shape, np.int64), np.empty(keys.shape, np.float32)
 
 
-def fit_inputs(rows_or_keys, slot_fields, field_names):
-    """(keys [N, S], slot_fields int64 [S], field_names) from ParsedRows or keys plus both."""
+def fit_inputs(rows_or_keys, slot_fields, field_names, value_fields=()):
+    """(keys [N, S], slot_fields int64 [S], field_names, value_fields) from ParsedRows or keys
+    plus the rest (ParsedRows' value_fields apply unless some are given)."""
     keys = rows_or_keys
     if isinstance(rows_or_keys, ParsedRows):
         keys = rows_or_keys.keys
         slot_fields = rows_or_keys.slot_fields if slot_fields is None else slot_fields
         field_names = rows_or_keys.field_names if field_names is None else field_names
+        value_fields = value_fields or rows_or_keys.value_fields
     if slot_fields is None or field_names is None:
         raise TypeError("fit(keys, ...) needs slot_fields and field_names")
-    return keys, np.asarray(slot_fields, dtype=np.int64), list(field_names)
+    return keys, np.asarray(slot_fields, dtype=np.int64), list(field_names), list(value_fields)
 
 
 def _workers(threads: int) -> int:

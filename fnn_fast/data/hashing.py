@@ -29,9 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from fnn_fast.data.encoder import _CHUNK_ROWS, count_keys, fit_inputs, transform_arrays
-from fnn_fast.data.rows import ParsedRows
-from fnn_fast.data.tokens import BUCKET_BITS, PAD_KEY
+from fnn_fast.data.encoder import (
+    _CHUNK_ROWS,
+    as_buckets,
+    count_keys,
+    fit_inputs,
+    transform_arrays,
+)
+from fnn_fast.data.tokens import PAD_KEY
 
 HASHED_FORMAT_VERSION = 2  # encoder.json of a hashed encoder; version 1 is the vocabulary's
 HASH_NAME = "splitmix64-field-v1"
@@ -99,9 +104,9 @@ class HashedEncoder:
         progress: bool = False,
     ) -> HashedEncoder:  # fmt: skip
         """The encoder, with the collision report of the training keys (``collisions``)."""
-        if isinstance(rows_or_keys, ParsedRows) and not value_fields:
-            value_fields = rows_or_keys.value_fields
-        keys, slot_fields, field_names = fit_inputs(rows_or_keys, slot_fields, field_names)
+        keys, slot_fields, field_names, value_fields = fit_inputs(
+            rows_or_keys, slot_fields, field_names, value_fields
+        )
         encoder = cls(field_names, slot_fields, buckets, shared, value_fields=value_fields)
         counted = count_keys(
             keys, slot_fields, len(field_names), chunk_rows=chunk_rows, threads=threads,
@@ -117,7 +122,7 @@ class HashedEncoder:
 
     def as_hashed(self, keys: np.ndarray, field: int) -> np.ndarray:
         """The keys that field ``field`` hashes: a value field's numbers as their buckets."""
-        return np.where(keys >= 0, keys & BUCKET_BITS, keys) if field in self.value_fields else keys
+        return as_buckets(keys) if field in self.value_fields else keys
 
     def bucket_of(self, keys: np.ndarray, field: int) -> np.ndarray:
         """The feature ids of ``keys`` (no PAD) of field ``field``."""
