@@ -203,6 +203,8 @@ PYBIND11_MODULE(_C, m) {
            }),
            "n (key, field, id) triples; field f owns the ids (begin[f], end[f]).")
       .def("find", &cpu::Vocabulary::find, "The id of (key, field), or the field's OOV id.")
+      .def("set_value_fields", &cpu::Vocabulary::set_value_fields,
+           "Fields whose unknown rule-3 value keys encode_keys reads as their bucket's.")
       .def(
           "encode_keys",
           [](const cpu::Vocabulary& vocabulary, Address keys, Address values, int64_t rows,

@@ -146,7 +146,11 @@ def test_rule_3_keeps_frequent_values_and_backs_rare_ones_off_to_their_bucket(tm
     test = tmp_path / "test.csv"
     cells = ["7", "8", "9", "8.5", "100", "101", "1e9", ""]
     test.write_text("label,x,c\n" + "".join(f"0,{x},c0\n" for x in cells))
-    ids = encoder.transform_rows(read_rows(test, probe, progress=False))[0][:, 0]
+    test_rows = read_rows(test, probe, progress=False)
+    ids = encoder.transform_rows(test_rows)[0][:, 0]
+    # the C++ table (encode_keys) backs off as the numpy path does
+    assert encoder.native_vocabulary() is not None
+    np.testing.assert_array_equal(ids, encoder._ids(0, test_rows.keys[:, 0]))
     oov = encoder.offsets[0]
     seven, eight, nine, eight_half, hundred, hundred_one, huge, missing = ids.tolist()
     assert seven != oov and len({seven, eight, hundred, missing}) == 4

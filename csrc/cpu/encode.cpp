@@ -177,6 +177,11 @@ int64_t Vocabulary::find(int64_t key, int64_t field) const {
   return probe(home(key, field), key, field);
 }
 
+void Vocabulary::set_value_fields(const std::vector<int64_t>& fields) {
+  value_fields_.assign(begin_.size(), 0);
+  for (int64_t field : fields) value_fields_.at(field) = 1;
+}
+
 void Vocabulary::encode_keys(const int64_t* keys, const float* values, int64_t rows,
                              int64_t slots, const int64_t* slot_fields, int64_t* out_ids,
                              float* out_values, int threads) const {
@@ -200,7 +205,11 @@ void Vocabulary::encode_keys(const int64_t* keys, const float* values, int64_t r
       for (int64_t s = 0; s < slots; ++s) {
         const int64_t i = r * slots + s, key = keys[i], field = slot_fields[s];
         const bool pad = key == kPadKey;
-        out_ids[i] = pad ? begin_[field] : probe(at[s], key, field);
+        int64_t id = pad ? begin_[field] : probe(at[s], key, field);
+        if (id == begin_[field] && !pad && !value_fields_.empty() && value_fields_[field] &&
+            (static_cast<uint64_t>(key) & kValueBits) != 0)  // a rare value: its bucket
+          id = find(static_cast<int64_t>(static_cast<uint64_t>(key) & kBucketBits), field);
+        out_ids[i] = id;
         out_values[i] = pad ? 0.0f : (values ? values[i] : 1.0f);
       }
     }

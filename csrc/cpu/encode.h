@@ -30,6 +30,10 @@ class Vocabulary {
   void prefetch(uint64_t at) const { __builtin_prefetch(&entries_[at]); }
   int64_t probe(uint64_t at, int64_t key, int64_t field) const;
 
+  // The fields of numbers under rule 3 (FeatureEncoder.value_fields): there encode_keys reads
+  // a value key it does not know as its bucket's (the key's value bits cleared).
+  void set_value_fields(const std::vector<int64_t>& fields);
+
   // out_ids[r, s] = find(keys[r, s], slot_fields[s]); out_values[r, s] = values[r, s] (1 when
   // values is null), 0 for PAD slots. `threads` > 1 splits the rows between OpenMP threads.
   void encode_keys(const int64_t* keys, const float* values, int64_t rows, int64_t slots,
@@ -44,6 +48,7 @@ class Vocabulary {
   std::vector<Entry> entries_;
   uint64_t mask_ = 0;
   std::vector<int64_t> begin_, end_;
+  std::vector<uint8_t> value_fields_;  // per field: 1 where rule-3 values back off
 };
 
 // The cells of delimited lines straight to feature ids: the same ids as parsing the lines in

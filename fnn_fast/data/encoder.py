@@ -95,15 +95,9 @@ class FeatureEncoder:
         keys, values, ids, out_values = transform_arrays(keys, values, self.slot_fields)
         if self.native_vocabulary() is not None:
             threads = threads or os.cpu_count() or 1
-            value_slots = np.flatnonzero(np.isin(self.slot_fields, self.value_fields))
             for start in range(0, len(keys), chunk_rows):
                 rows = slice(start, start + chunk_rows)
-                chunk = keys[rows]
-                if len(value_slots):
-                    chunk = np.array(chunk, dtype=np.int64)
-                    for s in value_slots:
-                        chunk[:, s] = self._backed_off(int(self.slot_fields[s]), chunk[:, s])
-                self._encode_native(chunk, values[rows], ids[rows], out_values[rows], threads)
+                self._encode_native(keys[rows], values[rows], ids[rows], out_values[rows], threads)
             return ids, out_values
         for start in range(0, len(keys), chunk_rows):
             rows = slice(start, start + chunk_rows)
@@ -136,6 +130,8 @@ class FeatureEncoder:
                 vocab_keys.ctypes.data, fields.ctypes.data, ids.ctypes.data, len(vocab_keys),
                 begin.ctypes.data, end.ctypes.data, len(self.vocabs),
             )  # fmt: skip
+            if self.value_fields:  # encode_keys backs rare values off to their bucket as _ids
+                self._table.set_value_fields(self.value_fields)
         return self._table or None
 
     def _encode_native(self, keys, values, out_ids, out_values, threads: int) -> None:
