@@ -166,6 +166,13 @@ FNN_CANDIDATES = {
     "glorot": {"fnn_layer_init": "glorot"},
     "fm-start-layers-1e-4": {"fnn_lr": 1e-4},
     "fm-start-emb-0.01": {"fnn_embedding_lr": 0.01},
+    # Fourth grid: the embedding's rate around 0.01, down to (nearly) frozen, alone and with
+    # faster layers, which on Adult learn more from the FM's start.
+    "fm-start-emb-0.03": {"fnn_embedding_lr": 0.03},
+    "fm-start-emb-0.003": {"fnn_embedding_lr": 0.003},
+    "fm-start-emb-3e-5": {"fnn_embedding_lr": 3e-5},
+    "fm-start-layers-1e-4-emb-0.01": {"fnn_lr": 1e-4, "fnn_embedding_lr": 0.01},
+    "fm-start-layers-3e-4-emb-0.01": {"fnn_lr": 3e-4, "fnn_embedding_lr": 0.01},
     "layers-1e-4": {"fnn_lr": 1e-4},
     "layers-3e-4": {"fnn_lr": 3e-4},
     "layers-1e-3": {"fnn_lr": 1e-3},
