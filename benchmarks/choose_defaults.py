@@ -218,6 +218,15 @@ RUN_CANDIDATES = {
         "fnn_lr": 3e-4,
         "fnn_layer_weight_decay": 1e-3,
     },
+    # Stage 1's L2, judged by the FNN built on it as well as the FM: on the sparse sets the FM
+    # fits its training rows so closely that stage 2 has nothing left to learn from them.
+    "fm-l2-3e-5": {"fm_weight_decay": 3e-5},
+    "fm-l2-1e-4": {"fm_weight_decay": 1e-4},
+    "fm-l2-3e-4": {"fm_weight_decay": 3e-4},
+    "fm-l2-1e-3": {"fm_weight_decay": 1e-3},
+    "fm-l2-3e-3": {"fm_weight_decay": 3e-3},
+    "fnn-emb-l2-1e-4": {"fnn_weight_decay": 1e-4},
+    "fnn-emb-l2-1e-3": {"fnn_weight_decay": 1e-3},
 }
 
 
