@@ -10,10 +10,11 @@ defaults give, judged the same way. A candidate that diverges on any data set an
     python benchmarks/choose_defaults.py --stage both --seeds 3 --json defaults-run.json
     python benchmarks/choose_defaults.py --stage encoding --data adult --seeds 3
 
-``--stage encoding`` compares ways of reading numeric columns (numeric rule 2's buckets, rule
-3's values from some number of rows on): each candidate encodes the data its way, then trains
-the default FM and the default FNN from it. Only sets with numeric columns tell them apart
-(Adult; the others are read the same by every candidate).
+``--stage encoding`` compares ways of encoding the data: numeric columns (numeric rule 2's
+buckets, rule 3's values from some number of rows on) and rare keys (the rows a key needs to be
+a feature of its own): each candidate encodes the data its way, then trains the default FM and
+the default FNN from it. Only sets with numeric columns (Adult) tell the numeric candidates
+apart; every set has rare keys.
 
 ``--stage both`` trains each candidate's FM and then its FNN (settings of both stages, such as
 early stopping). The training part is split once more: the models stop on a validation fifth
@@ -56,8 +57,9 @@ from fnn_fast.train import (
 
 DATA = Path(os.environ.get("FNN_FAST_DATA", Path(__file__).parents[1] / ".." / "shared" / "data"))
 
-# How numbers become features (--stage encoding): the schema's numeric rule and, under rule 3,
-# the rows a value needs for a feature of its own (FeatureEncoder's value_min_count).
+# How keys become features (--stage encoding): the schema's numeric rule and, under rule 3,
+# the rows a value needs for a feature of its own (FeatureEncoder's value_min_count), and the
+# rows any key needs (its min_count).
 ENCODING_CANDIDATES = {
     "values from 10 rows": {"numeric_rule": 3, "value_min_count": 10},
     "values from 3 rows": {"numeric_rule": 3, "value_min_count": 3},
@@ -65,6 +67,12 @@ ENCODING_CANDIDATES = {
     "values from 20 rows": {"numeric_rule": 3, "value_min_count": 20},
     "values from 50 rows": {"numeric_rule": 3, "value_min_count": 50},
     "buckets only (rule 2)": {"numeric_rule": 2},
+    # Rare keys: a key seen fewer than min_count times in the training rows reads as its
+    # field's unseen-key id (FeatureEncoder's min_count; 1 keeps every key). Every set has them.
+    "keys from 2 rows": {"numeric_rule": 3, "value_min_count": 10, "min_count": 2},
+    "keys from 3 rows": {"numeric_rule": 3, "value_min_count": 10, "min_count": 3},
+    "keys from 5 rows": {"numeric_rule": 3, "value_min_count": 10, "min_count": 5},
+    "keys from 10 rows": {"numeric_rule": 3, "value_min_count": 10, "min_count": 10},
 }
 
 # Stage 1 and stage 2 candidates: overrides of TrainConfig. The first of each list is the
@@ -247,6 +255,7 @@ def _file_splits(path: Path, schema: Schema, seed: int, holdout: bool = False,
     ``encoding``: an ENCODING_CANDIDATES entry (default: the library's)."""
     encoding = dict(encoding or {})
     value_min_count = encoding.pop("value_min_count", VALUE_MIN_COUNT)
+    min_count = encoding.pop("min_count", 1)
     schema = replace(schema, **encoding)
     rows = load_rows(path, schema, progress=False)
     train_index, valid_index = _split_rows(rows, seed)
@@ -260,7 +269,7 @@ def _file_splits(path: Path, schema: Schema, seed: int, holdout: bool = False,
             valid_index,
         )
     encoder = FeatureEncoder.fit(
-        rows.keys[train_index], rows.slot_fields, rows.field_names,
+        rows.keys[train_index], rows.slot_fields, rows.field_names, min_count,
         value_fields=rows.value_fields, value_min_count=value_min_count,
     )  # fmt: skip
     splits = [Split.encode(rows, encoder, index) for index in (train_index, valid_index, judged)
@@ -268,12 +277,15 @@ def _file_splits(path: Path, schema: Schema, seed: int, holdout: bool = False,
     return (*splits, encoder)
 
 
-def _planted_splits(positive_rate: float, seed: int, rows: int = 60_000, holdout: bool = False):
+def _planted_splits(positive_rate: float, seed: int, rows: int = 60_000, holdout: bool = False,
+                    encoding: dict | None = None):  # fmt: skip
+    """A planted set's splits; of ``encoding`` only min_count applies (no numeric columns)."""
     from fnn_fast.demo import planted_at_rate, planted_splits
 
     truth = planted_at_rate(positive_rate)
     sizes = (rows, rows // 4, rows // 4) if holdout else (rows, rows // 4)
-    encoder, splits, _ = planted_splits(truth, sizes, 1000 * seed + 1)
+    min_count = (encoding or {}).get("min_count", 1)
+    encoder, splits, _ = planted_splits(truth, sizes, 1000 * seed + 1, min_count)
     return (*splits, encoder)
 
 
@@ -304,8 +316,8 @@ def data_sets(names: list[str], holdout: bool = False, encoding: dict | None = N
         "adult": lambda seed: _file_splits(
             DATA / "adult" / "train.csv", adult, seed, holdout, encoding
         ),
-        "planted-3": lambda seed: _planted_splits(0.03, seed, holdout=holdout),
-        "planted-30": lambda seed: _planted_splits(0.30, seed, holdout=holdout),
+        "planted-3": lambda seed: _planted_splits(0.03, seed, holdout=holdout, encoding=encoding),
+        "planted-30": lambda seed: _planted_splits(0.30, seed, holdout=holdout, encoding=encoding),
         # Not one of the sets the defaults are chosen on: `fnn-fast compare --synthetic`'s set
         # (a non-linear truth a network can learn), to see what a start costs there.
         "synthetic": lambda seed: _synthetic_splits(seed, holdout),

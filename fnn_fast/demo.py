@@ -48,12 +48,13 @@ DEMO_CONFIG = TrainConfig(
 RANDOM_EMBEDDING_LR = 0.05
 
 
-def planted_splits(truth, sizes, first_seed: int):
+def planted_splits(truth, sizes, first_seed: int, min_count: int = 1):
     """Train, valid and test rows drawn from one planted truth (seeds first_seed, +1, +2), the
-    encoder fit on the training rows, and their Splits: (encoder, splits, sampled parts)."""
+    encoder fit on the training rows (keys seen ``min_count`` times), and their Splits:
+    (encoder, splits, sampled parts)."""
     parts = [truth.sample(n, seed=first_seed + i) for i, n in enumerate(sizes)]
     rows = parts[0].rows
-    encoder = FeatureEncoder.fit(rows.keys, rows.slot_fields, rows.field_names)
+    encoder = FeatureEncoder.fit(rows.keys, rows.slot_fields, rows.field_names, min_count)
     return encoder, [Split.encode(p.rows, encoder) for p in parts], parts
 
 
