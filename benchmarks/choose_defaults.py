@@ -210,6 +210,8 @@ FNN_CANDIDATES = {
 
 STAGE_1_FM = "FM (stage 1, the FNNs' start)"
 
+REFIT = "refit"  # a RUN_CANDIDATES key that is not a TrainConfig setting: see "refit"
+
 # Whole-run candidates (--stage both): overrides for both stages, judged on a held-out part.
 RUN_CANDIDATES = {
     "auto": {},
@@ -239,6 +241,9 @@ RUN_CANDIDATES = {
     # Both starts of the layers trained, the one better on validation (the FNN's stopping
     # metric) kept: each set's own start, at twice stage 2's cost.
     "pick-start": {"fnn_layer_init": ("fm", "glorot")},
+    # Early stopping picks each stage's epoch count, then both stages train again on the
+    # training and validation rows together for that many epochs (more rows, no stopping).
+    "refit": {REFIT: True},
 }
 
 
@@ -346,7 +351,7 @@ def run_trial(stage, config, train, valid, encoder, fm=None, judged=None, keep=N
         "valid_auc": metrics["auc"],
         "valid_logloss": metrics["logloss"],
         "epochs": epochs_trained(history),
-        "best_epoch": next(r["epoch"] for r in history if r["best"]),
+        "best_epoch": next((r["epoch"] for r in history if r["best"]), None),
         "seconds": time.perf_counter() - started,
     }
 
@@ -437,6 +442,27 @@ def _picked_trial(config, train, valid, encoder, fm, judged):
     return best[1]
 
 
+def _joined(a: Split, b: Split) -> Split:
+    values = None if a.values is None and b.values is None else torch.cat([
+        torch.ones_like(s.ids, dtype=torch.float32) if s.values is None else s.values
+        for s in (a, b)
+    ])  # fmt: skip
+    return Split(torch.cat([a.ids, b.ids]), values, torch.cat([a.labels, b.labels]))
+
+
+def _refit_trials(config, runs, train, valid, encoder, judged, name):
+    """The FM and the FNN trained again on train + valid for the epochs early stopping chose
+    (an FNN that chose its start is that start), judged on ``judged``."""
+    (_, fm_trial), (_, fnn_trial) = runs
+    both = _joined(train, valid)
+    config = replace(config, fm_epochs=max(1, fm_trial["best_epoch"]),
+                     fnn_epochs=fnn_trial["best_epoch"])  # fmt: skip
+    kept = {}
+    fm_refit = run_trial("fm", config, both, None, encoder, None, judged, kept)
+    fnn_refit = run_trial("fnn", config, both, None, encoder, kept["model"], judged)
+    return [(name + " FM", fm_refit), (name + " FNN", fnn_refit)]
+
+
 def _show(data, seed, label, trial) -> None:
     shown = trial.get("diverged") or (
         f"auc {trial['valid_auc']:.4f} logloss {trial['valid_logloss']:.4f} "
@@ -492,7 +518,9 @@ def _training_trials(args, pool, names, base) -> list[dict]:
                     flush=True,
                 )
             for name in names:
-                config = replace(base, seed=seed, **pool[name])
+                overrides = dict(pool[name])
+                refit = overrides.pop(REFIT, False)
+                config = replace(base, seed=seed, **overrides)
                 if args.stage == "both":  # the FM, then the FNN from it, both judged held out
                     kept = {}
                     trial = run_trial("fm", config, train, valid, encoder, None, judged, kept)
@@ -505,6 +533,8 @@ def _training_trials(args, pool, names, base) -> list[dict]:
                             "fnn", config, train, valid, encoder, kept["model"], judged
                         )
                         runs.append((name + " FNN", trial))
+                    if refit and all(t.get("best_epoch") is not None for _, t in runs):
+                        runs = _refit_trials(config, runs, train, valid, encoder, judged, name)
                 else:
                     runs = [(name, run_trial(args.stage, config, train, valid, encoder, fm))]
                 for label, trial in runs:

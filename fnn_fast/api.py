@@ -239,6 +239,9 @@ def fit(
             _check_input(data, name, schema)
     if hash_space not in ("field", "shared"):
         raise ValueError(f"hash_space must be 'field' or 'shared', not {hash_space!r}")
+    if config.refit and (stream or checkpoint_every or resume):
+        raise ValueError("--refit needs the rows in memory and no checkpoints: it cannot be used "
+                         "with --stream, --checkpoint-every or --resume")  # fmt: skip
     if (checkpoint_every or resume) and out is None:
         raise ValueError("checkpoints are written into the model directory: give out= as well")
     reading = InputOptions(
@@ -277,7 +280,8 @@ def fit(
         result.history,
         _Report(
             test_split if test_split is not None else valid_split,
-            "test" if test_split is not None else "validation",
+            "test" if test_split is not None
+            else "validation (rows the refit trained on)" if config.refit else "validation",
             data_description(inputs, schema),
         ),
     )  # fmt: skip

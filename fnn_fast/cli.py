@@ -115,6 +115,7 @@ def _config_from_args(args) -> TrainConfig:
         fnn_weight_decay=args.fnn_weight_decay,
         fm_initial_accumulator=args.fm_initial_accumulator,
         fnn_initial_accumulator=args.fnn_initial_accumulator,
+        refit=getattr(args, "refit", False),
     )
 
 
@@ -215,6 +216,8 @@ def _cmd_train_ranks(args) -> int:
 
     if args.stream:
         raise ValueError("--stream is not supported under torchrun yet: train without it")
+    if getattr(args, "refit", False):
+        raise ValueError("--refit trains in one process: it cannot be used under torchrun")
     every = parse_every(args.checkpoint_every) if args.checkpoint_every else (None, None)
     device = resolve_device(args.device)
     if device.type == "cuda":
@@ -552,10 +555,18 @@ def _cmd_train(args) -> int:
 _encoder_metrics = api.encoder_metrics
 
 
+def _refuse_refit(config: TrainConfig, command: str) -> None:
+    """A config file may carry refit: compare and tune judge early-stopped models."""
+    if config.refit:
+        raise ValueError(f"refit (from --config) is for `fnn-fast train`: {command} judges the "
+                         "early-stopped models; set \"refit\": false in the file")  # fmt: skip
+
+
 def cmd_tune(args) -> int:
     from fnn_fast.tune import run_tune
 
     config = _config_from_args(args)
+    _refuse_refit(config, "tune")
     _check_inputs(args, "--train", "--valid", "--featindex")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -586,6 +597,7 @@ def cmd_compare(args) -> int:
     from fnn_fast.compare import format_table, run_compare, summarize, write_compare
 
     config = _config_from_args(args)
+    _refuse_refit(config, "compare")
     wanted = peers.parse_peers(args.peers)
     if not args.synthetic:
         if not (args.train and args.test and args.format):
@@ -903,6 +915,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stream_options(p)
     _add_input_options(p)
     _add_training_options(p, defaults)
+    p.add_argument(
+        "--refit",
+        action="store_true",
+        default=defaults.refit,
+        help="after early stopping, train both stages again on the training and validation "
+        "rows together for the epochs it chose (rows in memory, one process; about twice the "
+        "time; README)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = command(
