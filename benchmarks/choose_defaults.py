@@ -442,19 +442,11 @@ def _picked_trial(config, train, valid, encoder, fm, judged):
     return best[1]
 
 
-def _joined(a: Split, b: Split) -> Split:
-    values = None if a.values is None and b.values is None else torch.cat([
-        torch.ones_like(s.ids, dtype=torch.float32) if s.values is None else s.values
-        for s in (a, b)
-    ])  # fmt: skip
-    return Split(torch.cat([a.ids, b.ids]), values, torch.cat([a.labels, b.labels]))
-
-
 def _refit_trials(config, runs, train, valid, encoder, judged, name):
     """The FM and the FNN trained again on train + valid for the epochs early stopping chose
     (an FNN that chose its start is that start), judged on ``judged``."""
     (_, fm_trial), (_, fnn_trial) = runs
-    both = _joined(train, valid)
+    both = train.joined(valid)
     config = replace(config, fm_epochs=max(1, fm_trial["best_epoch"]),
                      fnn_epochs=fnn_trial["best_epoch"])  # fmt: skip
     kept = {}

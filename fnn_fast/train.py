@@ -177,6 +177,15 @@ class Split:
         """The share of positive labels, exactly (a float64 sum of 0/1)."""
         return float(self.labels.sum(dtype=torch.float64)) / len(self) if len(self) else 0.5
 
+    def joined(self, other: Split) -> Split:
+        """This split's rows, then ``other``'s (values of 1 where a side has none)."""
+        values = None
+        if self.values is not None or other.values is not None:
+            values = torch.cat([torch.ones(s.ids.shape) if s.values is None else s.values
+                                for s in (self, other)])  # fmt: skip
+        return Split(torch.cat([self.ids, other.ids]), values,
+                     torch.cat([self.labels, other.labels]))  # fmt: skip
+
 
 @dataclass
 class Ranks:
@@ -914,15 +923,6 @@ def _check_refit(train, valid, checkpoint, ranks) -> None:
                          "be used with --stream, and needs a validation split")  # fmt: skip
 
 
-def _joined(first: Split, second: Split) -> Split:
-    values = None
-    if first.values is not None or second.values is not None:
-        values = torch.cat([torch.ones(s.ids.shape) if s.values is None else s.values
-                            for s in (first, second)])  # fmt: skip
-    return Split(torch.cat([first.ids, second.ids]), values,
-                 torch.cat([first.labels, second.labels]))  # fmt: skip
-
-
 def _best_epoch(history: list[dict]) -> int:
     return next(r["epoch"] for r in history if r["best"])
 
@@ -930,7 +930,7 @@ def _best_epoch(history: list[dict]) -> int:
 def _refit(train, valid, fm_history, fnn_history, encoder, config, slot_names, progress, device):
     """Both stages again on train + valid, for the epochs early stopping chose (an FNN that
     kept its start: that start, from the new FM). (fm, fnn, what was refit)."""
-    both = _joined(train, valid)
+    both = train.joined(valid)
     epochs = {"fm_epochs": max(1, _best_epoch(fm_history)), "fnn_epochs": _best_epoch(fnn_history)}
     _log(f"refit: FM for {epochs['fm_epochs']} and FNN for {epochs['fnn_epochs']} epochs on the "
          f"{len(both):,} training and validation rows")  # fmt: skip

@@ -12,7 +12,7 @@ from fnn_fast import api
 from fnn_fast.cli import main
 from fnn_fast.data.synthetic import plant_model
 from fnn_fast.demo import planted_splits
-from fnn_fast.train import Split, TrainConfig, _joined, evaluate, train_two_stage
+from fnn_fast.train import Split, TrainConfig, evaluate, train_two_stage
 
 CONFIG = TrainConfig(factors=4, patience=2, fm_epochs=8, fnn_epochs=6, hidden=[24, 8])
 
@@ -63,15 +63,15 @@ def test_refit_trains_on_train_and_valid_for_the_chosen_epochs(planted, both_run
         assert 0.6 < metrics["auc"] <= 1.0
 
 
-def test_joined_rows_keep_their_values():
+def test_joined_splits_keep_their_values():
     ids = torch.arange(6).reshape(3, 2)
     ones = Split(ids, None, torch.tensor([0.0, 1.0, 0.0]))
     valued = Split(ids[:2] + 10, torch.tensor([[0.5, 2.0], [1.0, 3.0]]), torch.tensor([1.0, 0.0]))
-    joined = _joined(ones, valued)
+    joined = ones.joined(valued)
     assert torch.equal(joined.ids, torch.cat([ones.ids, valued.ids]))
     assert torch.equal(joined.labels, torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0]))
     assert torch.equal(joined.values, torch.cat([torch.ones(3, 2), valued.values]))
-    assert _joined(ones, ones).values is None
+    assert ones.joined(ones).values is None
 
 
 def test_refit_is_refused_where_it_cannot_run(planted, tmp_path):
