@@ -48,8 +48,10 @@ from fnn_fast.train import (
     Split,
     TrainConfig,
     TrainingDiverged,
+    best_epoch,
     epochs_trained,
     evaluate,
+    refit_stages,
     stopping_metric,
     train_fm,
     train_fnn,
@@ -332,7 +334,7 @@ def data_sets(names: list[str], holdout: bool = False, encoding: dict | None = N
 
 def run_trial(stage, config, train, valid, encoder, fm=None, judged=None, keep=None):
     """Train one stage; its metrics on ``judged`` (default: the validation split). ``keep``: a
-    dict that receives the trained model."""
+    dict that receives the trained model and its history."""
     slot_fields = [int(f) for f in encoder.slot_fields]
     started = time.perf_counter()
     try:
@@ -345,13 +347,13 @@ def run_trial(stage, config, train, valid, encoder, fm=None, judged=None, keep=N
     except TrainingDiverged as error:
         return {"diverged": str(error)}
     if keep is not None:
-        keep["model"] = model
+        keep.update(model=model, history=history)
     metrics = evaluate(model, valid if judged is None else judged)
     return {
         "valid_auc": metrics["auc"],
         "valid_logloss": metrics["logloss"],
         "epochs": epochs_trained(history),
-        "best_epoch": next((r["epoch"] for r in history if r["best"]), None),
+        "best_epoch": best_epoch(history),
         "seconds": time.perf_counter() - started,
     }
 
@@ -424,9 +426,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def _picked_trial(config, train, valid, encoder, fm, judged):
+def _picked_trial(config, train, valid, encoder, fm, judged, keep):
     """An FNN for each of the config's layer starts; the one better on validation (the FNN's
-    stopping metric), judged on ``judged``."""
+    stopping metric: its kept epoch's record), judged on ``judged``."""
     metric, _ = stopping_metric(config.fnn_early_stopping, valid)
     best = None
     for start in config.fnn_layer_init:
@@ -435,24 +437,34 @@ def _picked_trial(config, train, valid, encoder, fm, judged):
                           fm, judged, kept)  # fmt: skip
         if "model" not in kept:
             return trial
-        score = evaluate(kept["model"], valid)[metric] * (1 if metric == "auc" else -1)
+        record = next(r for r in kept["history"] if r["best"])
+        score = record["valid_auc"] if metric == "auc" else -record["valid_logloss"]
         trial["start"] = start
         if best is None or score > best[0]:
-            best = (score, trial)
+            best = (score, trial, kept)
+    keep.update(best[2])
     return best[1]
 
 
-def _refit_trials(config, runs, train, valid, encoder, judged, name):
-    """The FM and the FNN trained again on train + valid for the epochs early stopping chose
-    (an FNN that chose its start is that start), judged on ``judged``."""
-    (_, fm_trial), (_, fnn_trial) = runs
-    both = train.joined(valid)
-    config = replace(config, fm_epochs=max(1, fm_trial["best_epoch"]),
-                     fnn_epochs=fnn_trial["best_epoch"])  # fmt: skip
-    kept = {}
-    fm_refit = run_trial("fm", config, both, None, encoder, None, judged, kept)
-    fnn_refit = run_trial("fnn", config, both, None, encoder, kept["model"], judged)
-    return [(name + " FM", fm_refit), (name + " FNN", fnn_refit)]
+def _refit_trials(config, fm_kept, fnn_kept, train, valid, encoder, judged, name):
+    """The library's refit (TrainConfig.refit) of the FM and FNN that ``fm_kept`` and
+    ``fnn_kept`` hold, judged on ``judged``."""
+    started = time.perf_counter()
+    try:
+        fm, fnn, refit = refit_stages(train, valid, fm_kept["history"], fnn_kept["history"],
+                                      encoder, config, progress=False)  # fmt: skip
+    except TrainingDiverged as error:
+        return [(name + " FM", {"diverged": str(error)}), (name + " FNN", {"diverged": str(error)})]
+    seconds = time.perf_counter() - started
+    runs = []
+    for stage, model in (("FM", fm), ("FNN", fnn)):
+        metrics = evaluate(model, judged)
+        epochs = refit[f"{stage.lower()}_epochs"]
+        runs.append((f"{name} {stage}", {
+            "valid_auc": metrics["auc"], "valid_logloss": metrics["logloss"], "epochs": epochs,
+            "best_epoch": epochs, "seconds": seconds,
+        }))  # fmt: skip
+    return runs
 
 
 def _show(data, seed, label, trial) -> None:
@@ -514,19 +526,21 @@ def _training_trials(args, pool, names, base) -> list[dict]:
                 refit = overrides.pop(REFIT, False)
                 config = replace(base, seed=seed, **overrides)
                 if args.stage == "both":  # the FM, then the FNN from it, both judged held out
-                    kept = {}
+                    kept, fnn_kept = {}, {}
                     trial = run_trial("fm", config, train, valid, encoder, None, judged, kept)
                     runs = [(name + " FM", trial)]
                     if "model" in kept and isinstance(config.fnn_layer_init, tuple):
-                        trial = _picked_trial(config, train, valid, encoder, kept["model"], judged)
+                        trial = _picked_trial(config, train, valid, encoder, kept["model"], judged,
+                                              fnn_kept)  # fmt: skip
                         runs.append((name + " FNN", trial))
                     elif "model" in kept:
                         trial = run_trial(
-                            "fnn", config, train, valid, encoder, kept["model"], judged
+                            "fnn", config, train, valid, encoder, kept["model"], judged, fnn_kept
                         )
                         runs.append((name + " FNN", trial))
-                    if refit and all(t.get("best_epoch") is not None for _, t in runs):
-                        runs = _refit_trials(config, runs, train, valid, encoder, judged, name)
+                    if refit and "model" in fnn_kept:
+                        runs = _refit_trials(config, kept, fnn_kept, train, valid, encoder,
+                                             judged, name)  # fmt: skip
                 else:
                     runs = [(name, run_trial(args.stage, config, train, valid, encoder, fm))]
                 for label, trial in runs:

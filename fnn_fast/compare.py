@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fnn_fast import peers as peer_models
 from fnn_fast.metrics import finite_or_none
-from fnn_fast.train import Split, TrainConfig, evaluate, train_fm, train_fnn
+from fnn_fast.train import Split, TrainConfig, best_epoch, evaluate, train_fm, train_fnn
 
 VARIANTS = {
     "lr": "logistic regression",
@@ -30,10 +30,6 @@ VARIANTS = {
 def label(name: str) -> str:
     """The table's name of a row: one of VARIANTS or of fnn_fast.peers.PEERS."""
     return VARIANTS[name] if name in VARIANTS else peer_models.PEERS[name].label
-
-
-def _best_epoch(history: list[dict]) -> int:
-    return next(r["epoch"] for r in history if r.get("best"))
 
 
 def run_compare(
@@ -66,7 +62,7 @@ def run_compare(
     def record(name, model, history):
         metrics, checked = evaluate(model, test), evaluate(model, valid)
         results[name].append({"test_auc": metrics["auc"], "test_logloss": metrics["logloss"],
-                              "best_epoch": _best_epoch(history), "valid_auc": checked["auc"],
+                              "best_epoch": best_epoch(history), "valid_auc": checked["auc"],
                               "valid_logloss": checked["logloss"]})  # fmt: skip
 
     for seed in seeds:

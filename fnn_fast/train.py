@@ -698,6 +698,11 @@ def epochs_trained(history: list[dict]) -> int:
     return sum(record["epoch"] > 0 for record in history)
 
 
+def best_epoch(history: list[dict]) -> int | None:
+    """The epoch whose weights a stage kept (0: its start); None for a stage of no epochs."""
+    return next((record["epoch"] for record in history if record["best"]), None)
+
+
 def _stage_settings(config: TrainConfig, stage: str) -> dict:
     """fit's settings that a stage ("fm" or "fnn") takes from the config."""
     return {
@@ -923,15 +928,13 @@ def _check_refit(train, valid, checkpoint, ranks) -> None:
                          "be used with --stream, and needs a validation split")  # fmt: skip
 
 
-def _best_epoch(history: list[dict]) -> int:
-    return next(r["epoch"] for r in history if r["best"])
-
-
-def _refit(train, valid, fm_history, fnn_history, encoder, config, slot_names, progress, device):
-    """Both stages again on train + valid, for the epochs early stopping chose (an FNN that
-    kept its start: that start, from the new FM). (fm, fnn, what was refit)."""
+def refit_stages(train: Split, valid: Split, fm_history, fnn_history, encoder, config,
+                 slot_names=None, progress: bool = True, device="cpu"):  # fmt: skip
+    """TrainConfig.refit: both stages again on train + valid, for the epochs early stopping
+    chose in ``fm_history`` and ``fnn_history`` (an FNN that kept its start: that start, from
+    the new FM). (fm, fnn, what was refit)."""
     both = train.joined(valid)
-    epochs = {"fm_epochs": max(1, _best_epoch(fm_history)), "fnn_epochs": _best_epoch(fnn_history)}
+    epochs = {"fm_epochs": max(1, best_epoch(fm_history)), "fnn_epochs": best_epoch(fnn_history)}
     _log(f"refit: FM for {epochs['fm_epochs']} and FNN for {epochs['fnn_epochs']} epochs on the "
          f"{len(both):,} training and validation rows")  # fmt: skip
     config = replace(config, **epochs)
@@ -1015,8 +1018,8 @@ def train_two_stage(
     fm_valid, fnn_valid = _split_metrics(fm, valid, None), _split_metrics(fnn, valid, None)
     refit = None
     if config.refit:
-        fm, fnn, refit = _refit(train, valid, fm_history, fnn_history, encoder, config,
-                                slot_names, progress, device)  # fmt: skip
+        fm, fnn, refit = refit_stages(train, valid, fm_history, fnn_history, encoder, config,
+                                      slot_names, progress, device)  # fmt: skip
     metrics = {
         "fm": {**fm_valid, **_split_metrics(fm, None, test), "epochs": epochs_trained(fm_history)},
         "fnn": {

@@ -23,7 +23,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fnn_fast.metrics import finite_or_none
-from fnn_fast.train import Split, TrainConfig, TrainingDiverged, evaluate, train_fm, train_fnn
+from fnn_fast.train import (
+    Split,
+    TrainConfig,
+    TrainingDiverged,
+    best_epoch,
+    evaluate,
+    train_fm,
+    train_fnn,
+)
 
 # Each setting: (low, high, scale). Rates and L2 are drawn log-uniformly, dropout uniformly;
 # an L2 range starting at 0 draws 0 a quarter of the time (no regularization is a candidate);
@@ -179,7 +187,7 @@ def run_tune(
                 trial.update(
                     valid_auc=finite_or_none(metrics["auc"]),
                     valid_logloss=finite_or_none(metrics["logloss"]),
-                    best_epoch=next(r["epoch"] for r in history if r["best"]),
+                    best_epoch=best_epoch(history),
                 )
                 if trial["valid_auc"] is None:
                     del trial["valid_auc"]
