@@ -8,6 +8,11 @@ TrainConfig; their validation and test AUC. Prints one line per seed, then the m
 deviation of each figure.
 
     python benchmarks/ipinyou_seeds.py --seeds 5 --threads 1 --json ipinyou-seeds.json
+
+``--bootstrap N``: how far the test file's 50 clicks alone move a test AUC. Each seed's test
+rows are drawn again N times (clicks and non-clicks each with replacement, so every draw keeps
+the file's counts) and every model scored on each draw: the standard deviation of each model's
+AUC over the draws, and of the FNN's difference from LR and from the FM on the same draws.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ import numpy as np
 import torch
 
 from fnn_fast.data import FeatureEncoder, Schema, load_rows
-from fnn_fast.train import Split, TrainConfig, evaluate, train_fm, train_fnn
+from fnn_fast.metrics import roc_auc
+from fnn_fast.train import Split, TrainConfig, evaluate, predict_probabilities, train_fm, train_fnn
 
 DATA = Path(os.environ.get("FNN_FAST_DATA", Path(__file__).parents[1] / ".." / "shared" / "data"))
 
@@ -50,7 +56,25 @@ def splits(seed: int, valid_fraction: float = 0.2):
     )
 
 
-def run_seed(seed: int) -> dict:
+def bootstrap_spread(labels: np.ndarray, scores: dict, draws: int, seed: int) -> dict:
+    """Standard deviations over ``draws`` stratified redraws of the rows: each model's AUC, and
+    the FNN's AUC minus LR's and minus the FM's (paired: the same rows each draw)."""
+    rng = np.random.default_rng(seed)
+    positives, negatives = np.flatnonzero(labels > 0.5), np.flatnonzero(labels <= 0.5)
+    aucs = {name: [] for name in scores}
+    for _ in range(draws):
+        rows = np.concatenate([rng.choice(positives, len(positives)),
+                               rng.choice(negatives, len(negatives))])  # fmt: skip
+        for name, score in scores.items():
+            aucs[name].append(roc_auc(labels[rows], score[rows]))
+    spread = {f"{name}_test_auc_bootstrap_std": float(np.std(a)) for name, a in aucs.items()}
+    for other in ("lr", "fm"):
+        difference = np.subtract(aucs["fnn"], aucs[other])
+        spread[f"fnn_minus_{other}_bootstrap_std"] = float(np.std(difference))
+    return spread
+
+
+def run_seed(seed: int, bootstrap: int = 0) -> dict:
     train, valid, test, encoder = splits(seed)
     config = replace(TrainConfig(), seed=seed)
     slot_fields = [int(f) for f in encoder.slot_fields]
@@ -59,10 +83,14 @@ def run_seed(seed: int) -> dict:
     lr, _ = train_fm(train, valid, encoder.num_features, replace(config, factors=0), progress=False)
     fm, _ = train_fm(train, valid, encoder.num_features, config, progress=False)
     fnn, _ = train_fnn(train, valid, fm, encoder.num_features, slot_fields, config, progress=False)
-    for name, model in (("lr", lr), ("fm", fm), ("fnn", fnn)):
+    models = {"lr": lr, "fm": fm, "fnn": fnn}
+    for name, model in models.items():
         result[f"{name}_valid_auc"] = evaluate(model, valid)["auc"]
         result[f"{name}_test_auc"] = evaluate(model, test)["auc"]
     result["seconds"] = time.perf_counter() - started
+    if bootstrap:
+        scores = {name: predict_probabilities(model, test) for name, model in models.items()}
+        result.update(bootstrap_spread(test.labels.numpy(), scores, bootstrap, seed))
     return result
 
 
@@ -71,6 +99,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: unchanged)")
     parser.add_argument("--json", default=None, help="write every seed's figures here")
+    parser.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                        help="redraw the test rows N times: the spread of a test AUC from the "
+                        "test file alone")  # fmt: skip
     args = parser.parse_args(argv)
     from fnn_fast.bench.machine import require_native
 
@@ -80,7 +111,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     runs = []
     for seed in range(args.seeds):
-        runs.append(run_seed(seed))
+        runs.append(run_seed(seed, args.bootstrap))
         print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
     keys = [k for k in runs[0] if k not in ("seed", "seconds")]
     summary = {
