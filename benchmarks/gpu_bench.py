@@ -28,7 +28,6 @@ import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 
 import fnn_fast
 from fnn_fast import FM, FNN, SparseRowOptimizer
+from fnn_fast.bench.machine import installed
 from fnn_fast.ops import cpu, library
 from fnn_fast.optim import RowUpdate
 
@@ -507,7 +507,7 @@ class Bench:
             "torch": torch.__version__,
             "device": torch.cuda.get_device_name() if self.clock.cuda else platform.machine(),
             "backends": fnn_fast.backends(),
-            "fnn_fast": str(Path(fnn_fast.__file__).resolve().parent),
+            "fnn_fast": installed()["path"],
             "args": vars(a),
         }
         print(json.dumps(env, default=str), flush=True)

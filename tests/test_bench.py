@@ -145,7 +145,13 @@ def test_json_schema(tiny_run):
     machine = data["machine"]
     for key in ("cpu", "cores", "gpu", "versions", "fnn_fast_backends", "fnn_fast_path"):
         assert key in machine
-    assert Path(machine["fnn_fast_path"]) == Path(fnn_fast.__file__).resolve().parent
+    package = Path(fnn_fast.__file__).resolve().parent
+    recorded = Path(machine["fnn_fast_path"])
+    assert not recorded.is_absolute()  # records name no machine's paths
+    if package.is_relative_to(Path.cwd().resolve()):
+        assert Path.cwd().resolve() / recorded == package
+    else:  # an installed copy: its site-packages/fnn_fast tail
+        assert recorded == Path(package.parent.name, package.name)
     assert machine["versions"]["torch"] == torch.__version__
     assert "bytes" in data["byte_model"]
     for r in data["records"]:

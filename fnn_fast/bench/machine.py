@@ -40,22 +40,32 @@ class NativeMissing(ValueError):
 
 def installed() -> dict:
     """Which fnn_fast is imported: its package folder and its backends. Every benchmark records
-    this beside its figures."""
+    this beside its figures. The folder is relative to the working directory where it lies
+    below it (``fnn_fast`` for a checkout's own package), so that records name no machine's
+    paths; an installed copy keeps its ``site-packages/fnn_fast`` tail."""
     import fnn_fast
 
-    return {"path": str(Path(fnn_fast.__file__).resolve().parent), "backends": fnn_fast.backends()}
+    folder = Path(fnn_fast.__file__).resolve().parent
+    if folder.is_relative_to(Path.cwd().resolve()):
+        path = str(folder.relative_to(Path.cwd().resolve()))
+    else:
+        path = str(Path(folder.parent.name, folder.name))
+    return {"path": path, "backends": fnn_fast.backends()}
 
 
 def require_native(remedy: str = "") -> dict:
     """:func:`installed`, after checking that the native CPU backend is available: a benchmark
     meant to time it must not silently time the pure-PyTorch reference instead (an uninstalled
     source tree first on sys.path has no built ``_C``). Raises NativeMissing saying what to do."""
+    import fnn_fast
+
     info = installed()
     backends = info["backends"]
     if "native" not in backends["available"]:
         reason = backends.get("native_error") or "fnn_fast._C is not importable"
+        folder = Path(fnn_fast.__file__).resolve().parent  # in full: which copy to fix
         raise NativeMissing(
-            f"fnn_fast imported from {info['path']} has no native backend ({reason}): refusing to "
+            f"fnn_fast imported from {folder} has no native backend ({reason}): refusing to "
             "time the pure-PyTorch reference where the native kernels were meant. Install it "
             "with its build (pip install .) and run from a folder where the source tree is not "
             f"first on sys.path (python -P does this){', ' + remedy if remedy else ''}."
