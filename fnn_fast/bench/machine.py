@@ -45,28 +45,33 @@ def installed() -> dict:
     paths; an installed copy keeps its ``site-packages/fnn_fast`` tail."""
     import fnn_fast
 
-    folder = Path(fnn_fast.__file__).resolve().parent
-    if folder.is_relative_to(Path.cwd().resolve()):
-        path = str(folder.relative_to(Path.cwd().resolve()))
+    folder, here = package_folder(), Path.cwd().resolve()
+    if folder.is_relative_to(here):
+        path = str(folder.relative_to(here))
     else:
         path = str(Path(folder.parent.name, folder.name))
     return {"path": path, "backends": fnn_fast.backends()}
+
+
+def package_folder() -> Path:
+    """The imported fnn_fast's folder, in full."""
+    import fnn_fast
+
+    return Path(fnn_fast.__file__).resolve().parent
 
 
 def require_native(remedy: str = "") -> dict:
     """:func:`installed`, after checking that the native CPU backend is available: a benchmark
     meant to time it must not silently time the pure-PyTorch reference instead (an uninstalled
     source tree first on sys.path has no built ``_C``). Raises NativeMissing saying what to do."""
-    import fnn_fast
-
     info = installed()
     backends = info["backends"]
     if "native" not in backends["available"]:
         reason = backends.get("native_error") or "fnn_fast._C is not importable"
-        folder = Path(fnn_fast.__file__).resolve().parent  # in full: which copy to fix
-        raise NativeMissing(
-            f"fnn_fast imported from {folder} has no native backend ({reason}): refusing to "
-            "time the pure-PyTorch reference where the native kernels were meant. Install it "
+        raise NativeMissing(  # the folder in full: which copy to fix
+            f"fnn_fast imported from {package_folder()} has no native backend ({reason}): "
+            "refusing to time the pure-PyTorch reference where the native kernels were meant. "
+            "Install it "
             "with its build (pip install .) and run from a folder where the source tree is not "
             f"first on sys.path (python -P does this){', ' + remedy if remedy else ''}."
         )
